@@ -1,0 +1,43 @@
+# Every target creates or reuses the virtual environment in .venv.
+# torch is pinned and installed first: an unpinned torch would pull several GB of CUDA wheels.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test bench bench-quick docs lint clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"
+	$(BIN)/python -m pip install --quiet -e ".[test,doc]"
+	touch $(STAMP)
+
+demo: venv
+	$(BIN)/python demo/run_demo.py --out demo_output
+
+test: venv
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+bench: venv
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python benchmarks/run.py --budget full
+
+bench-quick: venv
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python benchmarks/run.py --budget quick
+
+docs: venv
+	$(BIN)/sphinx-build -M html docs docs/_build -W --keep-going
+
+lint: venv
+	$(BIN)/python -m pip install --quiet ruff
+	$(BIN)/ruff check src tests benchmarks demo
+	$(BIN)/ruff format --check src tests benchmarks demo
+
+clean:
+	rm -rf $(VENV) docs/_build demo_output

@@ -1,0 +1,48 @@
+"""Names of everything scsalient writes into AnnData / MuData.
+
+Every key that a model or a ``tl`` function writes lives here, once, so that models, ``tl`` and
+``pl`` cannot disagree. The table in ``docs/stored_results.md`` documents the same keys; a test
+checks that the two stay in sync. These names are part of the public API and stable across
+versions.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+
+class NACTKeys:
+    """Keys written by :class:`scsalient.model.NACT`."""
+
+    PREDICTION: Final = "nact_prediction"  # obs, categorical predicted label
+    CONFIDENCE: Final = "nact_confidence"  # obs, float max class probability
+    PROBABILITIES: Final = "nact_probabilities"  # obsm, DataFrame cells x classes
+    ATTENTION: Final = "nact_attention"  # obsm, float32 cells x genes
+    ATTENTION_MEAN: Final = "nact_attention_mean"  # varm, DataFrame genes x classes
+    UNS: Final = "nact"  # uns, dict with classes and settings
+    CELL_TYPE: Final = "nact_cell_type"  # obs, cluster annotation from a marker query
+
+
+class SalientKeys:
+    """Keys written by the salient-gene and marker-query tools in :mod:`scsalient.tl`."""
+
+    SALIENT_GENES: Final = "salient_genes"  # uns, rank_genes_groups-style record
+    CELL_TYPE_QUERY: Final = "cell_type_query"  # uns, per-group ranked candidate types
+
+
+class ClusterKeys:
+    """Keys written by :func:`scsalient.pp.cluster_labels`."""
+
+    LEIDEN: Final = "leiden"  # obs, categorical cluster label
+
+
+class SimulationKeys:
+    """Keys written by :func:`scsalient.datasets.simulate`."""
+
+    CELL_TYPE: Final = "cell_type"  # obs
+    DONOR: Final = "donor"  # obs
+    UNS: Final = "simulation"  # uns, the planted ground truth
+    MODULE_ACTIVITY: Final = "simulation_module_activity"  # obsm, float32 cells x modules
+    TYPE_EFFECT: Final = "simulation_type_effect"  # varm, float32 genes x cell types (log scale)
+    DONOR_EFFECT: Final = "simulation_donor_effect"  # varm, float32 genes x donors (log scale)
+    LIBRARY_SIZE: Final = "library_size"  # obs, planted total counts per cell
