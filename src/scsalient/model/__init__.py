@@ -1,0 +1,5 @@
+"""scsalient models (scvi-tools models with explanations)."""
+
+from .nact import NACT
+
+__all__ = ["NACT"]

@@ -1,0 +1,23 @@
+"""Pieces shared by two or more scsalient models."""
+
+from ._checks import check_labels, inspect_expression, iter_row_blocks
+from ._classifier import ClassifierMixin
+from ._components import GeneMap, log1p_cp10k
+from ._fields import ExpressionLayerField
+from ._memory import check_training_memory
+from ._query import align_genes
+from ._training_plan import ClassifierTrainingPlan, RestoreBestState
+
+__all__ = [
+    "ClassifierMixin",
+    "ClassifierTrainingPlan",
+    "ExpressionLayerField",
+    "GeneMap",
+    "RestoreBestState",
+    "align_genes",
+    "check_labels",
+    "check_training_memory",
+    "inspect_expression",
+    "iter_row_blocks",
+    "log1p_cp10k",
+]

@@ -1,0 +1,61 @@
+"""Torch building blocks shared by scsalient modules."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def log1p_cp10k(x: torch.Tensor, target_sum: float = 1e4) -> torch.Tensor:
+    """Normalise counts per cell to ``target_sum`` and apply ``log1p`` (scanpy's default).
+
+    Cells with zero total stay zero instead of producing NaN.
+    """
+    library = x.sum(dim=-1, keepdim=True).clamp_min(1e-8)
+    return torch.log1p(x * (target_sum / library))
+
+
+class GeneMap(nn.Module):
+    """A linear map between gene-sized vectors, full or low-rank.
+
+    With ``rank=None`` this is ``nn.Linear(n_in, n_out)``; with a rank ``r`` it is
+    ``nn.Linear(n_in, r, bias=False)`` followed by ``nn.Linear(r, n_out)``, which costs
+    ``r * (n_in + n_out)`` weights instead of ``n_in * n_out``.
+
+    Parameters
+    ----------
+    n_in
+        Input size.
+    n_out
+        Output size.
+    rank
+        Rank of the factorisation, or ``None`` for a full matrix.
+    """
+
+    def __init__(self, n_in: int, n_out: int, rank: int | None = None):
+        super().__init__()
+        self.rank = rank
+        if rank is None:
+            self.layers = nn.Linear(n_in, n_out)
+        else:
+            self.layers = nn.Sequential(nn.Linear(n_in, rank, bias=False), nn.Linear(rank, n_out))
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the map."""
+        return self.layers(x)
+
+
+def split_sizes(n: int, parts: int) -> list[int]:
+    """Sizes of ``parts`` nearly equal consecutive slices of ``n`` items."""
+    return [len(s) for s in np.array_split(np.arange(n), parts)]
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

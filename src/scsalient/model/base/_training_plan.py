@@ -1,0 +1,138 @@
+"""Training plan for classifiers: cross-entropy, accuracy and macro-F1 logged per epoch."""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from lightning.pytorch.callbacks import Callback
+from scvi.train import TrainingPlan
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+    from scvi.module.base import BaseModuleClass, LossOutput
+
+MODES = ("train", "validation")
+
+
+class ClassifierTrainingPlan(TrainingPlan):
+    """:class:`~scvi.train.TrainingPlan` for modules whose loss is a classification loss.
+
+    Logs ``ce_{mode}``, ``accuracy_{mode}`` and ``f1_macro_{mode}`` (mode ``train`` or
+    ``validation``) once per epoch through torchmetrics objects, so the values are exact over
+    the epoch and synchronised across processes under DDP. It also fixes two traps of
+    scvi-tools 1.4.2: the module is put in training mode when a fit starts (a second
+    ``train()`` would otherwise run with dropout off), and nothing is logged through
+    ``LossOutput.extra_metrics`` (which crashes under DDP).
+
+    Parameters
+    ----------
+    module
+        The module to train; its ``loss`` must return ``logits`` and ``true_labels``.
+    n_classes
+        Number of classes, for the metrics.
+    lr
+        Learning rate.
+    weight_decay
+        Weight decay (L2 for Adam, decoupled for AdamW).
+    optimizer
+        ``"Adam"`` or ``"AdamW"``.
+    eps
+        Optimiser epsilon. The scvi-tools default (0.01) damps small learning rates; we use
+        the PyTorch default.
+    lr_decay
+        If given, multiply the learning rate by this factor every ``lr_decay_every`` epochs.
+    lr_decay_every
+        Epochs between learning-rate decays.
+    **loss_kwargs
+        Passed to the module's ``loss``.
+    """
+
+    def __init__(
+        self,
+        module: BaseModuleClass,
+        *,
+        n_classes: int,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        optimizer: Literal["Adam", "AdamW"] = "Adam",
+        eps: float = 1e-8,
+        lr_decay: float | None = None,
+        lr_decay_every: int = 10,
+        **loss_kwargs,
+    ):
+        super().__init__(module, lr=lr, weight_decay=weight_decay, optimizer=optimizer, eps=eps, **loss_kwargs)
+        self.lr_decay = lr_decay
+        self.lr_decay_every = lr_decay_every
+        # keyed "<mode>_<metric>": a bare "train" key would clash with nn.Module.train
+        self.epoch_metrics = nn.ModuleDict()
+        for mode in MODES:
+            self.epoch_metrics[f"{mode}_f1"] = MulticlassF1Score(num_classes=n_classes, average="macro")
+            self.epoch_metrics[f"{mode}_accuracy"] = MulticlassAccuracy(num_classes=n_classes, average="micro")
+
+    def on_train_start(self) -> None:
+        """Put the module in training mode (Lightning >= 2.6 no longer does)."""
+        self.module.train()
+
+    def compute_and_log_metrics(self, loss_output: LossOutput, metrics: dict, mode: str) -> None:
+        """Log cross-entropy, accuracy and macro-F1 for ``mode``."""
+        n_obs = loss_output.n_obs_minibatch
+        predictions = loss_output.logits.detach().argmax(dim=-1)
+        truth = loss_output.true_labels.view(-1)
+        f1, accuracy = self.epoch_metrics[f"{mode}_f1"], self.epoch_metrics[f"{mode}_accuracy"]
+        f1.update(predictions, truth)
+        accuracy.update(predictions, truth)
+        log = {"on_step": False, "on_epoch": True, "batch_size": n_obs, "sync_dist": self.use_sync_dist}
+        self.log(f"ce_{mode}", loss_output.classification_loss.detach(), **log)
+        self.log(f"f1_macro_{mode}", f1, on_step=False, on_epoch=True, batch_size=n_obs)
+        self.log(f"accuracy_{mode}", accuracy, on_step=False, on_epoch=True, batch_size=n_obs)
+
+    def configure_optimizers(self):
+        """Optimiser plus an optional step decay of the learning rate."""
+        config = super().configure_optimizers()
+        if self.lr_decay is not None:
+            scheduler = torch.optim.lr_scheduler.StepLR(
+                config["optimizer"], step_size=self.lr_decay_every, gamma=self.lr_decay
+            )
+            config["lr_scheduler"] = {"scheduler": scheduler, "interval": "epoch"}
+        return config
+
+
+class RestoreBestState(Callback):
+    """Keep the module weights of the best epoch in memory and restore them when training ends.
+
+    Parameters
+    ----------
+    monitor
+        Logged metric to watch, e.g. ``"f1_macro_validation"``.
+    mode
+        ``"max"`` when larger is better.
+    """
+
+    def __init__(self, monitor: str = "f1_macro_validation", mode: Literal["min", "max"] = "max"):
+        super().__init__()
+        self.monitor = monitor
+        self.mode = mode
+        self.best_score: float | None = None
+        self.best_epoch: int | None = None
+        self._best_state: dict | None = None
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Remember the weights if the monitored value improved."""
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        score = float(trainer.callback_metrics[self.monitor])
+        better = self.best_score is None or (
+            score > self.best_score if self.mode == "max" else score < self.best_score
+        )
+        if better:
+            self.best_score, self.best_epoch = score, trainer.current_epoch
+            self._best_state = copy.deepcopy(pl_module.module.state_dict())
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Load the best weights back into the module."""
+        if self._best_state is not None:
+            pl_module.module.load_state_dict(self._best_state)

@@ -1,0 +1,193 @@
+"""N-ACT network: additive gene attention, multi-head projection blocks, classification head."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from scvi import REGISTRY_KEYS
+from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
+from torch import nn
+
+from scsalient.model.base._components import GeneMap, log1p_cp10k, split_sizes
+
+
+class ProjectionBlock(nn.Module):
+    """One N-ACT projection block.
+
+    ``z = LayerNorm(h + Dropout(concat_i P_i h))`` followed by a point-wise feed-forward
+    ``out = LayerNorm(z + Dropout(W_2 ReLU(W_1 z)))``. Head ``i`` maps the ``G`` gene-sized
+    input to its own slice of ``G / n_heads`` outputs; with a ``rank`` each head is factorised
+    through ``max(1, rank // n_heads)`` dimensions.
+
+    Parameters
+    ----------
+    n_features
+        Size of the gene-sized vectors (number of genes).
+    n_heads
+        Number of projection heads.
+    n_hidden_ff
+        Hidden size of the feed-forward layer.
+    dropout
+        Dropout on the projection and feed-forward outputs.
+    rank
+        Rank of each head's factorisation in total, or ``None`` for full heads.
+    """
+
+    def __init__(self, n_features: int, n_heads: int, n_hidden_ff: int, dropout: float, rank: int | None):
+        super().__init__()
+        head_rank = None if rank is None else max(1, rank // n_heads)
+        self.heads = nn.ModuleList(
+            GeneMap(n_features, size, head_rank) for size in split_sizes(n_features, n_heads)
+        )
+        self.norm_projection = nn.LayerNorm(n_features)
+        self.feed_forward = nn.Sequential(
+            nn.Linear(n_features, n_hidden_ff), nn.ReLU(), nn.Linear(n_hidden_ff, n_features)
+        )
+        for layer in self.feed_forward:
+            if isinstance(layer, nn.Linear):
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)
+        self.norm_feed_forward = nn.LayerNorm(n_features)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """Apply the block."""
+        projected = torch.cat([head(h) for head in self.heads], dim=-1)
+        z = self.norm_projection(h + self.dropout(projected))
+        return self.norm_feed_forward(z + self.dropout(self.feed_forward(z)))
+
+
+class NACTModule(BaseModuleClass):
+    """Torch module of :class:`~scsalient.model.NACT`.
+
+    For a cell with (log-normalised) expression :math:`x \\in \\mathbb{R}^G`:
+
+    .. math::
+
+        a = \\mathrm{softmax}(x W + b), \\qquad g = a \\odot x, \\qquad
+        h_0 = g, \\quad h_k = \\mathrm{Block}_k(h_{k-1}), \\qquad
+        \\mathrm{logits} = h_K V + c .
+
+    Parameters
+    ----------
+    n_input
+        Number of genes ``G``.
+    n_labels
+        Number of classes.
+    n_blocks
+        Number of projection blocks ``K``.
+    n_heads
+        Projection heads per block.
+    n_hidden_ff
+        Hidden size of each block's feed-forward layer.
+    dropout
+        Dropout inside the projection blocks.
+    attention_rank
+        Rank of the gene x gene maps (attention and projection heads); ``None`` for full maps.
+    normalize_input
+        If ``True``, the input holds counts and is turned into log1p(CP10k) first.
+    input_dropout
+        Dropout on the (normalised) expression before the attention.
+    attention_init
+        ``"zeros"`` starts from uniform attention (the attention weights start at zero);
+        ``"xavier"`` draws them like every other layer, as in the authors' code.
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        n_labels: int,
+        *,
+        n_blocks: int = 2,
+        n_heads: int = 8,
+        n_hidden_ff: int = 128,
+        dropout: float = 0.0,
+        attention_rank: int | None = None,
+        normalize_input: bool = True,
+        input_dropout: float = 0.0,
+        attention_init: Literal["zeros", "xavier"] = "zeros",
+    ):
+        super().__init__()
+        self.n_input = n_input
+        self.n_labels = n_labels
+        self.normalize_input = normalize_input
+        self.attention = GeneMap(n_input, n_input, attention_rank)
+        if attention_init not in ("zeros", "xavier"):
+            raise ValueError(f"attention_init must be 'zeros' or 'xavier', got {attention_init!r}.")
+        if attention_init == "zeros":
+            last = self.attention.layers if attention_rank is None else self.attention.layers[-1]
+            nn.init.zeros_(last.weight)
+        self.input_dropout = nn.Dropout(input_dropout)
+        self.blocks = nn.ModuleList(
+            ProjectionBlock(n_input, n_heads, n_hidden_ff, dropout, attention_rank) for _ in range(n_blocks)
+        )
+        self.classifier = nn.Linear(n_input, n_labels)
+        nn.init.xavier_uniform_(self.classifier.weight)
+        nn.init.zeros_(self.classifier.bias)
+
+    @staticmethod
+    def n_parameters(
+        n_input: int,
+        n_labels: int,
+        *,
+        n_blocks: int = 2,
+        n_heads: int = 8,
+        n_hidden_ff: int = 128,
+        attention_rank: int | None = None,
+        **_,
+    ) -> int:
+        """Number of trainable parameters, computed without building the network."""
+        g = n_input
+
+        def gene_map(n_out: int, rank: int | None) -> int:
+            return g * n_out + n_out if rank is None else g * rank + rank * n_out + n_out
+
+        head_rank = None if attention_rank is None else max(1, attention_rank // n_heads)
+        block = sum(gene_map(size, head_rank) for size in split_sizes(g, n_heads))
+        block += 2 * g * n_hidden_ff + n_hidden_ff + g + 4 * g  # feed-forward + two LayerNorms
+        return gene_map(g, attention_rank) + n_blocks * block + g * n_labels + n_labels
+
+    def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
+        return {"x": tensors[REGISTRY_KEYS.X_KEY]}
+
+    def _get_generative_input(self, tensors, inference_outputs, **kwargs) -> dict:
+        return {}
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Expression as the attention sees it (log1p(CP10k) when the input holds counts)."""
+        return log1p_cp10k(x) if self.normalize_input else x
+
+    @auto_move_data
+    def inference(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Attention, gene scores and class logits for a minibatch of cells."""
+        x = self.input_dropout(self.prepare_input(x))
+        attention = F.softmax(self.attention(x), dim=-1)
+        h = attention * x
+        for block in self.blocks:
+            h = block(h)
+        return {"logits": self.classifier(h), "attention": attention}
+
+    def generative(self, **kwargs) -> dict:
+        """N-ACT is discriminative: nothing to generate."""
+        return {}
+
+    def loss(
+        self,
+        tensors: dict[str, torch.Tensor],
+        inference_outputs: dict[str, torch.Tensor],
+        generative_outputs: dict,
+        label_smoothing: float = 0.0,
+    ) -> LossOutput:
+        """Cross-entropy between the logits and the registered labels."""
+        logits = inference_outputs["logits"]
+        labels = tensors[REGISTRY_KEYS.LABELS_KEY].view(-1).long()
+        ce = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+        return LossOutput(
+            loss=ce, n_obs_minibatch=labels.shape[0], classification_loss=ce, logits=logits, true_labels=labels
+        )
+
+    def sample(self, *args, **kwargs):
+        """Not available: N-ACT is not a generative model."""
+        raise NotImplementedError("NACT is a classifier and cannot sample expression.")
