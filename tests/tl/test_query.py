@@ -1,0 +1,254 @@
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.stats
+
+from scsalient._constants import NACTKeys, SalientKeys
+from scsalient.tl import annotate_clusters, query_cell_types, salient_genes
+from scsalient.tl._salient_genes import _benjamini_hochberg
+
+GROUPS = ["A", "B", "C"]
+
+
+def record_adata(queries: dict[str, list[str]], var_names: list[str] | None = None) -> ad.AnnData:
+    """AnnData whose uns holds a salient-gene record with the given ranked genes."""
+    genes = var_names or sorted({gene for genes in queries.values() for gene in genes})
+    n = max(len(genes) for genes in queries.values())
+    names = pd.DataFrame({group: genes + [None] * (n - len(genes)) for group, genes in queries.items()})
+    labels = [group for group in queries for _ in range(3)]
+    adata = ad.AnnData(
+        X=np.zeros((len(labels), len(genes)), dtype=np.float32),
+        obs=pd.DataFrame({"cluster": pd.Categorical(labels)}, index=[f"c{i}" for i in range(len(labels))]),
+        var=pd.DataFrame(index=genes),
+    )
+    adata.uns[SalientKeys.SALIENT_GENES] = {
+        "names": names.to_records(index=False, column_dtypes="O"),
+        "params": {"groupby": "cluster"},
+    }
+    return adata
+
+
+def planted_database(
+    rng: np.random.Generator, universe: list[str]
+) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """Types Alpha/Beta/Gamma own the planted genes of groups A/B/C; decoys hold random genes."""
+    rows = []
+    planted = {}
+    for group, cell_type in zip(GROUPS, ["Alpha", "Beta", "Gamma"], strict=True):
+        genes = [f"{group}_{i}" for i in range(8)]
+        planted[group] = genes
+        # the type lists 6 of its 8 planted genes plus 20 unrelated genes
+        listed = genes[:6] + list(rng.choice(universe, 20, replace=False))
+        rows += [
+            (cell_type, gene, float(w))
+            for gene, w in zip(listed, rng.uniform(0.5, 1.0, len(listed)), strict=True)
+        ]
+    for d in range(10):  # decoys of all sizes
+        size = int(rng.integers(3, 200))
+        rows += [(f"Decoy{d}", gene, 1.0) for gene in rng.choice(universe, size, replace=False)]
+    return pd.DataFrame(rows, columns=["cell_type", "gene", "weight"]), planted
+
+
+@pytest.fixture(scope="module")
+def planted():
+    rng = np.random.default_rng(0)
+    background = [f"G{i}" for i in range(1500)]
+    database, planted = planted_database(rng, background)
+    # query: 10 genes per group, 6 planted, 4 random background genes
+    queries = {group: planted[group][:6] + list(rng.choice(background, 4, replace=False)) for group in GROUPS}
+    var_names = sorted(set(background) | {g for genes in planted.values() for g in genes})
+    adata = record_adata(queries, var_names)
+    return adata, database
+
+
+@pytest.mark.parametrize("method", ["likelihood", "enrichment"])
+def test_query_recovers_planted_types(planted, method):
+    adata, database = planted
+    results = query_cell_types(adata, database, method=method, n_genes=10)
+    best = results.loc[results["rank"] == 1].set_index("group")["cell_type"]
+    assert best.to_dict() == {"A": "Alpha", "B": "Beta", "C": "Gamma"}
+    alpha = results[(results["group"] == "A") & (results["cell_type"] == "Alpha")].iloc[0]
+    assert alpha["n_overlap"] >= 6
+    assert {f"A_{i}" for i in range(6)} <= set(alpha["overlap"].split(";"))
+    assert set(results.columns) >= {"group", "cell_type", "rank", "score", "n_overlap", "overlap"}
+    # ranks are 1..n_types within each group and follow the score
+    for _, sub in results.groupby("group", observed=True):
+        assert sub["rank"].tolist() == list(range(1, len(sub) + 1))
+        assert (np.diff(sub["score"].to_numpy()) <= 1e-12).all()
+    stored = adata.uns[SalientKeys.CELL_TYPE_QUERY]
+    pd.testing.assert_frame_equal(stored["results"], results)
+    assert stored["params"]["method"] == method
+    assert stored["params"]["groupby"] == "cluster"
+    if method == "enrichment":
+        assert alpha["fdr"] < 1e-6
+        assert alpha["pvalue"] <= alpha["fdr"]
+
+
+def test_likelihood_matches_hand_computation():
+    adata = record_adata({"x": ["g1", "g3", "gX"]}, ["g1", "g2", "g3", "gX"])
+    database = pd.DataFrame(
+        {"cell_type": ["T1", "T1", "T2"], "gene": ["g1", "g2", "g3"], "weight": [2.0, 1.0, 1.0]}
+    )
+    results = query_cell_types(adata, database, alpha=1.0, n_genes=3).set_index("cell_type")
+    # universe U = {g1, g2, g3}; gX is not in U and is ignored
+    t1 = np.log((2 + 1) / (3 + 3)) + np.log((0 + 1) / (3 + 3))
+    t2 = np.log((0 + 1) / (1 + 3)) + np.log((1 + 1) / (1 + 3))
+    assert results.loc["T1", "score"] == pytest.approx(t1)
+    assert results.loc["T2", "score"] == pytest.approx(t2)
+    assert results.loc["T2", "rank"] == 1  # t2 > t1
+    assert results.loc["T1", "overlap"] == "g1"
+    assert results["n_query"].tolist() == [2, 2]
+    # a type with only zero weights is uniform over U
+    zero = database.assign(weight=[0.0, 0.0, 1.0])
+    uniform = query_cell_types(adata, zero, alpha=1.0).set_index("cell_type")
+    assert uniform.loc["T1", "score"] == pytest.approx(2 * np.log(1 / 3))
+    # unweighted: both markers count 1
+    flat = query_cell_types(adata, database, alpha=1.0, use_weights=False).set_index("cell_type")
+    assert flat.loc["T1", "score"] == pytest.approx(np.log(2 / 5) + np.log(1 / 5))
+
+
+def test_enrichment_matches_hypergeometric_and_bh():
+    universe = [f"g{i}" for i in range(20)]
+    adata = record_adata({"x": ["g0", "g1", "g2", "g3", "g19"]}, universe)
+    database = pd.DataFrame(
+        {
+            "cell_type": ["T1"] * 4 + ["T2"] * 6 + ["T3"] * 3,
+            "gene": ["g0", "g1", "g2", "g10"]
+            + ["g3", "g11", "g12", "g13", "g14", "g15"]
+            + ["g16", "g17", "g18"],
+        }
+    )
+    # g19 is measured but in no type: universe = database genes measured = 13 genes; query in U = 4
+    results = query_cell_types(adata, database, method="enrichment", n_genes=5).set_index("cell_type")
+    expected = {
+        "T1": scipy.stats.hypergeom.sf(3 - 1, 13, 4, 4),
+        "T2": scipy.stats.hypergeom.sf(1 - 1, 13, 6, 4),
+        "T3": 1.0,
+    }
+    for cell_type, p in expected.items():
+        assert results.loc[cell_type, "pvalue"] == pytest.approx(p)
+    p = np.array([expected["T1"], expected["T2"], expected["T3"]])
+    order = np.argsort(p)
+    bh = np.minimum.accumulate((p[order] * 3 / np.arange(1, 4))[::-1])[::-1]
+    hand = np.empty(3)
+    hand[order] = bh
+    np.testing.assert_allclose(results.loc[["T1", "T2", "T3"], "fdr"], hand)
+    assert results.loc["T1", "score"] == pytest.approx(-np.log10(expected["T1"]))
+    assert results["n_query"].eq(4).all()
+    assert results.loc["T1", "n_markers"] == 4
+
+
+def test_benjamini_hochberg_by_hand(monkeypatch):
+    p = np.array([0.01, 0.04, 0.03, 0.20])
+    # sorted: 0.01, 0.03, 0.04, 0.20 -> x 4/rank: 0.04, 0.06, 0.0533, 0.20 -> running min from the end
+    expected = np.array([0.04, 0.04 * 4 / 3, 0.04 * 4 / 3, 0.20])
+    np.testing.assert_allclose(_benjamini_hochberg(p), expected)
+    two_rows = np.vstack([p, p[::-1]])
+    np.testing.assert_allclose(_benjamini_hochberg(two_rows, axis=1), np.vstack([expected, expected[::-1]]))
+    # the fallback for scipy without false_discovery_control gives the same values
+    monkeypatch.delattr(scipy.stats, "false_discovery_control")
+    np.testing.assert_allclose(_benjamini_hochberg(p), expected)
+    np.testing.assert_allclose(_benjamini_hochberg(two_rows, axis=1), np.vstack([expected, expected[::-1]]))
+
+
+def test_case_insensitive_matching_and_gene_symbols():
+    adata = record_adata(
+        {"x": ["ENSG3", "ENSG4"], "y": ["ENSG1", "ENSG2"]}, ["ENSG1", "ENSG2", "ENSG3", "ENSG4"]
+    )
+    adata.var["symbol"] = ["MS4A1", "CD79A", "NKG7", "GNLY"]
+    database = {"B cell": ["Ms4a1", "Cd79a"], "NK cell": ["Nkg7", "Gnly"]}  # mouse-style symbols
+    results = query_cell_types(adata, database, gene_symbols="symbol")
+    best = results.loc[results["rank"] == 1].set_index("group")["cell_type"]
+    assert best.to_dict() == {"x": "NK cell", "y": "B cell"}
+    assert results.set_index(["group", "cell_type"]).loc[("y", "B cell"), "overlap"] == "MS4A1;CD79A"
+    strict = query_cell_types(adata, database, gene_symbols="symbol", case_sensitive=True)
+    assert strict["n_overlap"].eq(0).all()
+    with pytest.raises(ValueError, match="gene_symbols"):
+        query_cell_types(adata, database, method="enrichment")  # Ensembl ids match nothing
+    with pytest.raises(KeyError, match="nope"):
+        query_cell_types(adata, database, gene_symbols="nope")
+
+
+def test_query_accepts_marker_sources(tmp_path):
+    adata = record_adata({"x": ["CD3E", "CD3D"], "y": ["LYZ", "CD14"]})
+    gmt = tmp_path / "types.gmt"
+    gmt.write_text("T\tna\tCD3E\tCD3D\tCD2\nMono\tna\tLYZ\tCD14\n")
+    results = query_cell_types(adata, str(gmt))
+    best = results.loc[results["rank"] == 1].set_index("group")["cell_type"]
+    assert best.to_dict() == {"x": "T", "y": "Mono"}
+    assert adata.uns[SalientKeys.CELL_TYPE_QUERY]["params"]["database"] == "types.gmt"
+    subset = query_cell_types(adata, {"T": ["CD3E"], "Mono": ["LYZ"]}, groups=["y"])
+    assert subset["group"].unique().tolist() == ["y"]
+
+
+def test_query_errors(planted):
+    adata, database = planted
+    with pytest.raises(ValueError, match="method"):
+        query_cell_types(adata, database, method="magic")
+    with pytest.raises(KeyError, match="'missing'"):
+        query_cell_types(adata, database, key="missing")
+    with pytest.raises(KeyError, match="Z"):
+        query_cell_types(adata, database, groups=["Z"])
+    with pytest.raises(ValueError, match="alpha"):
+        query_cell_types(adata, database, alpha=0)
+    with pytest.raises(ValueError, match="column"):
+        query_cell_types(adata, database.rename(columns={"gene": "symbol"}))
+    with pytest.raises(ValueError, match="non-negative"):
+        query_cell_types(adata, database.assign(weight=-1.0))
+
+
+def test_annotate_clusters_writes_rank_one_types():
+    adata = record_adata({"x": ["CD3E", "CD3D"], "y": ["LYZ", "CD14"], "z": ["CD3E", "CD2"]})
+    query_cell_types(adata, {"T": ["CD3E", "CD3D", "CD2"], "Mono": ["LYZ", "CD14"]})
+    annotate_clusters(adata, "cluster")
+    labels = adata.obs[NACTKeys.CELL_TYPE]
+    assert isinstance(labels.dtype, pd.CategoricalDtype)
+    expected = adata.obs["cluster"].map({"x": "T", "y": "Mono", "z": "T"}).astype(str)
+    assert (labels.astype(str) == expected).all()
+    assert set(labels.cat.categories) == {"T", "Mono"}
+
+    # groups that were not queried stay unlabelled
+    query_cell_types(
+        adata, {"T": ["CD3E", "CD3D", "CD2"], "Mono": ["LYZ", "CD14"]}, groups=["x"], key_added="q"
+    )
+    annotate_clusters(adata, "cluster", key="q", key_added="partial")
+    assert adata.obs["partial"].isna().sum() == 6
+    with pytest.raises(KeyError, match="nothing"):
+        annotate_clusters(adata, "cluster", key="nothing")
+    with pytest.raises(KeyError, match="'missing'"):
+        annotate_clusters(adata, "missing")
+
+
+def test_end_to_end_on_planted_attention(tmp_path):
+    """salient_genes -> query -> annotate -> h5ad round trip."""
+    rng = np.random.default_rng(1)
+    genes = [f"{g}_{i}" for g in GROUPS for i in range(5)] + [f"N{i}" for i in range(285)]
+    labels = np.repeat(GROUPS, 30)
+    logits = rng.normal(0, 0.3, size=(len(labels), len(genes)))
+    for k, group in enumerate(GROUPS):
+        logits[labels == group, 5 * k : 5 * k + 5] += 3
+    attention = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    adata = ad.AnnData(
+        X=attention.astype(np.float32),
+        obs=pd.DataFrame({"cluster": pd.Categorical(labels)}, index=[f"c{i}" for i in range(len(labels))]),
+        var=pd.DataFrame(index=genes),
+    )
+    adata.obsm[NACTKeys.ATTENTION] = adata.X.copy()
+    salient_genes(adata, "cluster", n_top=8, n_genes=5)
+    database = {"Alpha": [f"A_{i}" for i in range(5)], "Beta": [f"B_{i}" for i in range(5)], "Gamma": ["C_0"]}
+    query_cell_types(adata, database)
+    annotate_clusters(adata, "cluster")
+    mapping = dict(zip(adata.obs["cluster"], adata.obs[NACTKeys.CELL_TYPE], strict=True))
+    assert mapping == {"A": "Alpha", "B": "Beta", "C": "Gamma"}
+    path = tmp_path / "annotated.h5ad"
+    adata.write_h5ad(path)
+    back = ad.read_h5ad(path)
+    pd.testing.assert_frame_equal(
+        back.uns[SalientKeys.CELL_TYPE_QUERY]["results"].reset_index(drop=True),
+        adata.uns[SalientKeys.CELL_TYPE_QUERY]["results"].reset_index(drop=True),
+        check_dtype=False,
+        check_categorical=False,
+    )
