@@ -61,7 +61,7 @@ def precision_at_k_per_group(
     *,
     case_sensitive: bool = True,
 ) -> pd.Series:
-    """:func:`precision_at_k` for every group present in both inputs.
+    """:func:`~scsalient.metrics.precision_at_k` for every group present in both inputs.
 
     Parameters
     ----------

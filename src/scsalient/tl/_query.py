@@ -43,7 +43,7 @@ def query_cell_types(
     The query of a group is its top ``n_genes`` genes in ``adata.uns[key]`` (written by
     :func:`scsalient.tl.salient_genes`, or any :func:`scanpy.tl.rank_genes_groups` record).
 
-    ``method="likelihood"`` (after CellMeSH, Mao et al., 2021): every candidate type *C* is a
+    ``method="likelihood"`` (after CellMeSH, Mao et al., 2022): every candidate type *C* is a
     multinomial over the gene universe *U* with smoothed probabilities
 
     .. math::

@@ -53,7 +53,7 @@ class ClassifierMixin:
 
     @property
     def input_kind(self) -> str:
-        """``"counts"`` or ``"lognorm"``: what the model was set up on."""
+        """What the model was set up on, ``"counts"`` or ``"lognorm"``."""
         return self._field_state(REGISTRY_KEYS.X_KEY)["input_kind"]
 
     def _field_state(self, key: str) -> dict:

@@ -55,7 +55,13 @@ class ExpressionLayerField(LayerField):
         return describe_location(self.attr_key)
 
     def register_field(self, adata: AnnData) -> dict:
-        """Register the field after validating the matrix and detecting its kind."""
+        """Register the field after validating the matrix and detecting its kind.
+
+        Parameters
+        ----------
+        adata
+            The AnnData to register.
+        """
         state = super().register_field(adata)
         kind = inspect_expression(self.get_field_data(adata), self.where, adata.obs_names)
         if kind not in self.allowed:
@@ -65,7 +71,17 @@ class ExpressionLayerField(LayerField):
         return state
 
     def transfer_field(self, state_registry: dict, adata_target: AnnData, **kwargs) -> dict:
-        """Transfer the setup to new data, requiring the same kind of input as at training."""
+        """Transfer the setup to new data, requiring the same kind of input as at training.
+
+        Parameters
+        ----------
+        state_registry
+            State registry of the source setup.
+        adata_target
+            Data the setup is transferred to.
+        **kwargs
+            Passed to :meth:`scvi.data.fields.LayerField.transfer_field`.
+        """
         state = super().transfer_field(state_registry, adata_target, **kwargs)
         expected = state_registry.get(self.INPUT_KIND_KEY)
         if expected is not None and state[self.INPUT_KIND_KEY] != expected:
@@ -77,7 +93,13 @@ class ExpressionLayerField(LayerField):
         return state
 
     def view_state_registry(self, state_registry: dict) -> rich.table.Table | None:
-        """Show the detected input kind."""
+        """Show the detected input kind.
+
+        Parameters
+        ----------
+        state_registry
+            State registry of this field.
+        """
         table = rich.table.Table(title=f"{self.registry_key} input")
         table.add_column("Data", justify="center", style="dodger_blue1", no_wrap=True)
         table.add_column("Detected input", justify="center", style="green")

@@ -78,7 +78,17 @@ class ClassifierTrainingPlan(TrainingPlan):
         self.module.train()
 
     def compute_and_log_metrics(self, loss_output: LossOutput, metrics: dict, mode: str) -> None:
-        """Log cross-entropy, accuracy and macro-F1 for ``mode``."""
+        """Log cross-entropy, accuracy and macro-F1 for ``mode``.
+
+        Parameters
+        ----------
+        loss_output
+            The module's loss output, with ``logits`` and ``true_labels``.
+        metrics
+            The base class's ELBO metrics (unused: a classifier has no ELBO).
+        mode
+            ``"train"`` or ``"validation"``.
+        """
         n_obs = loss_output.n_obs_minibatch
         predictions = loss_output.logits.detach().argmax(dim=-1)
         truth = loss_output.true_labels.view(-1)

@@ -175,7 +175,10 @@ class NACT(ClassifierMixin, BaseModelClass):
             Column of ``adata.obs`` with the cell types to learn. ``None`` trains on clusters
             (unsupervised use, as in the N-ACT paper): an existing ``adata.obs["leiden"]``
             is used, otherwise it is computed with :func:`scsalient.pp.cluster_labels`.
-        %(param_layer)s
+        layer
+            Layer holding the expression (counts or log-normalised); ``None`` for ``adata.X``.
+        **kwargs
+            Used by scvi-tools when it re-applies the setup (``load``, query data).
         """
         setup_method_args = cls._get_setup_method_args(**locals())
         if labels_key is None:
@@ -227,7 +230,7 @@ class NACT(ClassifierMixin, BaseModelClass):
         train_size
             Fraction of cells used for training; the rest is the validation split on which
             ``f1_macro_validation``, ``accuracy_validation`` and ``ce_validation`` are logged
-            in :attr:`history`. ``1.0`` trains on every cell.
+            in :attr:`~scvi.model.base.BaseModelClass.history`. ``1.0`` trains on every cell.
         validation_size
             Fraction for validation; ``None`` means ``1 - train_size``.
         weight_decay
@@ -299,7 +302,7 @@ class NACT(ClassifierMixin, BaseModelClass):
 
         Returns
         -------
-        float32 array (cells x the model's genes, in :meth:`get_var_names` order); each row
+        float32 array (cells x the model's genes, in :meth:`~scvi.model.base.BaseModelClass.get_var_names` order); each row
         sums to 1.
         """
         prepared = self._prepare_adata(adata)
