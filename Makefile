@@ -22,6 +22,7 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/sphinx-build -M html docs docs/_build -W --keep-going -q
 
 bench: venv
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
