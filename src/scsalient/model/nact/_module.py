@@ -13,6 +13,10 @@ from torch import nn
 from scsalient.model.base._components import GeneMap, log1p_cp10k, split_sizes
 
 
+#: attention logit of unexpressed genes (finite, so a cell expressing nothing gets uniform attention)
+_MASKED = -1e4
+
+
 class ProjectionBlock(nn.Module):
     """One N-ACT projection block.
 
@@ -93,6 +97,8 @@ class NACTModule(BaseModuleClass):
     attention_init
         ``"zeros"`` starts from uniform attention (the attention weights start at zero);
         ``"xavier"`` draws them like every other layer, as in the authors' code.
+    mask_unexpressed
+        Restrict each cell's attention softmax to the genes it expresses (non-zero input).
     """
 
     def __init__(
@@ -108,6 +114,7 @@ class NACTModule(BaseModuleClass):
         normalize_input: bool = True,
         input_dropout: float = 0.0,
         attention_init: Literal["zeros", "xavier"] = "zeros",
+        mask_unexpressed: bool = True,
     ):
         super().__init__()
         self.n_input = n_input
@@ -120,6 +127,7 @@ class NACTModule(BaseModuleClass):
             last = self.attention.layers if attention_rank is None else self.attention.layers[-1]
             nn.init.zeros_(last.weight)
         self.input_dropout = nn.Dropout(input_dropout)
+        self.mask_unexpressed = mask_unexpressed
         self.blocks = nn.ModuleList(
             ProjectionBlock(n_input, n_heads, n_hidden_ff, dropout, attention_rank) for _ in range(n_blocks)
         )
@@ -163,7 +171,12 @@ class NACTModule(BaseModuleClass):
     def inference(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Attention, gene scores and class logits for a minibatch of cells."""
         x = self.input_dropout(self.prepare_input(x))
-        attention = F.softmax(self.attention(x), dim=-1)
+        logits = self.attention(x)
+        if self.mask_unexpressed:
+            # a gene the cell does not express scores a * 0 = 0 whatever its attention; keeping it
+            # out of the softmax puts the cell's attention on the genes it expresses
+            logits = logits.masked_fill(x == 0, _MASKED)
+        attention = F.softmax(logits, dim=-1)
         h = attention * x
         for block in self.blocks:
             h = block(h)
