@@ -1,0 +1,195 @@
+"""Benchmark datasets and their fixed train/test splits.
+
+Every loader returns an AnnData whose ``.X`` holds either integer counts or log-normalised
+values (``uns["bench_input"]`` says which) and whose ``obs`` has the label column
+``LABEL_KEY``. Splits are computed once and written to ``results/splits/<dataset>.json``;
+later runs reuse the stored indices (and refuse them if the data changed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+BENCH_DIR = Path(__file__).resolve().parent
+DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SPLIT_DIR = BENCH_DIR / "results" / "splits"
+LABEL_KEY = "cell_type"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    title: str
+    file: str
+    input: str  # "counts" or "lognorm"
+    split_rule: str
+    load: Callable[[], ad.AnnData]
+    split: Callable[[ad.AnnData], tuple[np.ndarray, np.ndarray]]
+
+    @property
+    def path(self) -> Path:
+        return DATA_DIR / self.file
+
+    def available(self) -> str | None:
+        """None when the data file exists, otherwise why the dataset is skipped."""
+        if not self.path.exists():
+            return f"data file not found: {self.path}"
+        return None
+
+
+# ---------------------------------------------------------------------------------- loaders
+
+
+def _load_kang() -> ad.AnnData:
+    adata = ad.read_h5ad(DATA_DIR / "kang2018_pbmc_8k.h5ad")
+    adata.obs["donor_id"] = adata.obs["donor_id"].astype(str)
+    return adata
+
+
+def _load_mop() -> ad.AnnData:
+    # read the RNA modality and the global obs only (the ATAC modality is not needed)
+    with h5py.File(DATA_DIR / "mop_snareseq2_multiome_10k.h5mu", "r") as handle:
+        obs = ad.io.read_elem(handle["obs"])
+        rna = ad.io.read_elem(handle["mod/rna"])
+    obs = obs.loc[rna.obs_names]
+    rna.obs = obs[["batch", "cell_type", "cell_type_coarse"]].copy()
+    rna.obs["batch"] = rna.obs["batch"].astype(str)
+    return rna
+
+
+def _load_spectra() -> ad.AnnData:
+    adata = ad.read_h5ad(DATA_DIR / "spectra_tils_1k_lognorm.h5ad")
+    adata.obsm.clear()  # precomputed embeddings were made on all cells, test included
+    return adata
+
+
+# ---------------------------------------------------------------------------------- split rules
+
+KANG_TRAIN_DONORS = ("1015", "1016", "1244")
+KANG_TEST_DONORS = ("1256", "1488")
+MOP_TEST_SUFFIXES = ("09J", "09K", "09L")
+
+
+def _split_kang(adata: ad.AnnData) -> tuple[np.ndarray, np.ndarray]:
+    donors = adata.obs["donor_id"].astype(str).to_numpy()
+    unknown = set(donors) - set(KANG_TRAIN_DONORS) - set(KANG_TEST_DONORS)
+    if unknown:
+        raise ValueError(f"Kang: unexpected donors {sorted(unknown)}")
+    return np.flatnonzero(np.isin(donors, KANG_TRAIN_DONORS)), np.flatnonzero(
+        np.isin(donors, KANG_TEST_DONORS)
+    )
+
+
+def _split_mop(adata: ad.AnnData) -> tuple[np.ndarray, np.ndarray]:
+    batch = adata.obs["batch"].astype(str)
+    is_test = batch.str.endswith(MOP_TEST_SUFFIXES).to_numpy()
+    found = sorted(set(batch[is_test]))
+    if len(found) != len(MOP_TEST_SUFFIXES):
+        raise ValueError(f"MOp: expected {len(MOP_TEST_SUFFIXES)} test sub-libraries, found {found}")
+    return np.flatnonzero(~is_test), np.flatnonzero(is_test)
+
+
+def _split_spectra(adata: ad.AnnData) -> tuple[np.ndarray, np.ndarray]:
+    labels = adata.obs[LABEL_KEY].astype(str).to_numpy()
+    train, test = train_test_split(np.arange(adata.n_obs), test_size=0.2, stratify=labels, random_state=0)
+    return np.sort(train), np.sort(test)
+
+
+DATASETS: dict[str, Dataset] = {
+    "kang": Dataset(
+        name="kang",
+        title="Kang 2018 PBMC (4 types)",
+        file="kang2018_pbmc_8k.h5ad",
+        input="counts",
+        split_rule="donor holdout: train donors 1015, 1016, 1244; test donors 1256, 1488",
+        load=_load_kang,
+        split=_split_kang,
+    ),
+    "mop": Dataset(
+        name="mop",
+        title="MOp SNARE-seq2 RNA (23 types)",
+        file="mop_snareseq2_multiome_10k.h5mu",
+        input="counts",
+        split_rule="sub-library holdout: test = batches ending in 09J, 09K, 09L",
+        load=_load_mop,
+        split=_split_mop,
+    ),
+    "spectra": Dataset(
+        name="spectra",
+        title="Spectra TILs, log-normalised (14 types)",
+        file="spectra_tils_1k_lognorm.h5ad",
+        input="lognorm",
+        split_rule="stratified 80/20 split of cells, random_state=0",
+        load=_load_spectra,
+        split=_split_spectra,
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------- stored splits
+
+
+def _fingerprint(adata: ad.AnnData) -> str:
+    digest = hashlib.sha1()
+    for name in adata.obs_names:
+        digest.update(name.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def get_split(dataset: Dataset, adata: ad.AnnData) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test row indices, read from the stored split file or computed and stored."""
+    path = SPLIT_DIR / f"{dataset.name}.json"
+    fingerprint = _fingerprint(adata)
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored["n_obs"] != adata.n_obs or stored["obs_names_sha1"] != fingerprint:
+            raise ValueError(
+                f"{path} was made for other data (n_obs {stored['n_obs']} vs {adata.n_obs}); "
+                "delete it to redo the split."
+            )
+        return np.asarray(stored["train"], dtype=np.int64), np.asarray(stored["test"], dtype=np.int64)
+    train, test = dataset.split(adata)
+    if np.intersect1d(train, test).size:
+        raise AssertionError(f"{dataset.name}: train and test overlap")
+    labels = adata.obs[LABEL_KEY].astype(str)
+    record = {
+        "dataset": dataset.name,
+        "file": dataset.file,
+        "rule": dataset.split_rule,
+        "label_key": LABEL_KEY,
+        "n_obs": int(adata.n_obs),
+        "n_train": len(train),
+        "n_test": len(test),
+        "obs_names_sha1": fingerprint,
+        "train_label_counts": labels.iloc[train].value_counts().to_dict(),
+        "test_label_counts": labels.iloc[test].value_counts().to_dict(),
+        "train": [int(i) for i in train],
+        "test": [int(i) for i in test],
+    }
+    SPLIT_DIR.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+    return train, test
+
+
+def load_split(name: str) -> tuple[ad.AnnData, ad.AnnData, Dataset]:
+    """Load a dataset and return copies of its train and test parts."""
+    dataset = DATASETS[name]
+    adata = dataset.load()
+    adata.obs[LABEL_KEY] = pd.Categorical(adata.obs[LABEL_KEY].astype(str))
+    adata.uns["bench_input"] = dataset.input
+    train, test = get_split(dataset, adata)
+    train_data, test_data = adata[train].copy(), adata[test].copy()
+    for part in (train_data, test_data):
+        part.obs[LABEL_KEY] = part.obs[LABEL_KEY].cat.remove_unused_categories()
+    return train_data, test_data, dataset

@@ -1,0 +1,260 @@
+"""Markdown tables and figures of the benchmark results."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+from datasets import DATASETS
+from peers import CLASSIFICATION, NEVER_RUN, PEERS_SOURCE, SYSTEM_TO_PEER
+
+
+def fmt(stat: dict | None, digits: int = 3) -> str:
+    if stat is None:
+        return "–"
+    text = f"{stat['mean']:.{digits}f}"
+    if stat.get("sd") is not None:
+        text += f" ± {stat['sd']:.{digits}f}"
+    return text
+
+
+def fmt_rate(stat: dict) -> str:
+    mean = stat["mean"]
+    text = f"{mean / 1000:.1f}k" if mean >= 1000 else f"{mean:.0f}"
+    if stat.get("sd") is not None:
+        sd = stat["sd"]
+        text += f" ± {sd / 1000:.1f}k" if mean >= 1000 else f" ± {sd:.0f}"
+    return text
+
+
+def git_line(git: dict | None) -> str:
+    """One sentence naming the commit the package was at, and its uncommitted changes."""
+    if not git or not git.get("commit"):
+        return ""
+    text = f"Package at commit `{git['commit'][:10]}`"
+    changed = git.get("uncommitted_changes_in_src") or []
+    return text + (
+        f" plus uncommitted changes to {', '.join(f'`{c}`' for c in changed)}." if changed else "."
+    )
+
+
+def _gap(gap: float) -> str:
+    """Absolute difference in macro-F1, with 4 decimals when 3 would show 0.000."""
+    return f"{abs(gap):.3f}" if abs(gap) >= 0.0005 else f"{abs(gap):.4f}"
+
+
+def _rows(results: dict, dataset: str) -> list[dict]:
+    order = list(results["systems"])
+    rows = [row for row in results["summary"] if row["dataset"] == dataset]
+    return sorted(rows, key=lambda row: order.index(row["system"]))
+
+
+def comparison_lines(results: dict) -> list[str]:
+    """Plain statements of where each scsalient model stands against the best peer."""
+    systems = results["systems"]
+    lines = []
+    for dataset, info in results["datasets"].items():
+        rows = _rows(results, dataset)
+        ours = [row for row in rows if systems[row["system"]]["family"] == "scsalient"]
+        peers = [row for row in rows if systems[row["system"]]["family"] == "peer"]
+        if not ours:
+            continue
+        reference = CLASSIFICATION.get(dataset, {})
+        best_reference = max(reference.items(), key=lambda item: item[1][0]) if reference else None
+        for row in ours:
+            label = systems[row["system"]]["label"]
+            f1 = row["macro_f1"]["mean"]
+            parts = []
+            if peers:
+                best = max(peers, key=lambda r: r["macro_f1"]["mean"])
+                best_f1 = best["macro_f1"]["mean"]
+                gap = f1 - best_f1
+                name = systems[best["system"]]["label"]
+                where = f"the best peer run here, {name} ({best_f1:.3f}), by {_gap(gap)} macro-F1"
+                verdict = f"**below {where}**" if gap < 0 else f"at or above {where}"
+                sds = [s for s in (row["macro_f1"]["sd"], best["macro_f1"]["sd"]) if s is not None]
+                if sds and abs(gap) <= max(sds):
+                    verdict += " (within one seed sd)"
+                parts.append(verdict)
+            if best_reference is not None:
+                ref_name, (ref_f1, *_rest) = best_reference
+                gap = f1 - ref_f1
+                where = f"the best number in peers.md, {ref_name} ({ref_f1:.3f}), by {_gap(gap)}"
+                parts.append(f"**below {where}**" if gap < 0 else f"at or above {where}")
+            lines.append(f"- **{info['title']}** — {label}: macro-F1 {f1:.3f}; " + "; ".join(parts) + ".")
+    return lines
+
+
+def write_classification_markdown(results: dict, path: Path) -> None:
+    env = results["environment"]
+    packages = env["packages"]
+    systems = results["systems"]
+    runs_ok = [r for r in results["runs"] if r["status"] == "ok"]
+    loads = [r["loadavg_start"] for r in runs_ok if "loadavg_start" in r]
+    seeds = ", ".join(str(s) for s in results["seeds"])
+    versions = ", ".join(f"{name} {version}" for name, version in packages.items() if version)
+    out = [
+        "# Cell-type classification benchmark",
+        "",
+        f"Budget **{results['budget']}** (seeds {seeds}), started {results['started']}, "
+        f"{results['total_seconds'] / 60:.1f} min in total. Machine: {env['cpu_count']} CPU cores, "
+        f"{env['platform']}, Python {env['python']}; {versions}.",
+    ]
+    if git_line(env.get("git")):
+        out.append(git_line(env.get("git")))
+    if loads:
+        text = f"1-min load average at the start of the runs: {min(loads):.1f}–{max(loads):.1f}"
+        if max(loads) > 0.75 * (env["cpu_count"] or 1):
+            text += (
+                f" on {env['cpu_count']} cores: other jobs shared the machine, so the times are upper "
+                "bounds of what free cores give"
+            )
+        out.append(text + ".")
+    out += [
+        "",
+        "Scores are on the held-out test cells: macro-F1 over the classes present in the test labels or "
+        "predictions, accuracy, mean ± sd over seeds (no sd with one seed). *Fit s*: training time "
+        "(NACT: setup, model construction and all epochs). *Predict cells/s*: test cells divided by "
+        "prediction time. *Peak RSS*: peak resident memory of the run's own process, data loading "
+        "included. Each run is a separate process. Rows marked *from peers.md* were not run here; "
+        f"they come from {PEERS_SOURCE}.",
+        "",
+        "## scsalient against the best peer",
+        "",
+        *comparison_lines(results),
+        "",
+    ]
+    for dataset, info in results["datasets"].items():
+        rows = _rows(results, dataset)
+        out += [
+            f"## {info['title']}",
+            "",
+            f"Split: {info['split']} — {info['n_train']:,} train / {info['n_test']:,} test cells, "
+            f"{info['n_genes']:,} features, input {info['input']} "
+            f"({info['n_classes_train']} classes in train, {info['n_classes_test']} in test).",
+            "",
+            "| system | macro-F1 | accuracy | fit s | predict cells/s | peak RSS MB | seeds |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in rows:
+            label = systems[row["system"]]["label"]
+            if systems[row["system"]]["family"] == "scsalient":
+                label = f"**{label}**"
+            cells = [
+                label,
+                fmt(row["macro_f1"]),
+                fmt(row["accuracy"]),
+                fmt(row["fit_seconds"], 1),
+                fmt_rate(row["predict_cells_per_second"]),
+                fmt(row["peak_rss_mb"], 0),
+                str(row["n_seeds"]),
+            ]
+            out.append("| " + " | ".join(cells) + " |")
+        run_peers = {SYSTEM_TO_PEER.get(row["system"]) for row in rows}
+        for name, (f1, acc, fit, rate) in CLASSIFICATION.get(dataset, {}).items():
+            if name in run_peers:
+                continue
+            out.append(f"| {name} *(from peers.md)* | {f1:.3f} | {acc:.3f} | {fit} | {rate} | – | – |")
+        # per-class F1
+        if rows:
+            classes = sorted({c for row in rows for c in row["per_class_f1_mean"]})
+            support = {}
+            for run in results["runs"]:
+                if run["status"] == "ok" and run["dataset"] == dataset:
+                    support.update(run["test_support"])
+            out += [
+                "",
+                "Per-class F1 (mean over seeds; test cells per class):",
+                "",
+                "| class | test cells | " + " | ".join(row["system"] for row in rows) + " |",
+                "|---|---|" + "---|" * len(rows),
+            ]
+            for c in classes:
+                values = " | ".join(f"{row['per_class_f1_mean'].get(c, 0.0):.2f}" for row in rows)
+                out.append(f"| {c} | {support.get(c, 0)} | {values} |")
+        out.append("")
+    out += ["## Not run", ""]
+    for name, why in NEVER_RUN.items():
+        numbers = "; ".join(
+            f"{DATASETS[d].title}: macro-F1 {v[name][0]:.3f}, accuracy {v[name][1]:.3f}, fit {v[name][2]} s"
+            for d, v in CLASSIFICATION.items()
+            if name in v
+        )
+        out.append(f"- {name}: not run ({why}). From peers.md: {numbers}.")
+    for item in results["skipped"]:
+        what = item.get("system") or item.get("dataset")
+        out.append(f"- {what}: skipped — {item['reason']}.")
+    errors = [r for r in results["runs"] if r["status"] == "error"]
+    for run in errors:
+        out.append(
+            f"- {run['system']} on {run['dataset']} (seed {run['seed']}): failed — {run.get('error')}."
+        )
+    out += ["", "Systems:", ""]
+    for name, meta in systems.items():
+        out.append(f"- `{name}` ({meta['label']}): {meta['description']}; input: {meta['input']}.")
+    path.write_text("\n".join(out) + "\n")
+
+
+def write_classification_figure(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = [d for d in results["datasets"] if any(r["dataset"] == d for r in results["summary"])]
+    systems = [s for s in results["systems"] if any(r["system"] == s for r in results["summary"])]
+    if not datasets or not systems:
+        return
+    width = 0.8 / len(systems)
+    fig, ax = plt.subplots(figsize=(1.5 + len(datasets) * (0.6 + 0.4 * len(systems)), 3.8))
+    colors = plt.get_cmap("tab10")
+    for i, system in enumerate(systems):
+        means, sds, xs = [], [], []
+        for j, dataset in enumerate(datasets):
+            row = next(
+                (r for r in results["summary"] if r["dataset"] == dataset and r["system"] == system), None
+            )
+            if row is None:
+                continue
+            xs.append(j - 0.4 + width * (i + 0.5))
+            means.append(row["macro_f1"]["mean"])
+            sds.append(row["macro_f1"]["sd"] or 0.0)
+        family = results["systems"][system]["family"]
+        ax.bar(
+            xs,
+            means,
+            width,
+            yerr=sds if any(sds) else None,
+            label=results["systems"][system]["label"],
+            color=colors(i),
+            edgecolor="black" if family == "scsalient" else "none",
+            linewidth=1.2,
+            capsize=2,
+        )
+        for x, m in zip(xs, means):
+            ax.text(x, m + 0.01, f"{m:.3f}", ha="center", va="bottom", fontsize=7, rotation=90)
+    ax.set_xticks(np.arange(len(datasets)))
+    ax.set_xticklabels([textwrap.fill(results["datasets"][d]["title"], 18) for d in datasets], fontsize=8)
+    ax.set_ylim(0, 1.15)
+    ax.set_ylabel("macro-F1 (test cells)")
+    ax.set_title(f"Cell-type classification, budget {results['budget']}", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+
+
+def main() -> None:
+    """Re-render classification.md and .png from results/classification.json."""
+    import json
+
+    results_dir = Path(__file__).resolve().parent / "results"
+    results = json.loads((results_dir / "classification.json").read_text())
+    write_classification_markdown(results, results_dir / "classification.md")
+    write_classification_figure(results, results_dir / "classification.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,367 @@
+"""Cell-type classification benchmark of scsalient's models against peer classifiers.
+
+Usage::
+
+    python benchmarks/run.py --budget quick     # Kang + MOp; nact, logreg, mlp; 1 seed
+    python benchmarks/run.py --budget full      # + Spectra TILs; all systems; 3 seeds
+    python benchmarks/run.py --budget quick --systems nact logreg --datasets kang --no-markers
+
+Each (system, dataset, seed) runs in its own subprocess
+(``python benchmarks/run.py --one SYSTEM DATASET SEED --json OUT``), so its wall time and
+peak resident memory are its own. Results go to ``benchmarks/results/``:
+``classification.json`` (every run, with per-class F1), ``classification.md`` (mean ± sd over
+seeds) and ``classification.png``. The marker benchmark (``markers.py``) runs afterwards unless
+``--no-markers`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS = BENCH_DIR / "results"
+if str(BENCH_DIR) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR))
+
+from datasets import DATASETS, LABEL_KEY  # noqa: E402
+from systems import SYSTEMS  # noqa: E402
+
+BUDGET_DATASETS = {"quick": ["kang", "mop"], "full": ["kang", "mop", "spectra"]}
+BUDGET_SEEDS = {"quick": [0], "full": [0, 1, 2]}
+PACKAGES = (
+    "scsalient",
+    "torch",
+    "scvi-tools",
+    "scikit-learn",
+    "scanpy",
+    "anndata",
+    "numpy",
+    "celltypist",
+    "xgboost",
+)
+
+
+# ---------------------------------------------------------------------------------- one run
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MB (ru_maxrss is in KB on Linux, bytes on macOS)."""
+    value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return value / 2**20 if sys.platform == "darwin" else value / 1024
+
+
+def score(truth: np.ndarray, predictions: np.ndarray) -> dict:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    labels = np.unique(np.concatenate([truth, predictions]))
+    per_class = f1_score(truth, predictions, labels=labels, average=None, zero_division=0)
+    support = {label: int((truth == label).sum()) for label in labels}
+    return {
+        "macro_f1": float(f1_score(truth, predictions, labels=labels, average="macro", zero_division=0)),
+        "accuracy": float(accuracy_score(truth, predictions)),
+        "per_class_f1": {str(label): float(value) for label, value in zip(labels, per_class)},
+        "test_support": {str(label): count for label, count in support.items()},
+        "n_predicted_classes_absent_from_test": int(sum(support[label] == 0 for label in labels)),
+    }
+
+
+def run_one(system_name: str, dataset_name: str, seed: int, budget: str, out: Path) -> int:
+    from datasets import load_split
+
+    record = {
+        "system": system_name,
+        "dataset": dataset_name,
+        "seed": seed,
+        "budget": budget,
+        "loadavg_start": os.getloadavg()[0],
+    }
+    try:
+        system = SYSTEMS[system_name]
+        missing = system.missing()
+        if missing:
+            record.update(status="skipped", reason=missing)
+            out.write_text(json.dumps(record, indent=1))
+            return 0
+        start = time.perf_counter()
+        train, test, _ = load_split(dataset_name)
+        record["load_seconds"] = time.perf_counter() - start
+        record["rss_after_load_mb"] = peak_rss_mb()
+        record.update(n_train=train.n_obs, n_test=test.n_obs, n_genes=train.n_vars)
+        result = system.fit_predict(train, test, LABEL_KEY, seed, budget)
+        predictions = np.asarray(result["predictions"]).astype(str)
+        truth = test.obs[LABEL_KEY].astype(str).to_numpy()
+        if predictions.shape != truth.shape:
+            raise ValueError(
+                f"{system_name} returned {predictions.shape} predictions for {truth.shape} cells"
+            )
+        record.update(score(truth, predictions))
+        record.update(
+            status="ok",
+            fit_seconds=float(result["fit_seconds"]),
+            predict_seconds=float(result["predict_seconds"]),
+            predict_cells_per_second=test.n_obs / max(float(result["predict_seconds"]), 1e-9),
+            peak_rss_mb=peak_rss_mb(),
+            extra=result.get("extra", {}),
+            loadavg_end=os.getloadavg()[0],
+        )
+    except Exception as error:  # noqa: BLE001 - any failure of a system is recorded, not fatal
+        record.update(
+            status="error", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc()
+        )
+        out.write_text(json.dumps(record, indent=1))
+        print(record["traceback"], file=sys.stderr)
+        return 1
+    out.write_text(json.dumps(record, indent=1))
+    return 0
+
+
+# ---------------------------------------------------------------------------------- the suite
+
+
+def git_state() -> dict:
+    """Commit of the checkout and the files of the package that differ from it."""
+    root = BENCH_DIR.parent
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True)
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+        return done.stdout.rstrip("\n")
+
+    changed = [line[3:] for line in git("status", "--porcelain", "--", "src").splitlines()]
+    return {"commit": git("rev-parse", "HEAD") or None, "uncommitted_changes_in_src": changed}
+
+
+def environment() -> dict:
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "git": git_state(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "packages": versions,
+    }
+
+
+def prepare_splits(dataset_names: list[str]) -> dict:
+    """Create (or check) the stored split of every dataset; return a description of each."""
+    from datasets import load_split
+
+    info = {}
+    for name in dataset_names:
+        train, test, dataset = load_split(name)
+        info[name] = {
+            "title": dataset.title,
+            "file": dataset.file,
+            "input": dataset.input,
+            "split": dataset.split_rule,
+            "n_train": train.n_obs,
+            "n_test": test.n_obs,
+            "n_genes": train.n_vars,
+            "n_classes_train": int(train.obs[LABEL_KEY].nunique()),
+            "n_classes_test": int(test.obs[LABEL_KEY].nunique()),
+        }
+        del train, test
+    return info
+
+
+def run_child(system: str, dataset: str, seed: int, budget: str, timeout: float, out_dir: Path) -> dict:
+    logs = out_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"{system}_{dataset}_{seed}.log"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run.json"
+        command = [sys.executable, str(Path(__file__).resolve()), "--one", system, dataset, str(seed)]
+        command += ["--budget", budget, "--json", str(out)]
+        start = time.perf_counter()
+        with open(log_path, "w") as log:
+            try:
+                process = subprocess.run(
+                    command, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, check=False
+                )
+                returncode = process.returncode
+            except subprocess.TimeoutExpired:
+                returncode = None
+        wall = time.perf_counter() - start
+        if out.exists():
+            record = json.loads(out.read_text())
+        else:
+            reason = f"timed out after {timeout:.0f} s" if returncode is None else f"exit code {returncode}"
+            record = {"system": system, "dataset": dataset, "seed": seed, "budget": budget, "status": "error"}
+            record["error"] = f"no result ({reason}); see {log_path}"
+    record["wall_seconds"] = wall
+    return record
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    rows = []
+    keys = sorted({(r["dataset"], r["system"]) for r in runs if r["status"] == "ok"})
+    for dataset, system in keys:
+        ok = [r for r in runs if r["dataset"] == dataset and r["system"] == system and r["status"] == "ok"]
+        row = {"dataset": dataset, "system": system, "n_seeds": len(ok), "seeds": [r["seed"] for r in ok]}
+        for metric in (
+            "macro_f1",
+            "accuracy",
+            "fit_seconds",
+            "predict_cells_per_second",
+            "peak_rss_mb",
+            "wall_seconds",
+        ):
+            values = np.array([r[metric] for r in ok], dtype=float)
+            row[metric] = {
+                "mean": float(values.mean()),
+                "sd": float(values.std(ddof=1)) if len(values) > 1 else None,
+                "values": values.tolist(),
+            }
+        classes = sorted({c for r in ok for c in r["per_class_f1"]})
+        row["per_class_f1_mean"] = {
+            c: float(np.mean([r["per_class_f1"].get(c, 0.0) for r in ok])) for c in classes
+        }
+        rows.append(row)
+    return rows
+
+
+def main_suite(args: argparse.Namespace) -> None:
+    budget = args.budget
+    dataset_names = args.datasets or BUDGET_DATASETS[budget]
+    system_names = args.systems or [name for name, s in SYSTEMS.items() if budget in s.budgets]
+    seeds = args.seeds if args.seeds is not None else BUDGET_SEEDS[budget]
+    for name in system_names:
+        if name not in SYSTEMS:
+            raise SystemExit(f"unknown system {name!r}; known: {', '.join(SYSTEMS)}")
+    for name in dataset_names:
+        if name not in DATASETS:
+            raise SystemExit(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+
+    started = dt.datetime.now().astimezone()
+    clock = time.perf_counter()
+    skipped = []
+    available = []
+    for name in dataset_names:
+        reason = DATASETS[name].available()
+        if reason:
+            print(f"[skip] dataset {name}: {reason}", flush=True)
+            skipped.append({"dataset": name, "reason": reason})
+        else:
+            available.append(name)
+    dataset_info = prepare_splits(available)
+
+    runs = []
+    for dataset in available:
+        for system_name in system_names:
+            system = SYSTEMS[system_name]
+            missing = system.missing()
+            if missing:
+                if not any(s.get("system") == system_name for s in skipped):
+                    print(f"[skip] {system_name}: {missing}", flush=True)
+                    skipped.append({"system": system_name, "reason": missing})
+                continue
+            system_seeds = seeds[: system.max_seeds] if system.max_seeds else seeds
+            for seed in system_seeds:
+                print(f"[run] {system_name:<11} {dataset:<8} seed {seed} ...", end=" ", flush=True)
+                record = run_child(system_name, dataset, seed, budget, args.timeout, args.out)
+                runs.append(record)
+                if record["status"] == "ok":
+                    print(
+                        f"macro-F1 {record['macro_f1']:.3f}  acc {record['accuracy']:.3f}  "
+                        f"fit {record['fit_seconds']:.1f} s  wall {record['wall_seconds']:.0f} s  "
+                        f"RSS {record['peak_rss_mb']:.0f} MB",
+                        flush=True,
+                    )
+                else:
+                    print(
+                        f"{record['status'].upper()}: {record.get('error', record.get('reason'))}", flush=True
+                    )
+
+    results = {
+        "budget": budget,
+        "started": started.isoformat(timespec="seconds"),
+        "total_seconds": time.perf_counter() - clock,
+        "seeds": seeds,
+        "environment": environment(),
+        "datasets": dataset_info,
+        "systems": {
+            name: {
+                "label": SYSTEMS[name].label,
+                "family": SYSTEMS[name].family,
+                "description": SYSTEMS[name].description,
+                "input": SYSTEMS[name].input,
+            }
+            for name in system_names
+        },
+        "skipped": skipped,
+        "summary": summarise(runs),
+        "runs": runs,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    from report import write_classification_figure, write_classification_markdown
+
+    (args.out / "classification.json").write_text(json.dumps(results, indent=1))
+    write_classification_markdown(results, args.out / "classification.md")
+    write_classification_figure(results, args.out / "classification.png")
+    written = ", ".join(str(args.out / f"classification.{ext}") for ext in ("json", "md", "png"))
+    print(f"Classification done in {results['total_seconds']:.0f} s; wrote {written}", flush=True)
+    failed = [r for r in runs if r["status"] == "error"]
+
+    if not args.no_markers:
+        command = [sys.executable, str(BENCH_DIR / "markers.py"), "--budget", budget, "--out", str(args.out)]
+        print("[run] markers.py ...", flush=True)
+        marker_rc = subprocess.run(command, check=False).returncode
+        if marker_rc:
+            print(f"markers.py failed with exit code {marker_rc}", flush=True)
+            failed.append({"markers": marker_rc})
+    print(f"Total {time.perf_counter() - clock:.0f} s.", flush=True)
+    if failed:
+        raise SystemExit(f"{len(failed)} run(s) failed; see {args.out / 'logs'}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", choices=["quick", "full"], default="quick")
+    parser.add_argument("--systems", nargs="+", help="systems to run (default: those of the budget)")
+    parser.add_argument("--datasets", nargs="+", help="datasets to run (default: those of the budget)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 0 for quick, 0 1 2 for full)")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed per run")
+    parser.add_argument("--no-markers", action="store_true", help="skip the marker benchmark")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS, help="folder for the results (default: results/)"
+    )
+    parser.add_argument(
+        "--one", nargs=3, metavar=("SYSTEM", "DATASET", "SEED"), help="run one system (internal)"
+    )
+    parser.add_argument("--json", type=Path, help="with --one: where to write the result")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.one:
+        if args.json is None:
+            raise SystemExit("--one needs --json OUT")
+        system, dataset, seed = args.one
+        raise SystemExit(run_one(system, dataset, int(seed), args.budget, args.json))
+    main_suite(args)
+
+
+if __name__ == "__main__":
+    main()

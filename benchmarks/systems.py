@@ -1,0 +1,320 @@
+"""Registry of the classification systems compared by the benchmark.
+
+Every system is a function ``fit_predict(train, test, label_key, seed, budget)`` that trains on
+``train`` (an AnnData with labels in ``train.obs[label_key]``) and predicts ``test``. It returns
+``dict(predictions=np.ndarray of str, fit_seconds=float, predict_seconds=float, extra={...})``.
+``.X`` holds counts or log-normalised values; ``train.uns["bench_input"]`` says which.
+
+To add a system, write such a function and register it in ``SYSTEMS`` (see README.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+BUDGETS = ("quick", "full")
+
+# NACT epochs per budget (lr 1e-3, batch 256)
+NACT_EPOCHS = {"quick": 10, "full": 30}
+
+
+@dataclass(frozen=True)
+class System:
+    name: str
+    label: str
+    family: str  # "scsalient" (the package's models) or "peer"
+    fit_predict: Callable[..., dict]
+    description: str
+    budgets: tuple[str, ...] = BUDGETS
+    requires: tuple[str, ...] = ()
+    max_seeds: int | None = None  # cap on seeds (for slow systems under the full budget)
+    input: str = "log1p CP10k"
+    settings: dict = field(default_factory=dict)
+
+    def missing(self) -> str | None:
+        """None when the system can run, otherwise why it is skipped."""
+        absent = [module for module in self.requires if importlib.util.find_spec(module) is None]
+        if absent:
+            return (
+                f"package(s) {', '.join(absent)} not installed; "
+                "install the benchmark extra (pip install -e '.[bench]', done by `make bench`)"
+            )
+        return None
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def lognorm(adata: AnnData) -> sparse.csr_matrix | np.ndarray:
+    """log1p CP10k of counts, or the values as given when the data are already log-normalised."""
+    X = adata.X
+    if adata.uns.get("bench_input") == "lognorm":
+        return X.astype(np.float32) if sparse.issparse(X) else np.asarray(X, dtype=np.float32)
+    X = sparse.csr_matrix(X, dtype=np.float32)
+    totals = np.asarray(X.sum(axis=1)).ravel()
+    X = sparse.diags((1e4 / np.maximum(totals, 1)).astype(np.float32)) @ X
+    X.data = np.log1p(X.data)
+    return sparse.csr_matrix(X)
+
+
+def lognorm_adata(adata: AnnData) -> AnnData:
+    out = AnnData(lognorm(adata), obs=adata.obs[[]].copy(), var=adata.var[[]].copy())
+    return out
+
+
+def _timed(function, *args, **kwargs):
+    start = time.perf_counter()
+    result = function(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def _jsonable(settings: dict) -> dict:
+    return {
+        k: v if isinstance(v, bool | int | float | str | type(None)) else repr(v) for k, v in settings.items()
+    }
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "scvi", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*number of training batches.*")
+
+
+# ---------------------------------------------------------------------------------- scsalient
+
+
+def _nact(
+    train: AnnData, test: AnnData, label_key: str, seed: int, *, epochs: int, lr: float, batch_size: int
+):
+    _quiet_lightning()
+    import scvi
+
+    import scsalient as ss
+
+    scvi.settings.seed = seed
+    train = train.copy()
+    start = time.perf_counter()
+    ss.model.NACT.setup_anndata(train, labels_key=label_key)
+    model = ss.model.NACT(train)
+    model.train(max_epochs=epochs, lr=lr, batch_size=batch_size, enable_progress_bar=False)
+    fit_seconds = time.perf_counter() - start
+    predictions, predict_seconds = _timed(model.predict, test)
+    history = model.history
+    extra = {
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "train_size": 0.9,
+        "seconds_per_epoch": fit_seconds / epochs,
+        "n_parameters": int(sum(p.numel() for p in model.module.parameters())),
+        "input_kind": model.input_kind,
+        "model_settings": _jsonable(model.init_params_["non_kwargs"]),
+    }
+    for key in ("f1_macro_validation", "f1_macro_train", "ce_validation"):
+        if key in history:
+            extra[f"{key}_per_epoch"] = [round(float(v), 4) for v in history[key].iloc[:, 0]]
+    return {
+        "predictions": np.asarray(predictions).astype(str),
+        "fit_seconds": fit_seconds,
+        "predict_seconds": predict_seconds,
+        "extra": extra,
+    }
+
+
+def nact(train, test, label_key, seed, budget):
+    return _nact(train, test, label_key, seed, epochs=NACT_EPOCHS[budget], lr=1e-3, batch_size=256)
+
+
+def nact_paper(train, test, label_key, seed, budget):
+    return _nact(train, test, label_key, seed, epochs=50, lr=1e-4, batch_size=128)
+
+
+# ---------------------------------------------------------------------------------- peers
+
+
+def logreg(train, test, label_key, seed, budget):
+    from sklearn.linear_model import LogisticRegression
+
+    X_train, y_train = lognorm(train), train.obs[label_key].astype(str).to_numpy()
+    classifier = LogisticRegression(max_iter=1000, random_state=seed)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning is recorded in extra instead
+        classifier.fit(X_train, y_train)
+    fit_seconds = time.perf_counter() - start
+    predictions, predict_seconds = _timed(classifier.predict, lognorm(test))
+    return {
+        "predictions": predictions.astype(str),
+        "fit_seconds": fit_seconds,
+        "predict_seconds": predict_seconds,
+        "extra": {"n_iter": int(np.max(classifier.n_iter_)), "max_iter": 1000, "solver": classifier.solver},
+    }
+
+
+def mlp(train, test, label_key, seed, budget):
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.preprocessing import LabelEncoder
+
+    # integer labels: early stopping in scikit-learn 1.7 fails on string labels (np.isnan on them)
+    encoder = LabelEncoder()
+    X_train = lognorm(train)
+    y_train = encoder.fit_transform(train.obs[label_key].astype(str).to_numpy())
+    classifier = MLPClassifier(hidden_layer_sizes=(100, 50, 25), early_stopping=True, random_state=seed)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        classifier.fit(X_train, y_train)
+    fit_seconds = time.perf_counter() - start
+    predictions, predict_seconds = _timed(
+        lambda: encoder.inverse_transform(classifier.predict(lognorm(test)))
+    )
+    return {
+        "predictions": np.asarray(predictions).astype(str),
+        "fit_seconds": fit_seconds,
+        "predict_seconds": predict_seconds,
+        "extra": {"n_iter": int(classifier.n_iter_), "layers": [100, 50, 25], "early_stopping": True},
+    }
+
+
+def celltypist(train, test, label_key, seed, budget):
+    import celltypist as ct
+
+    lognormal_input = train.uns.get("bench_input") == "lognorm"
+    train_ln, test_ln = lognorm_adata(train), lognorm_adata(test)
+    labels = train.obs[label_key].astype(str).to_numpy()
+    start = time.perf_counter()
+    model = ct.train(
+        train_ln,
+        labels=labels,
+        use_SGD=False,
+        feature_selection=False,
+        check_expression=not lognormal_input,
+        n_jobs=2,
+    )
+    fit_seconds = time.perf_counter() - start
+    if lognormal_input:
+        # annotate() refuses values above log1p(1e4 counts) scale; apply the model's scaler and
+        # classifier as annotate() does (CellTypist's "best match" = argmax of decision scores)
+        def predict():
+            genes = pd.Index(test_ln.var_names).get_indexer(model.features)
+            X = test_ln.X[:, genes]
+            X = X.toarray() if sparse.issparse(X) else np.asarray(X)
+            X = (X - model.scaler.mean_) / model.scaler.scale_
+            np.minimum(X, 10, out=X)
+            return model.predict_labels_and_prob(X)[2]
+
+        predictions, predict_seconds = _timed(predict)
+        how = "model scaler + classifier (annotate() rejects this scale)"
+    else:
+        result, predict_seconds = _timed(ct.annotate, test_ln, model=model, majority_voting=False)
+        predictions = result.predicted_labels["predicted_labels"]
+        how = "celltypist.annotate, best match, no majority voting"
+    return {
+        "predictions": np.asarray(predictions).astype(str),
+        "fit_seconds": fit_seconds,
+        "predict_seconds": predict_seconds,
+        "extra": {"version": ct.__version__, "use_SGD": False, "feature_selection": False, "prediction": how},
+    }
+
+
+def xgboost(train, test, label_key, seed, budget):
+    import xgboost as xgb
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import LabelEncoder
+
+    encoder = LabelEncoder()
+    y_train = encoder.fit_transform(train.obs[label_key].astype(str).to_numpy())
+    X_train = lognorm(train)
+    X_train = X_train.toarray() if sparse.issparse(X_train) else X_train
+    start = time.perf_counter()
+    pca = PCA(n_components=50, random_state=seed)
+    Z_train = pca.fit_transform(X_train)
+    classifier = xgb.XGBClassifier(tree_method="hist", n_jobs=2, random_state=seed)
+    classifier.fit(Z_train, y_train)
+    fit_seconds = time.perf_counter() - start
+
+    def predict():
+        X_test = lognorm(test)
+        X_test = X_test.toarray() if sparse.issparse(X_test) else X_test
+        return encoder.inverse_transform(classifier.predict(pca.transform(X_test)))
+
+    predictions, predict_seconds = _timed(predict)
+    return {
+        "predictions": np.asarray(predictions).astype(str),
+        "fit_seconds": fit_seconds,
+        "predict_seconds": predict_seconds,
+        "extra": {"version": xgb.__version__, "n_pcs": 50, "n_estimators": classifier.n_estimators or 100},
+    }
+
+
+SYSTEMS: dict[str, System] = {
+    system.name: system
+    for system in [
+        System(
+            name="nact",
+            label="scsalient NACT",
+            family="scsalient",
+            fit_predict=nact,
+            description=(
+                "N-ACT, lr 1e-3, batch 256, 10 (quick) / 30 (full) epochs, "
+                "10% of train cells held out for validation"
+            ),
+            input="as given (counts are normalised inside the model)",
+        ),
+        System(
+            name="nact_paper",
+            label="scsalient NACT, published settings",
+            family="scsalient",
+            fit_predict=nact_paper,
+            description="N-ACT, lr 1e-4, batch 128, 50 epochs (the published settings); seed 0 only",
+            budgets=("full",),
+            max_seeds=1,
+            input="as given (counts are normalised inside the model)",
+        ),
+        System(
+            name="logreg",
+            label="logistic regression",
+            family="peer",
+            fit_predict=logreg,
+            description="sklearn LogisticRegression(max_iter=1000), lbfgs",
+        ),
+        System(
+            name="mlp",
+            label="MLP 100-50-25",
+            family="peer",
+            fit_predict=mlp,
+            description="sklearn MLPClassifier (100, 50, 25), early_stopping=True (ACTINN layout)",
+        ),
+        System(
+            name="celltypist",
+            label="CellTypist",
+            family="peer",
+            fit_predict=celltypist,
+            description="celltypist.train(use_SGD=False, feature_selection=False); annotate without voting",
+            budgets=("full",),
+            requires=("celltypist",),
+        ),
+        System(
+            name="xgboost",
+            label="XGBoost on 50 PCs",
+            family="peer",
+            fit_predict=xgboost,
+            description="PCA(50) of log1p CP10k, XGBClassifier(tree_method='hist') with default trees",
+            budgets=("full",),
+            requires=("xgboost",),
+            input="50 PCs of log1p CP10k",
+        ),
+    ]
+}
