@@ -22,16 +22,22 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import numpy as np  # noqa: E402
-import scanpy as sc  # noqa: E402
-import scvi  # noqa: E402
-from sklearn.linear_model import LogisticRegression  # noqa: E402
-from sklearn.metrics import accuracy_score, f1_score  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
+import numpy as np
+import scanpy as sc
+import scvi
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, f1_score
+from sklearn.model_selection import train_test_split
 
-import scsalient as ss  # noqa: E402
+import scsalient as ss
 
-MARKERS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "markers" / "PanglaoDB_markers_27_Mar_2020.tsv.gz"
+MARKERS = (
+    Path(__file__).resolve().parents[1].parent
+    / "shared"
+    / "data"
+    / "markers"
+    / "PanglaoDB_markers_27_Mar_2020.tsv.gz"
+)
 
 
 def load_pbmc() -> sc.AnnData:
@@ -58,12 +64,18 @@ def supervised(adata: sc.AnnData, out: Path) -> None:
     truth = test.obs["bulk_labels"].astype(str)
     logreg = LogisticRegression(max_iter=2000).fit(train.X, train.obs["bulk_labels"].astype(str))
     baseline = logreg.predict(test.X)
-    print(f"\n[supervised] NACT on {train.n_obs} cells x {train.n_vars} genes, {len(model.classes)} types, "
-          f"trained in {seconds:.1f} s")
-    print(f"  held-out {test.n_obs} cells: accuracy {accuracy_score(truth, predicted):.3f}, "
-          f"macro-F1 {f1_score(truth, predicted, average='macro'):.3f}")
-    print(f"  logistic regression, same split: accuracy {accuracy_score(truth, baseline):.3f}, "
-          f"macro-F1 {f1_score(truth, baseline, average='macro'):.3f}")
+    print(
+        f"\n[supervised] NACT on {train.n_obs} cells x {train.n_vars} genes, {len(model.classes)} types, "
+        f"trained in {seconds:.1f} s"
+    )
+    print(
+        f"  held-out {test.n_obs} cells: accuracy {accuracy_score(truth, predicted):.3f}, "
+        f"macro-F1 {f1_score(truth, predicted, average='macro'):.3f}"
+    )
+    print(
+        f"  logistic regression, same split: accuracy {accuracy_score(truth, baseline):.3f}, "
+        f"macro-F1 {f1_score(truth, baseline, average='macro'):.3f}"
+    )
 
     model.annotate(adata)  # all 700 cells: predictions, probabilities, attention
     sc.pl.umap(adata, color=["bulk_labels", "nact_prediction", "nact_confidence"], wspace=0.45, show=False)
@@ -71,7 +83,9 @@ def supervised(adata: sc.AnnData, out: Path) -> None:
     matplotlib.pyplot.close("all")
     ss.tl.salient_genes(adata, groupby="nact_prediction", key_added="salient_genes")
     ss.pl.salient_genes(adata, n_genes=5, kind="heatmap", show=False, save=out / "attention_top_genes.png")
-    ss.pl.attention_correlation(adata, groupby="nact_prediction", show=False, save=out / "attention_correlation.png")
+    ss.pl.attention_correlation(
+        adata, groupby="nact_prediction", show=False, save=out / "attention_correlation.png"
+    )
     top = sc.get.rank_genes_groups_df(adata, group=None, key="salient_genes")
     print("  most salient genes per predicted type:")
     for group, frame in top.groupby("group", observed=True):
@@ -93,7 +107,8 @@ def unsupervised(adata: sc.AnnData, out: Path) -> None:
         ss.tl.query_cell_types(work, database, key="salient_genes_leiden", key_added="cell_type_query")
         ss.tl.annotate_clusters(work, "leiden", key="cell_type_query", key_added="nact_cell_type")
         table = work.obs.groupby("leiden", observed=True).agg(
-            named=("nact_cell_type", "first"), majority_author_label=("bulk_labels", lambda s: s.value_counts().index[0])
+            named=("nact_cell_type", "first"),
+            majority_author_label=("bulk_labels", lambda s: s.value_counts().index[0]),
         )
         print("  clusters named by a PanglaoDB query of their salient genes:")
         print(table.to_string())

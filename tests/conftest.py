@@ -22,11 +22,10 @@ def pytest_configure(config):
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed() -> None:
     import scvi
 
     scvi.settings.seed = 0
-    yield
 
 
 @pytest.fixture(scope="session")

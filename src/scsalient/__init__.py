@@ -3,7 +3,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 # scvi-tools 1.4.2 uses rich.pretty in view_anndata_setup without importing it (fixed in 1.4.3)
-import rich.pretty  # noqa: F401
+import rich.pretty
 
 from . import datasets, metrics, model, pl, pp, tl
 

@@ -21,7 +21,13 @@ N_TYPES = 4
 def sim():
     # markers nearly on/off (8-fold) on a sparse-ish background, as in real data
     return ss.datasets.simulate(
-        n_cells=1200, n_genes=500, n_cell_types=N_TYPES, n_donors=2, marker_fold=8.0, library_size=1500, seed=1
+        n_cells=1200,
+        n_genes=500,
+        n_cell_types=N_TYPES,
+        n_donors=2,
+        marker_fold=8.0,
+        library_size=1500,
+        seed=1,
     )
 
 
@@ -50,7 +56,13 @@ def test_heldout_macro_f1_is_high(trained):
 def test_history_logs_validation_macro_f1(trained):
     model, _ = trained
     history = model.history
-    for key in ("f1_macro_validation", "accuracy_validation", "ce_validation", "f1_macro_train", "train_loss"):
+    for key in (
+        "f1_macro_validation",
+        "accuracy_validation",
+        "ce_validation",
+        "f1_macro_train",
+        "train_loss",
+    ):
         assert key in history
     assert len(history["f1_macro_validation"]) == 30
     assert history["ce_train"].iloc[-1, 0] < history["ce_train"].iloc[0, 0]
@@ -132,6 +144,17 @@ def test_query_genes_reordered_and_missing(trained, sim):
     too_few = sim[:, : int(0.4 * sim.n_vars)].copy()
     with pytest.raises(ValueError, match="at least 50%"):
         model.predict(too_few)
+
+
+def test_counts_model_refuses_lognormalised_query(trained, sim):
+    model, _ = trained
+    import scanpy as sc
+
+    query = sim[:100].copy()
+    sc.pp.normalize_total(query, target_sum=1e4)
+    sc.pp.log1p(query)
+    with pytest.raises(ValueError, match="set up on raw counts.*log-normalised values"):
+        model.predict(query)
 
 
 def test_query_is_not_modified(trained, sim):
@@ -220,7 +243,9 @@ def test_too_large_attention_fails_clearly_and_low_rank_fits():
     rng = np.random.default_rng(0)
     x = sparse.random(40, n_genes, density=0.01, format="csr", random_state=0, dtype=np.float32)
     x.data = rng.integers(1, 5, size=x.nnz).astype(np.float32)
-    x = sparse.csr_matrix(x + sparse.csr_matrix((np.ones(40, np.float32), (np.arange(40), np.arange(40))), shape=x.shape))
+    x = sparse.csr_matrix(
+        x + sparse.csr_matrix((np.ones(40, np.float32), (np.arange(40), np.arange(40))), shape=x.shape)
+    )
     import anndata as ad
 
     adata = ad.AnnData(x, obs=pd.DataFrame({"t": ["a", "b"] * 20}, index=[f"c{i}" for i in range(40)]))
@@ -258,7 +283,9 @@ def test_early_stopping_keeps_best_epoch(sim):
     _quiet_train(model, max_epochs=40, lr=1e-3, early_stopping=True, early_stopping_patience=3)
     best = model.history["f1_macro_validation"].max().iloc[0]
     held_out = model.validation_indices
-    f1 = f1_score(adata.obs["cell_type"].to_numpy()[held_out], model.predict(indices=held_out), average="macro")
+    f1 = f1_score(
+        adata.obs["cell_type"].to_numpy()[held_out], model.predict(indices=held_out), average="macro"
+    )
     assert f1 == pytest.approx(best, abs=1e-6)
     with pytest.raises(ValueError, match="validation split"):
         _quiet_train(model, max_epochs=1, train_size=1.0, early_stopping=True)

@@ -10,7 +10,9 @@ import scsalient as ss
 
 @pytest.fixture(scope="module")
 def sim():
-    return ss.datasets.simulate(n_cells=600, n_genes=300, n_cell_types=4, marker_fold=8.0, library_size=1500, seed=3)
+    return ss.datasets.simulate(
+        n_cells=600, n_genes=300, n_cell_types=4, marker_fold=8.0, library_size=1500, seed=3
+    )
 
 
 def test_exact_number_of_clusters_recovers_planted_types(sim):

@@ -91,7 +91,12 @@ def cluster_labels(
 
     def run(res: float) -> pd.Categorical:
         sc.tl.leiden(
-            graph, resolution=res, key_added="_c", flavor="igraph", n_iterations=2, directed=False,
+            graph,
+            resolution=res,
+            key_added="_c",
+            flavor="igraph",
+            n_iterations=2,
+            directed=False,
             random_state=random_state,
         )
         return graph.obs["_c"].values
@@ -121,7 +126,11 @@ def _neighbour_graph(adata, layer, n_top_genes, n_pcs, n_neighbors, use_existing
         return graph
     x = adata.X if layer is None else adata.layers[layer]
     kind = inspect_expression(x, describe_location(layer), adata.obs_names)
-    work = AnnData(X=x.copy(), obs=pd.DataFrame(index=adata.obs_names.copy()), var=pd.DataFrame(index=adata.var_names.copy()))
+    work = AnnData(
+        X=x.copy(),
+        obs=pd.DataFrame(index=adata.obs_names.copy()),
+        var=pd.DataFrame(index=adata.var_names.copy()),
+    )
     if kind == "counts":
         sc.pp.normalize_total(work, target_sum=1e4)
         sc.pp.log1p(work)

@@ -109,8 +109,8 @@ def check_labels(adata: AnnData, labels_key: str) -> None:
     n_missing = int(labels.isna().sum())
     if n_missing:
         raise ValueError(
-            f"adata.obs['{labels_key}'] has {n_missing} missing (NaN) label(s); drop those cells or give them "
-            "a label first."
+            f"adata.obs['{labels_key}'] has {n_missing} missing (NaN) label(s); "
+            "drop those cells or give them a label first."
         )
     n_classes = labels.nunique()
     if n_classes < 2:

@@ -183,7 +183,10 @@ class ClassifierMixin:
         """
         prepared = self._prepare_adata(adata)
         probs = np.concatenate(
-            [b["probabilities"] for b in self._iter_inference(prepared, indices, batch_size, ["probabilities"], "predict")]
+            [
+                b["probabilities"]
+                for b in self._iter_inference(prepared, indices, batch_size, ["probabilities"], "predict")
+            ]
         )
         if not soft:
             return self.classes[probs.argmax(axis=1)]

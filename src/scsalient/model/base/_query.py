@@ -56,7 +56,9 @@ def align_genes(
     else:
         if query_genes.has_duplicates:
             dup = query_genes[query_genes.duplicated()].unique()[:5].tolist()
-            raise ValueError(f"Query var_names contain duplicates (e.g. {dup}); run adata.var_names_make_unique().")
+            raise ValueError(
+                f"Query var_names contain duplicates (e.g. {dup}); run adata.var_names_make_unique()."
+            )
         source = query_genes.get_indexer(var_names)
         present = source >= 0
         overlap = present.mean()
@@ -68,8 +70,8 @@ def align_genes(
             )
         if overlap < 1:
             warnings.warn(
-                f"{(~present).sum()} of the model's {len(var_names)} genes ({1 - overlap:.1%}) are missing from the "
-                "query and are filled with zeros.",
+                f"{(~present).sum()} of the model's {len(var_names)} genes ({1 - overlap:.1%}) are "
+                "missing from the query and are filled with zeros.",
                 UserWarning,
                 stacklevel=3,
             )

@@ -64,14 +64,18 @@ class ClassifierTrainingPlan(TrainingPlan):
         lr_decay_every: int = 10,
         **loss_kwargs,
     ):
-        super().__init__(module, lr=lr, weight_decay=weight_decay, optimizer=optimizer, eps=eps, **loss_kwargs)
+        super().__init__(
+            module, lr=lr, weight_decay=weight_decay, optimizer=optimizer, eps=eps, **loss_kwargs
+        )
         self.lr_decay = lr_decay
         self.lr_decay_every = lr_decay_every
         # keyed "<mode>_<metric>": a bare "train" key would clash with nn.Module.train
         self.epoch_metrics = nn.ModuleDict()
         for mode in MODES:
             self.epoch_metrics[f"{mode}_f1"] = MulticlassF1Score(num_classes=n_classes, average="macro")
-            self.epoch_metrics[f"{mode}_accuracy"] = MulticlassAccuracy(num_classes=n_classes, average="micro")
+            self.epoch_metrics[f"{mode}_accuracy"] = MulticlassAccuracy(
+                num_classes=n_classes, average="micro"
+            )
 
     def on_train_start(self) -> None:
         """Put the module in training mode (Lightning >= 2.6 no longer does)."""

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 
 class NACT(ClassifierMixin, BaseModelClass):
-    """Neural additive attention for cell-type identification (N-ACT) :cite:p:`Heydari2022`.
+    r"""Neural additive attention for cell-type identification (N-ACT) :cite:p:`Heydari2022`.
 
     Every cell gets its own attention over genes; the attention-weighted expression goes
     through projection blocks to a cell-type classifier. The attention says which genes each
@@ -65,9 +65,9 @@ class NACT(ClassifierMixin, BaseModelClass):
     -----
     Design, per the N-ACT paper, and where it departs from the authors' public code:
 
-    * **Attention.** :math:`a = \\mathrm{softmax}(xW + b)` over genes, with :math:`x` the
+    * **Attention.** :math:`a = \mathrm{softmax}(xW + b)` over genes, with :math:`x` the
       log1p(CP10k) expression (counts are normalised inside the model; log-normalised input
-      is used as given), and gene scores :math:`g = a \\odot x`.
+      is used as given), and gene scores :math:`g = a \odot x`.
     * **Projection blocks.** ``n_blocks`` blocks, each ``LayerNorm(h + concat_i P_i h)`` with
       ``n_heads`` linear heads, each mapping the gene scores to its own slice of the output,
       then a point-wise feed-forward (ReLU) with its own residual and LayerNorm. Each block
@@ -161,7 +161,9 @@ class NACT(ClassifierMixin, BaseModelClass):
     @staticmethod
     def _memory_hint(attention_rank: int | None) -> str:
         if attention_rank is None:
-            return "Use a low-rank attention (e.g. attention_rank=256) or fewer genes (highly variable genes)."
+            return (
+                "Use a low-rank attention (e.g. attention_rank=256) or fewer genes (highly variable genes)."
+            )
         return "Lower attention_rank, the batch size, or the number of genes."
 
     # ------------------------------------------------------------------ setup
@@ -315,8 +317,8 @@ class NACT(ClassifierMixin, BaseModelClass):
 
         Returns
         -------
-        float32 array (cells x the model's genes, in :meth:`~scvi.model.base.BaseModelClass.get_var_names` order); each row
-        sums to 1.
+        float32 array, cells x the model's genes (in the order of
+        :meth:`~scvi.model.base.BaseModelClass.get_var_names`); each row sums to 1.
         """
         prepared = self._prepare_adata(adata)
         n = prepared.n_obs if indices is None else len(indices)
@@ -366,7 +368,9 @@ class NACT(ClassifierMixin, BaseModelClass):
         att = np.zeros((target.n_obs, target.n_vars), dtype=np.float32) if attention else None
         sums = np.zeros((n_classes, len(model_genes)), dtype=np.float64)
         start = 0
-        for batch in self._iter_inference(prepared, None, batch_size, ["probabilities", "attention"], "annotate"):
+        for batch in self._iter_inference(
+            prepared, None, batch_size, ["probabilities", "attention"], "annotate"
+        ):
             stop = start + len(batch["probabilities"])
             probs[start:stop] = batch["probabilities"]
             predicted = batch["probabilities"].argmax(axis=1)
@@ -382,7 +386,9 @@ class NACT(ClassifierMixin, BaseModelClass):
         mean_df.loc[known] = means[:, gene_pos[known]].T
         target.obs[NACTKeys.PREDICTION] = pd.Categorical.from_codes(predicted, categories=self.classes)
         target.obs[NACTKeys.CONFIDENCE] = probs.max(axis=1)
-        target.obsm[NACTKeys.PROBABILITIES] = pd.DataFrame(probs, index=target.obs_names, columns=self.classes)
+        target.obsm[NACTKeys.PROBABILITIES] = pd.DataFrame(
+            probs, index=target.obs_names, columns=self.classes
+        )
         if att is not None:
             target.obsm[NACTKeys.ATTENTION] = att
         target.varm[NACTKeys.ATTENTION_MEAN] = mean_df

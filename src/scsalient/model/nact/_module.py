@@ -12,7 +12,6 @@ from torch import nn
 
 from scsalient.model.base._components import GeneMap, log1p_cp10k, split_sizes
 
-
 #: attention logit of unexpressed genes (finite, so a cell expressing nothing gets uniform attention)
 _MASKED = -1e4
 
@@ -64,15 +63,15 @@ class ProjectionBlock(nn.Module):
 
 
 class NACTModule(BaseModuleClass):
-    """Torch module of :class:`~scsalient.model.NACT`.
+    r"""Torch module of :class:`~scsalient.model.NACT`.
 
-    For a cell with (log-normalised) expression :math:`x \\in \\mathbb{R}^G`:
+    For a cell with (log-normalised) expression :math:`x \in \mathbb{R}^G`:
 
     .. math::
 
-        a = \\mathrm{softmax}(x W + b), \\qquad g = a \\odot x, \\qquad
-        h_0 = g, \\quad h_k = \\mathrm{Block}_k(h_{k-1}), \\qquad
-        \\mathrm{logits} = h_K V + c .
+        a = \mathrm{softmax}(x W + b), \qquad g = a \odot x, \qquad
+        h_0 = g, \quad h_k = \mathrm{Block}_k(h_{k-1}), \qquad
+        \mathrm{logits} = h_K V + c .
 
     Parameters
     ----------
@@ -198,7 +197,11 @@ class NACTModule(BaseModuleClass):
         labels = tensors[REGISTRY_KEYS.LABELS_KEY].view(-1).long()
         ce = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
         return LossOutput(
-            loss=ce, n_obs_minibatch=labels.shape[0], classification_loss=ce, logits=logits, true_labels=labels
+            loss=ce,
+            n_obs_minibatch=labels.shape[0],
+            classification_loss=ce,
+            logits=logits,
+            true_labels=labels,
         )
 
     def sample(self, *args, **kwargs):
