@@ -82,7 +82,14 @@ def supervised(adata: sc.AnnData, out: Path) -> None:
     matplotlib.pyplot.savefig(out / "umap_prediction.png", dpi=120, bbox_inches="tight")
     matplotlib.pyplot.close("all")
     ss.tl.salient_genes(adata, groupby="nact_prediction", key_added="salient_genes")
-    ss.pl.salient_genes(adata, n_genes=5, kind="heatmap", show=False, save=out / "attention_top_genes.png")
+    ss.pl.salient_genes(
+        adata,
+        n_genes=5,
+        kind="heatmap",
+        standard_scale="var",
+        show=False,
+        save=out / "attention_top_genes.png",
+    )
     ss.pl.attention_correlation(
         adata, groupby="nact_prediction", show=False, save=out / "attention_correlation.png"
     )
