@@ -56,3 +56,11 @@ def test_unreachable_count_raises(sim):
     bad.X[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         ss.pp.cluster_labels(bad, n_clusters=3)
+
+
+def test_more_cells_than_the_exact_neighbour_search_handles():
+    # scanpy switches to an approximate neighbour search above 8,192 cells
+    adata = ss.datasets.simulate(n_cells=9000, n_genes=150, n_cell_types=3, marker_fold=8.0, seed=4)
+    ss.pp.cluster_labels(adata, n_clusters=3, n_top_genes=None, n_pcs=20)
+    assert adata.obs["leiden"].nunique() == 3
+    assert adjusted_rand_score(adata.obs["cell_type"], adata.obs["leiden"]) > 0.9
