@@ -86,9 +86,9 @@ class NACT(ClassifierMixin, BaseModelClass):
     * **Initialisation.** Xavier for every layer except the attention weights, which start at
       zero so that training starts from uniform attention and moves it only where the loss
       asks. With Xavier-initialised attention (the authors' code), the random initial
-      attention persists: on simulated data with planted markers, 38% of the 10 most attended
-      genes per cell type were planted markers with Xavier and 85% with zero initialisation
-      (chance 8%), at equal or better accuracy. ``attention_init="xavier"`` restores the
+      attention persists: on simulated data with planted markers, 31-38% of the 10 most attended
+      genes per cell type were planted markers with Xavier and 84-85% with zero initialisation
+      (two runs each; chance 8%), at equal or better accuracy. ``attention_init="xavier"`` restores the
       published behaviour.
     * **Head.** A linear classifier on the last block's output. The authors' code applies a
       LeakyReLU to the logits, which we do not.
