@@ -20,6 +20,7 @@ from scipy.cluster import hierarchy
 from scipy.spatial.distance import squareform
 
 from scsalient._constants import NACTKeys, SalientKeys
+from scsalient._utils import select_groups
 from scsalient.tl._salient_genes import (
     _check_batch_size,
     _document_frequency,
@@ -224,7 +225,7 @@ def salient_genes(
             f"adata.uns[{key!r}] was computed for groupby={params.get('groupby')!r}, not {groupby!r}."
         )
     all_groups = list(record["names"].dtype.names)
-    shown = _select_groups(groups, all_groups, key)
+    shown = select_groups(groups, all_groups, key)
 
     blocks = {group: [str(gene) for gene in record["names"][group][:n_genes]] for group in shown}
     genes = [gene for block in blocks.values() for gene in block]
@@ -417,16 +418,6 @@ def _salient_record(adata: AnnData, key: str) -> dict[str, Any]:
             f"adata.uns[{key!r}] lacks {missing}; plot a record written by scsalient.tl.salient_genes."
         )
     return record
-
-
-def _select_groups(groups: Sequence[str] | None, available: list[str], key: str) -> list[str]:
-    if groups is None:
-        return available
-    groups = [str(group) for group in ([groups] if isinstance(groups, str) else groups)]
-    missing = [group for group in groups if group not in available]
-    if missing:
-        raise KeyError(f"Groups {missing} are not in adata.uns[{key!r}] (available: {available}).")
-    return groups
 
 
 def _gene_labels(adata: AnnData, genes: list[str], gene_symbols: str | None) -> list[str]:

@@ -10,6 +10,7 @@ from anndata import AnnData
 from matplotlib.figure import Figure
 
 from scsalient._constants import SalientKeys
+from scsalient._utils import select_groups
 
 from ._utils import finish_plot, panel_grid
 
@@ -69,13 +70,7 @@ def cell_type_query(
     results = entry["results"]
     method = entry.get("params", {}).get("method", "")
     available = [str(group) for group in dict.fromkeys(results["group"].astype(str))]
-    if groups is None:
-        groups = available
-    else:
-        groups = [str(group) for group in ([groups] if isinstance(groups, str) else groups)]
-        missing = [group for group in groups if group not in available]
-        if missing:
-            raise KeyError(f"Groups {missing} are not in adata.uns[{key!r}] (available: {available}).")
+    groups = select_groups(groups, available, key)
 
     figure, axes = panel_grid(len(groups), ncols=ncols, panel_size=panel_size)
     group_labels = results["group"].astype(str)

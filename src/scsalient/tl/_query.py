@@ -13,6 +13,7 @@ from anndata import AnnData
 from scipy import sparse, stats
 
 from scsalient._constants import NACTKeys, SalientKeys
+from scsalient._utils import select_groups
 
 from ._salient_genes import _benjamini_hochberg
 
@@ -331,13 +332,7 @@ def _queries(
 ) -> dict[str, list[str]]:
     names = record["names"]
     available = list(names.dtype.names)
-    if groups is None:
-        groups = available
-    else:
-        groups = [str(group) for group in ([groups] if isinstance(groups, str) else groups)]
-        missing = [group for group in groups if group not in available]
-        if missing:
-            raise KeyError(f"Groups {missing} are not in adata.uns[{key!r}] (available: {available}).")
+    groups = select_groups(groups, available, key)
     if n_genes > len(names):
         logger.info("adata.uns[%r] holds %d genes per group; using all of them.", key, len(names))
     queries = {}
