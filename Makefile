@@ -22,7 +22,7 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
-	$(BIN)/sphinx-build -M html docs docs/_build -W --keep-going -q
+	$(BIN)/sphinx-build -M html docs docs/_build -E -W --keep-going -q
 
 bench: venv
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
@@ -33,7 +33,7 @@ bench-quick: venv
 	$(BIN)/python benchmarks/run.py --budget quick
 
 docs: venv
-	$(BIN)/sphinx-build -M html docs docs/_build -W --keep-going
+	$(BIN)/sphinx-build -M html docs docs/_build -E -W --keep-going
 
 lint: venv
 	$(BIN)/python -m pip install --quiet ruff
