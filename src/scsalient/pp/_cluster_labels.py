@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -12,9 +11,6 @@ from anndata import AnnData
 
 from scsalient._constants import ClusterKeys
 from scsalient.model.base._checks import describe_location, inspect_expression
-
-if TYPE_CHECKING:
-    pass
 
 logger = logging.getLogger(__name__)
 

@@ -40,15 +40,20 @@ class GeneMap(nn.Module):
             self.layers = nn.Linear(n_in, n_out)
         else:
             self.layers = nn.Sequential(nn.Linear(n_in, rank, bias=False), nn.Linear(rank, n_out))
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        xavier_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the map."""
         return self.layers(x)
+
+
+def xavier_init(module: nn.Module) -> None:
+    """Xavier-uniform weights and zero biases for every linear layer in ``module``."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.xavier_uniform_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
 
 
 def split_sizes(n: int, parts: int) -> list[int]:

@@ -10,7 +10,7 @@ from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 
-from scsalient.model.base._components import GeneMap, log1p_cp10k, split_sizes
+from scsalient.model.base._components import GeneMap, log1p_cp10k, split_sizes, xavier_init
 
 #: attention logit of unexpressed genes (finite, so a cell expressing nothing gets uniform attention)
 _MASKED = -1e4
@@ -48,10 +48,7 @@ class ProjectionBlock(nn.Module):
         self.feed_forward = nn.Sequential(
             nn.Linear(n_features, n_hidden_ff), nn.ReLU(), nn.Linear(n_hidden_ff, n_features)
         )
-        for layer in self.feed_forward:
-            if isinstance(layer, nn.Linear):
-                nn.init.xavier_uniform_(layer.weight)
-                nn.init.zeros_(layer.bias)
+        xavier_init(self.feed_forward)
         self.norm_feed_forward = nn.LayerNorm(n_features)
         self.dropout = nn.Dropout(dropout)
 
@@ -131,8 +128,7 @@ class NACTModule(BaseModuleClass):
             ProjectionBlock(n_input, n_heads, n_hidden_ff, dropout, attention_rank) for _ in range(n_blocks)
         )
         self.classifier = nn.Linear(n_input, n_labels)
-        nn.init.xavier_uniform_(self.classifier.weight)
-        nn.init.zeros_(self.classifier.bias)
+        xavier_init(self.classifier)
 
     @staticmethod
     def n_parameters(
