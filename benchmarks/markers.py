@@ -68,19 +68,12 @@ def truth_sets(database: pd.DataFrame) -> dict[str, dict[str, set[str]]]:
 
 
 def nact_rankings(adata, epochs: int, seed: int) -> tuple[dict, dict]:
-    import scvi
-    from systems import _jsonable, _quiet_lightning
+    from systems import _jsonable, train_nact
 
     import scsalient as ss
 
-    _quiet_lightning()
-    scvi.settings.seed = seed
     work = adata.copy()
-    start = time.perf_counter()
-    ss.model.NACT.setup_anndata(work, labels_key=LABEL_KEY)
-    model = ss.model.NACT(work)
-    model.train(max_epochs=epochs, lr=1e-3, batch_size=256, enable_progress_bar=False)
-    train_seconds = time.perf_counter() - start
+    model, train_seconds = train_nact(work, LABEL_KEY, seed, epochs=epochs, lr=1e-3, batch_size=256)
     start = time.perf_counter()
     model.annotate()
     annotate_seconds = time.perf_counter() - start

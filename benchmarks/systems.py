@@ -95,21 +95,27 @@ def _quiet_lightning() -> None:
 # ---------------------------------------------------------------------------------- scsalient
 
 
-def _nact(
-    train: AnnData, test: AnnData, label_key: str, seed: int, *, epochs: int, lr: float, batch_size: int
-):
+def train_nact(adata: AnnData, label_key: str, seed: int, *, epochs: int, lr: float, batch_size: int):
+    """Set up and train NACT on ``adata`` (in place); return the model and the seconds it took."""
     _quiet_lightning()
     import scvi
 
     import scsalient as ss
 
     scvi.settings.seed = seed
-    train = train.copy()
     start = time.perf_counter()
-    ss.model.NACT.setup_anndata(train, labels_key=label_key)
-    model = ss.model.NACT(train)
+    ss.model.NACT.setup_anndata(adata, labels_key=label_key)
+    model = ss.model.NACT(adata)
     model.train(max_epochs=epochs, lr=lr, batch_size=batch_size, enable_progress_bar=False)
-    fit_seconds = time.perf_counter() - start
+    return model, time.perf_counter() - start
+
+
+def _nact(
+    train: AnnData, test: AnnData, label_key: str, seed: int, *, epochs: int, lr: float, batch_size: int
+):
+    model, fit_seconds = train_nact(
+        train.copy(), label_key, seed, epochs=epochs, lr=lr, batch_size=batch_size
+    )
     predictions, predict_seconds = _timed(model.predict, test)
     history = model.history
     extra = {
