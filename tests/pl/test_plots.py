@@ -202,3 +202,15 @@ def test_show_returns_none(adata, monkeypatch):
     monkeypatch.setattr(plt, "show", lambda: shown.append(True))
     assert pl.cell_type_query(adata, show=True) is None
     assert shown == [True]
+
+
+def test_heatmaps_draw_no_grid_under_grid_styles(adata):
+    # scanpy's set_figure_params (and seaborn-like styles) switch axes.grid on; a grid drawn over
+    # heatmap cells hides values, so the heatmaps switch it off for their own axes
+    with plt.rc_context({"axes.grid": True}):
+        correlation = pl.attention_correlation(adata, "group", show=False)
+        heatmap = pl.salient_genes(adata, n_genes=3, kind="heatmap", show=False)
+        assert not any(line.get_visible() for line in correlation.get_xgridlines() + correlation.get_ygridlines())
+        assert not any(line.get_visible() for line in heatmap.get_xgridlines() + heatmap.get_ygridlines())
+        _, reference = plt.subplots()
+        assert any(line.get_visible() for line in reference.get_xgridlines())

@@ -135,6 +135,7 @@ def attention_correlation(
         vmin = -limit if vmin is None else vmin
         vmax = limit if vmax is None else vmax
     image = ax.imshow(corr, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
+    ax.grid(False)  # styles such as scanpy's set_figure_params draw a grid over the cells
     ax.set_xticks(np.arange(n), labels=names, rotation=90)
     ax.set_yticks(np.arange(n), labels=names)
     ax.set_xlabel(label)
@@ -253,6 +254,7 @@ def salient_genes(
         _, ax = plt.subplots(figsize=size_in)
     if kind == "heatmap":
         image = ax.imshow(colour, cmap=cmap, aspect="auto", interpolation="nearest")
+        ax.grid(False)  # styles such as scanpy's set_figure_params draw a grid over the cells
         ax.figure.colorbar(image, ax=ax, label=colour_label, fraction=0.05, pad=0.02)
     else:
         x, y = np.meshgrid(np.arange(n_cols), np.arange(n_rows))
