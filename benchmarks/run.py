@@ -10,8 +10,9 @@ Each (system, dataset, seed) runs in its own subprocess
 (``python benchmarks/run.py --one SYSTEM DATASET SEED --json OUT``), so its wall time and
 peak resident memory are its own. Results go to ``benchmarks/results/``:
 ``classification.json`` (every run, with per-class F1), ``classification.md`` (mean ± sd over
-seeds) and ``classification.png``. The marker benchmark (``markers.py``) runs afterwards unless
-``--no-markers`` is given.
+seeds) and ``classification.png``. The other benchmarks (``EXTRA_BENCHMARKS``: marker recovery on
+Kang and on simulated data, ...) run afterwards with the same budget unless ``--no-markers`` is
+given; each writes its own tables into the results folder.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from systems import SYSTEMS  # noqa: E402
 
 BUDGET_DATASETS = {"quick": ["kang", "mop"], "full": ["kang", "mop", "spectra"]}
 BUDGET_SEEDS = {"quick": [0], "full": [0, 1, 2]}
+#: scripts run after the classification benchmark, each as ``script --budget B --out DIR``
+EXTRA_BENCHMARKS = ["markers.py", "markers_simulated.py"]
 PACKAGES = (
     "scsalient",
     "torch",
@@ -324,12 +327,13 @@ def main_suite(args: argparse.Namespace) -> None:
     failed = [r for r in runs if r["status"] == "error"]
 
     if not args.no_markers:
-        command = [sys.executable, str(BENCH_DIR / "markers.py"), "--budget", budget, "--out", str(args.out)]
-        print("[run] markers.py ...", flush=True)
-        marker_rc = subprocess.run(command, check=False).returncode
-        if marker_rc:
-            print(f"markers.py failed with exit code {marker_rc}", flush=True)
-            failed.append({"markers": marker_rc})
+        for script in EXTRA_BENCHMARKS:
+            command = [sys.executable, str(BENCH_DIR / script), "--budget", budget, "--out", str(args.out)]
+            print(f"[run] {script} ...", flush=True)
+            returncode = subprocess.run(command, check=False).returncode
+            if returncode:
+                print(f"{script} failed with exit code {returncode}", flush=True)
+                failed.append({script: returncode})
     print(f"Total {time.perf_counter() - clock:.0f} s.", flush=True)
     if failed:
         raise SystemExit(f"{len(failed)} run(s) failed; see {args.out / 'logs'}")
@@ -342,7 +346,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--datasets", nargs="+", help="datasets to run (default: those of the budget)")
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 0 for quick, 0 1 2 for full)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed per run")
-    parser.add_argument("--no-markers", action="store_true", help="skip the marker benchmark")
+    parser.add_argument(
+        "--no-markers", action="store_true", help="skip the benchmarks after classification (markers, ...)"
+    )
     parser.add_argument(
         "--out", type=Path, default=RESULTS, help="folder for the results (default: results/)"
     )
