@@ -183,7 +183,7 @@ def write_classification_markdown(results: dict, path: Path) -> None:
         )
         out.append(f"- {name}: not run ({why}). From peers.md: {numbers}.")
     for item in results["skipped"]:
-        what = item.get("system") or item.get("dataset")
+        what = " on ".join(item[k] for k in ("system", "dataset") if k in item)
         out.append(f"- {what}: skipped — {item['reason']}.")
     errors = [r for r in results["runs"] if r["status"] == "error"]
     for run in errors:

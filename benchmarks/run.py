@@ -279,6 +279,11 @@ def main_suite(args: argparse.Namespace) -> None:
                     print(f"[skip] {system_name}: {missing}", flush=True)
                     skipped.append({"system": system_name, "reason": missing})
                 continue
+            unsupported = system.unsupported(DATASETS[dataset].input)
+            if unsupported:
+                print(f"[skip] {system_name} on {dataset}: {unsupported}", flush=True)
+                skipped.append({"system": system_name, "dataset": dataset, "reason": unsupported})
+                continue
             system_seeds = seeds[: system.max_seeds] if system.max_seeds else seeds
             for seed in system_seeds:
                 print(f"[run] {system_name:<11} {dataset:<8} seed {seed} ...", end=" ", flush=True)

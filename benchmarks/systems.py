@@ -26,6 +26,8 @@ BUDGETS = ("quick", "full")
 
 # NACT epochs per budget (lr 1e-3, batch 256)
 NACT_EPOCHS = {"quick": 10, "full": 30}
+# scANVI epochs: the protocol of peers.md (SCVI 100, SCANVI 20, query 20)
+SCANVI_EPOCHS = {"full": {"scvi": 100, "scanvi": 20, "query": 20}}
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,15 @@ class System:
     budgets: tuple[str, ...] = BUDGETS
     requires: tuple[str, ...] = ()
     max_seeds: int | None = None  # cap on seeds (for slow systems under the full budget)
+    inputs: tuple[str, ...] = ("counts", "lognorm")  # dataset inputs the system accepts
     input: str = "log1p CP10k"
     settings: dict = field(default_factory=dict)
+
+    def unsupported(self, dataset_input: str) -> str | None:
+        """None when the system accepts a dataset of this input kind, otherwise why not."""
+        if dataset_input not in self.inputs:
+            return f"needs {' or '.join(self.inputs)} input; the dataset holds {dataset_input}"
+        return None
 
     def missing(self) -> str | None:
         """None when the system can run, otherwise why it is skipped."""
@@ -265,6 +274,39 @@ def xgboost(train, test, label_key, seed, budget):
     }
 
 
+def scanvi(train, test, label_key, seed, budget):
+    """scVI then scANVI on the training cells; the test cells are mapped scArches-style."""
+    _quiet_lightning()
+    import scvi
+
+    scvi.settings.seed = seed
+    epochs = SCANVI_EPOCHS[budget]
+    train = train.copy()
+    start = time.perf_counter()
+    scvi.model.SCVI.setup_anndata(train)
+    vae = scvi.model.SCVI(train)
+    vae.train(max_epochs=epochs["scvi"], enable_progress_bar=False)
+    model = scvi.model.SCANVI.from_scvi_model(vae, unlabeled_category="__unlabelled__", labels_key=label_key)
+    model.train(max_epochs=epochs["scanvi"], n_samples_per_label=100, enable_progress_bar=False)
+    fit_seconds = time.perf_counter() - start
+
+    def predict():
+        query = AnnData(test.X.copy(), obs=test.obs[[]].copy(), var=test.var[[]].copy())
+        query.obs[label_key] = "__unlabelled__"
+        scvi.model.SCANVI.prepare_query_anndata(query, model)
+        mapped = scvi.model.SCANVI.load_query_data(query, model)
+        mapped.train(max_epochs=epochs["query"], plan_kwargs={"weight_decay": 0.0}, enable_progress_bar=False)
+        return mapped.predict()
+
+    predictions, predict_seconds = _timed(predict)
+    return {
+        "predictions": np.asarray(predictions).astype(str),
+        "fit_seconds": fit_seconds,
+        "predict_seconds": predict_seconds,
+        "extra": {"version": scvi.__version__, **{f"{k}_epochs": v for k, v in epochs.items()}},
+    }
+
+
 SYSTEMS: dict[str, System] = {
     system.name: system
     for system in [
@@ -321,6 +363,20 @@ SYSTEMS: dict[str, System] = {
             budgets=("full",),
             requires=("xgboost",),
             input="50 PCs of log1p CP10k",
+        ),
+        System(
+            name="scanvi",
+            label="scANVI",
+            family="peer",
+            fit_predict=scanvi,
+            description=(
+                "scvi-tools SCVI 100 epochs, then SCANVI 20 epochs; test cells mapped as an "
+                "scArches query (20 epochs) and predicted"
+            ),
+            budgets=("full",),
+            max_seeds=1,
+            inputs=("counts",),
+            input="counts",
         ),
     ]
 }
