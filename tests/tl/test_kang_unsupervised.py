@@ -32,21 +32,25 @@ def test_clusters_are_named_by_their_salient_genes(shared_data):
     ss.pp.cluster_labels(adata, n_clusters=4)  # no author labels from here on
     ss.model.NACT.setup_anndata(adata, labels_key="leiden")
     model = ss.model.NACT(adata)
-    model.train(max_epochs=3, lr=1e-3, batch_size=256, enable_progress_bar=False)
+    model.train(max_epochs=6, lr=1e-3, batch_size=256, enable_progress_bar=False)
     model.annotate()
-    ss.tl.salient_genes(adata, groupby="leiden")
     database = ss.datasets.marker_database(markers, species="human", tissue=["Immune system", "Blood"])
-    results = ss.tl.query_cell_types(adata, database, method="likelihood")
-
     by_cluster = adata.obs.groupby("leiden", observed=True)["cell_type"]
     majority = by_cluster.agg(lambda labels: labels.value_counts().index[0])
-    ranks = {}
-    for cluster, label in majority.items():
-        hits = results[results["group"].astype(str) == str(cluster)].sort_values("rank")
-        matching = hits[hits["cell_type"].isin(MATCHES[label])]
-        ranks[label] = int(matching["rank"].min()) if len(matching) else np.inf
-    # Measured: ranks 1/1/1/1 in the tutorial's run, 2/1/1/1 here (CD14+ monocytes second behind
-    # dendritic cells; the margins between the top two PanglaoDB types are ~1 log-likelihood).
     assert sorted(majority) == sorted(MATCHES)  # one cluster per author type
-    assert all(rank <= 2 for rank in ranks.values()), pd.Series(ranks)
-    assert sum(rank == 1 for rank in ranks.values()) >= 3, pd.Series(ranks)
+
+    ranks = {}
+    for tfidf in (True, False):
+        ss.tl.salient_genes(adata, groupby="leiden", tfidf=tfidf)
+        results = ss.tl.query_cell_types(adata, database, method="likelihood")
+        for cluster, label in majority.items():
+            hits = results[results["group"].astype(str) == str(cluster)].sort_values("rank")
+            matching = hits[hits["cell_type"].isin(MATCHES[label])]
+            ranks[tfidf, label] = int(matching["rank"].min()) if len(matching) else np.inf
+    ranks = pd.Series(ranks).unstack(0)
+    # Measured (6 epochs): TF-IDF ranks 1/1/1/1; plain mean attention puts dendritic cells above
+    # monocytes and gamma-delta T cells above NK cells (ranks 2/1/1/2). After 3 epochs TF-IDF
+    # still ranked monocytes second, behind dendritic cells, whose PanglaoDB markers share LYZ,
+    # CST3 and the HLA class II genes.
+    assert (ranks[True] == 1).all(), ranks
+    assert ranks[True].sum() <= ranks[False].sum(), ranks
