@@ -26,12 +26,30 @@ def is_backed(adata) -> bool:
     return bool(getattr(adata, "isbacked", False))
 
 
-def read_rows(x, rows: np.ndarray) -> sparse.csr_matrix | np.ndarray:
-    """Rows ``rows`` of a dense, sparse or on-disk matrix, read as one contiguous slice.
+#: rows between two wanted rows up to which one slice is read rather than two
+MAX_GAP = 32
 
-    The slice spans ``rows.min()`` to ``rows.max()``, so ``rows`` should be close together.
+
+def read_rows(x, rows: np.ndarray) -> sparse.csr_matrix | np.ndarray:
+    """Rows ``rows`` of a dense, sparse or on-disk matrix, read as few contiguous slices.
+
+    Runs of rows closer than ``MAX_GAP`` are read as one slice; the result keeps the order
+    of ``rows``.
     """
-    lo, hi = int(rows.min()), int(rows.max()) + 1
+    rows = np.asarray(rows)
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
+    breaks = np.flatnonzero(np.diff(ordered) > MAX_GAP) + 1
+    parts = [_read_slice(x, run) for run in np.split(ordered, breaks)]
+    block = sparse.vstack(parts, format="csr") if sparse.issparse(parts[0]) else np.vstack(parts)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return block[inverse]
+
+
+def _read_slice(x, rows: np.ndarray):
+    """Rows ``rows`` (sorted, close together) read as the one slice they span."""
+    lo, hi = int(rows[0]), int(rows[-1]) + 1
     block = x[lo:hi]
     if hasattr(block, "compute"):  # dask arrays (lazily read zarr)
         block = block.compute()
@@ -95,6 +113,11 @@ class BlockDataset(IterableDataset):
         self.block_size = int(block_size)
         self.buffer_blocks = int(buffer_blocks)
         self.epoch = 0
+
+    def __len__(self) -> int:
+        if self.shuffle:  # the count depends on the processes' shares of blocks
+            raise TypeError("The number of shuffled minibatches is only known while iterating.")
+        return int(np.ceil(len(self.indices) / self.batch_size))
 
     def _batch(self, block, rows: np.ndarray) -> dict[str, torch.Tensor]:
         return {

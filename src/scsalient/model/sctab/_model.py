@@ -150,7 +150,7 @@ class SCTAB(ClassifierMixin, BaseModelClass):
         gamma: float = 1.3,
         virtual_batch_size: int = 256,
         lambda_sparse: float = 1e-5,
-        mask_init_scale: float = 1.0,
+        mask_init_scale: float = 0.01,
     ):
         super().__init__(adata, registry)
         for name, value in (("n_ensemble", n_ensemble), ("n_d", n_d), ("n_a", n_a), ("n_steps", n_steps)):

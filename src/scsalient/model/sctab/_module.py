@@ -300,7 +300,9 @@ class SCTABModule(BaseModuleClass):
 
     # ------------------------------------------------------------------ forward
     def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
-        return {"x": tensors[REGISTRY_KEYS.X_KEY]}
+        x = tensors[REGISTRY_KEYS.X_KEY]
+        # scvi-tools' distributed sampler delivers minibatches with a leading dimension of 1
+        return {"x": x.reshape(-1, x.shape[-1])}
 
     def _get_generative_input(self, tensors, inference_outputs, **kwargs) -> dict:
         return {}
