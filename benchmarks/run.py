@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/run.py --budget quick     # Kang + MOp; nact, logreg, mlp; 1 seed
+    python benchmarks/run.py --budget quick     # Kang + MOp; nact, sctab, logreg, mlp; 1 seed
     python benchmarks/run.py --budget full      # + Spectra TILs; all systems; 3 seeds
     python benchmarks/run.py --budget quick --systems nact logreg --datasets kang --no-markers
 
