@@ -92,6 +92,10 @@ class SCTAB(ClassifierMixin, BaseModelClass):
         Cells per ghost batch norm.
     lambda_sparse
         Weight of the mask sparsity penalty.
+    mask_init_scale
+        Initial scale of the mask logits (the weight of the batch norm in front of the
+        1.5-entmax). TabNet uses 1, which starts from masks of a few random genes; the default
+        0.01 starts from nearly uniform masks (see Notes).
 
     Notes
     -----
@@ -116,6 +120,15 @@ class SCTAB(ClassifierMixin, BaseModelClass):
     batch size, which scales with the data (about 1/32 of the training cells, between 128 and
     2048): with batches of 2048 a 10,000-cell dataset gets 4 optimiser steps per epoch while the
     learning rate decays by 0.9 per epoch, so training stalls before the network has learned.
+
+    **Mask initialisation.** With TabNet's initialisation (``mask_init_scale=1``) the first
+    masks keep a handful of random genes, and the 1.5-entmax passes no gradient to the genes it
+    leaves out, so a network trained on a few thousand cells memorises instead of finding the
+    informative genes. On simulated data with planted markers (1,080 training cells) the
+    validation macro-F1 was 0.49 with ``mask_init_scale=1`` and 1.0 with 0.01; on the MOp
+    sub-library holdout (7,844 training cells) the test macro-F1 was 0.58 with 0.1 and 0.63 with
+    0.01. After short training on small data the masks stay nearly dense; their mean over the
+    cells of a type still concentrates on its markers.
 
     **Augmentation.** With a ``donor_key``, training cells are shifted by differences between
     donors of the same cell type (scTab's augmentation; see :meth:`train`).
