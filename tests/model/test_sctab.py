@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -228,11 +229,16 @@ if model.history:  # only rank 0 holds the history
 """
 
 
+#: variables that would make the child think it is already one process of a distributed run
+DDP_ENV = ("LOCAL_RANK", "NODE_RANK", "GLOBAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
 def test_ddp_training_on_two_cpu_processes(tmp_path):
     # Lightning re-executes the launching script once per process, so DDP runs in a script
     script = tmp_path / "ddp_train.py"
     script.write_text(textwrap.dedent(DDP_SCRIPT))
-    env = {"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)}
+    env = {k: v for k, v in os.environ.items() if k not in DDP_ENV}
+    env.update(PYTHONPATH=os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
     result = subprocess.run(
         [sys.executable, str(script), str(tmp_path / "model")],
         capture_output=True,
