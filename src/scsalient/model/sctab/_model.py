@@ -196,7 +196,6 @@ class SCTAB(ClassifierMixin, BaseModelClass):
             normalize_input=self.input_kind == "counts",
             class_weights=self._class_weights() if adata is not None else None,
         )
-        self.module_kwargs = {"virtual_batch_size": virtual_batch_size}
         n_params = sum(p.numel() for p in self.module.parameters())
         check_training_memory(n_params, 0, device="cpu", hint="Use fewer ensemble members or genes.")
         self._model_summary_string = (
@@ -362,7 +361,7 @@ class SCTAB(ClassifierMixin, BaseModelClass):
         input_momentum, momentum = PAPER_MOMENTUM
         if preset == "auto":
             input_momentum, momentum = auto_momentum(
-                n_train, int(settings_["batch_size"]), self.module_kwargs["virtual_batch_size"]
+                n_train, int(settings_["batch_size"]), self.init_params_["non_kwargs"]["virtual_batch_size"]
             )
         self.module.set_batch_norm_momentum(input_momentum, momentum)
         settings_.update(bn_momentum_input=input_momentum, bn_momentum=momentum)
