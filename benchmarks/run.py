@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/run.py --budget quick     # Kang + MOp; nact, logreg, mlp; 1 seed
+    python benchmarks/run.py --budget quick     # Kang + MOp; nact, sctab, logreg, mlp; 1 seed
     python benchmarks/run.py --budget full      # + Spectra TILs; all systems; 3 seeds
     python benchmarks/run.py --budget quick --systems nact logreg --datasets kang --no-markers
 
@@ -44,7 +44,7 @@ from systems import SYSTEMS  # noqa: E402
 BUDGET_DATASETS = {"quick": ["kang", "mop"], "full": ["kang", "mop", "spectra"]}
 BUDGET_SEEDS = {"quick": [0], "full": [0, 1, 2]}
 #: scripts run after the classification benchmark, each as ``script --budget B --out DIR``
-EXTRA_BENCHMARKS = ["markers.py", "markers_simulated.py"]
+EXTRA_BENCHMARKS = ["markers.py", "markers_simulated.py", "scale.py"]
 PACKAGES = (
     "scsalient",
     "torch",

@@ -23,6 +23,19 @@ class NACTKeys:
     CELL_TYPE: Final = "nact_cell_type"  # obs, cluster annotation from a marker query
 
 
+class SCTABKeys:
+    """Keys written by :class:`scsalient.model.SCTAB`."""
+
+    PREDICTION: Final = "sctab_prediction"  # obs, categorical predicted label
+    UNCERTAINTY: Final = "sctab_uncertainty"  # obs, float 1 - max mean probability
+    DISAGREEMENT: Final = "sctab_disagreement"  # obs, float fraction of members disagreeing
+    PROBABILITIES: Final = "sctab_probabilities"  # obsm, DataFrame cells x classes
+    EMBEDDING: Final = "X_sctab"  # obsm, float32 cells x (members * n_d)
+    MASK: Final = "sctab_mask"  # obsm, sparse csr float32 cells x genes
+    MASK_MEAN: Final = "sctab_mask_mean"  # varm, DataFrame genes x classes
+    UNS: Final = "sctab"  # uns, dict with classes and settings
+
+
 class SalientKeys:
     """Keys written by the salient-gene and marker-query tools in :mod:`scsalient.tl`."""
 

@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import torch
 from scvi import REGISTRY_KEYS
-from scvi.dataloaders import DataSplitter
 from scvi.model._utils import parse_device_args
 from scvi.train import TrainRunner
 from tqdm.auto import tqdm
 
+from ._blocks import BlockDataSplitter, block_loader, is_backed
 from ._memory import check_training_memory
 from ._query import align_genes
 from ._training_plan import ClassifierTrainingPlan, RestoreBestState
@@ -37,7 +37,7 @@ class ClassifierMixin:
     """
 
     _training_plan_cls = ClassifierTrainingPlan
-    _data_splitter_cls = DataSplitter
+    _data_splitter_cls = BlockDataSplitter
     _train_runner_cls = TrainRunner
 
     # ------------------------------------------------------------------ registry helpers
@@ -98,6 +98,8 @@ class ClassifierMixin:
             batch_size=batch_size,
             **(datasplitter_kwargs or {}),
         )
+        splitter.setup()  # the split is seeded: the runner's own setup() draws the same one
+        self._prepare_training(np.asarray(splitter.train_idx))
         plan = self._training_plan_cls(self.module, n_classes=len(self.classes), **plan_kwargs)
         callbacks = list(trainer_kwargs.pop("callbacks", []))
         if early_stopping:
@@ -121,6 +123,9 @@ class ClassifierMixin:
         runner()
         self.module.eval()
 
+    def _prepare_training(self, train_indices: np.ndarray) -> None:
+        """Hook run before fitting, with the training cells (e.g. to derive augmentations)."""
+
     # ------------------------------------------------------------------ query data
     def _prepare_adata(self, adata: AnnData | None) -> AnnData:
         """The training data, or a query aligned to the model's genes and validated."""
@@ -143,7 +148,12 @@ class ClassifierMixin:
         """Yield the module's inference outputs ``keys`` (softmaxed logits as ``"probabilities"``)."""
         self._check_if_trained(warn=True)
         self.module.eval()
-        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size or 1024)
+        batch_size = batch_size or 1024
+        if is_backed(adata):  # contiguous reads instead of one read per cell
+            rows = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
+            loader = block_loader(self.get_anndata_manager(adata), rows, batch_size, shuffle=False)
+        else:
+            loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
         for tensors in tqdm(loader, desc=desc, disable=len(loader) < 10, leave=False):
             out = self.module.inference(**self.module._get_inference_input(tensors))
             batch = {}

@@ -47,6 +47,10 @@ class ClassifierTrainingPlan(TrainingPlan):
         If given, multiply the learning rate by this factor every ``lr_decay_every`` epochs.
     lr_decay_every
         Epochs between learning-rate decays.
+    gradient_clip_norm
+        If given, clip the gradient norm to this value before each step. A module with a
+        ``clip_grad_norm_(max_norm)`` method (an ensemble clipping each member separately)
+        does the clipping itself.
     **loss_kwargs
         Passed to the module's ``loss``.
     """
@@ -62,6 +66,7 @@ class ClassifierTrainingPlan(TrainingPlan):
         eps: float = 1e-8,
         lr_decay: float | None = None,
         lr_decay_every: int = 10,
+        gradient_clip_norm: float | None = None,
         **loss_kwargs,
     ):
         super().__init__(
@@ -69,6 +74,7 @@ class ClassifierTrainingPlan(TrainingPlan):
         )
         self.lr_decay = lr_decay
         self.lr_decay_every = lr_decay_every
+        self.gradient_clip_norm = gradient_clip_norm
         # keyed "<mode>_<metric>": a bare "train" key would clash with nn.Module.train
         self.epoch_metrics = nn.ModuleDict()
         for mode in MODES:
@@ -103,6 +109,30 @@ class ClassifierTrainingPlan(TrainingPlan):
         self.log(f"ce_{mode}", loss_output.classification_loss.detach(), **log)
         self.log(f"f1_macro_{mode}", f1, on_step=False, on_epoch=True, batch_size=n_obs)
         self.log(f"accuracy_{mode}", accuracy, on_step=False, on_epoch=True, batch_size=n_obs)
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip to ``gradient_clip_norm`` (per member for ensembles), then apply the trainer's clipping.
+
+        Parameters
+        ----------
+        optimizer
+            The optimiser about to step.
+        gradient_clip_val
+            Clipping value given to the trainer, if any.
+        gradient_clip_algorithm
+            Clipping algorithm given to the trainer, if any.
+        """
+        if self.gradient_clip_norm is not None:
+            if hasattr(self.module, "clip_grad_norm_"):
+                self.module.clip_grad_norm_(self.gradient_clip_norm)
+            else:
+                torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.gradient_clip_norm)
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
         """Optimiser plus an optional step decay of the learning rate."""

@@ -1,0 +1,4 @@
+from ._model import SCTAB
+from ._module import SCTABModule
+
+__all__ = ["SCTAB", "SCTABModule"]

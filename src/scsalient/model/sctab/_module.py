@@ -1,0 +1,402 @@
+"""scTab network: a TabNet encoder with 1.5-entmax feature masks, batched over ensemble members."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from entmax import entmax15
+from scvi import REGISTRY_KEYS
+from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
+from torch import nn
+
+from scsalient.model.base._components import log1p_cp10k
+
+#: log1p(CP10k) range to which augmented expression is clamped (as in scTab)
+AUGMENT_CLAMP = (0.0, 9.0)
+#: above this many genes, 1.5-entmax partially sorts the top entries instead of sorting all
+_ENTMAX_FULL_SORT_MAX = 1024
+_ENTMAX_TOPK = 256
+
+
+class MemberLinear(nn.Module):
+    """``n_members`` independent linear maps (no bias), applied in one batched product.
+
+    The input is either shared by every member, shape ``(B, n_in)``, or per member,
+    ``(E, B, n_in)``; the output is ``(E, B, n_out)``.
+
+    Parameters
+    ----------
+    n_members
+        Number of members ``E``.
+    n_in
+        Input size.
+    n_out
+        Output size.
+    gain
+        Gain of the Xavier-normal initialisation (TabNet's choice per layer type).
+    """
+
+    def __init__(self, n_members: int, n_in: int, n_out: int, gain: float = 1.0):
+        super().__init__()
+        self.n_in, self.n_out = n_in, n_out
+        self.weight = nn.Parameter(torch.empty(n_members, n_in, n_out))
+        std = gain * math.sqrt(2.0 / (n_in + n_out))
+        nn.init.normal_(self.weight, 0.0, std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply every member's map."""
+        if x.dim() == 2:  # shared input: one (B, n_in) x (n_in, E * n_out) product
+            n_members = self.weight.shape[0]
+            w = self.weight.permute(1, 0, 2).reshape(self.n_in, n_members * self.n_out)
+            return (x @ w).view(x.shape[0], n_members, self.n_out).transpose(0, 1)
+        return torch.bmm(x, self.weight)
+
+
+class MemberBatchNorm(nn.Module):
+    """Batch norm of ``(E, B, F)`` tensors with separate statistics per member and feature.
+
+    With ``virtual_batch_size`` it is ghost batch norm :cite:p:`Hoffer2017`: the minibatch is
+    normalised in chunks of that many cells during training.
+
+    Parameters
+    ----------
+    n_members
+        Number of members ``E``.
+    n_features
+        Number of features ``F``.
+    virtual_batch_size
+        Cells per ghost batch; ``None`` normalises the whole minibatch at once.
+    momentum
+        Momentum of the running statistics.
+    """
+
+    def __init__(self, n_members: int, n_features: int, virtual_batch_size: int | None, momentum: float):
+        super().__init__()
+        self.n_members, self.n_features = n_members, n_features
+        self.virtual_batch_size = virtual_batch_size
+        self.bn = nn.BatchNorm1d(n_members * n_features, momentum=momentum)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise ``x`` of shape ``(E, B, F)``."""
+        n_members, n_cells, n_features = x.shape
+        flat = x.transpose(0, 1).reshape(n_cells, n_members * n_features)
+        if self.training and self.virtual_batch_size and n_cells > self.virtual_batch_size:
+            chunks = flat.chunk(max(n_cells // self.virtual_batch_size, 1), dim=0)
+            flat = torch.cat([self.bn(chunk) for chunk in chunks], dim=0)
+        else:
+            flat = self.bn(flat)
+        return flat.view(n_cells, n_members, n_features).transpose(0, 1)
+
+
+class GLULayer(nn.Module):
+    """Linear map (own or shared) -> ghost batch norm -> gated linear unit."""
+
+    def __init__(
+        self, fc: MemberLinear, n_members: int, n_out: int, virtual_batch_size: int, momentum: float
+    ):
+        super().__init__()
+        self.fc = fc
+        self.n_out = n_out
+        self.bn = MemberBatchNorm(n_members, 2 * n_out, virtual_batch_size, momentum)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the layer."""
+        h = self.bn(self.fc(x))
+        return h[..., : self.n_out] * torch.sigmoid(h[..., self.n_out :])
+
+
+class FeatureTransformer(nn.Module):
+    r"""TabNet feature transformer: shared GLU layers, then step-specific ones, with scaled residuals.
+
+    The first layer maps the genes to ``n_out``; every later layer is added to its input and
+    scaled by :math:`\sqrt{0.5}`.
+    """
+
+    def __init__(
+        self,
+        shared: nn.ModuleList,
+        n_members: int,
+        n_in: int,
+        n_out: int,
+        n_independent: int,
+        virtual_batch_size: int,
+        momentum: float,
+    ):
+        super().__init__()
+        layers = [GLULayer(fc, n_members, n_out, virtual_batch_size, momentum) for fc in shared]
+        for i in range(n_independent):
+            first = not layers and i == 0
+            fan_in = n_in if first else n_out
+            fc = MemberLinear(n_members, fan_in, 2 * n_out, gain=_glu_gain(fan_in, 2 * n_out))
+            layers.append(GLULayer(fc, n_members, n_out, virtual_batch_size, momentum))
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the transformer."""
+        h = self.layers[0](x)
+        for layer in self.layers[1:]:
+            h = (h + layer(h)) * math.sqrt(0.5)
+        return h
+
+
+def _glu_gain(n_in: int, n_out: int) -> float:
+    return math.sqrt((n_in + n_out) / math.sqrt(n_in))
+
+
+def _non_glu_gain(n_in: int, n_out: int) -> float:
+    return math.sqrt((n_in + n_out) / math.sqrt(4 * n_in))
+
+
+class AttentiveTransformer(nn.Module):
+    """Feature mask ``entmax15(GBN(W a) * prior)`` from the attention features ``a``."""
+
+    def __init__(
+        self,
+        n_members: int,
+        n_a: int,
+        n_genes: int,
+        virtual_batch_size: int,
+        momentum: float,
+        init_scale: float = 1.0,
+    ):
+        super().__init__()
+        self.fc = MemberLinear(n_members, n_a, n_genes, gain=_non_glu_gain(n_a, n_genes))
+        self.bn = MemberBatchNorm(n_members, n_genes, virtual_batch_size, momentum)
+        nn.init.constant_(self.bn.bn.weight, init_scale)
+        self.k = None if n_genes <= _ENTMAX_FULL_SORT_MAX else _ENTMAX_TOPK
+
+    def forward(self, prior: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """Sparse mask over genes, rows summing to 1."""
+        return entmax15(self.bn(self.fc(a)) * prior, dim=-1, k=self.k)
+
+
+class SCTABModule(BaseModuleClass):
+    r"""Torch module of :class:`~scsalient.model.SCTAB`: ``n_members`` TabNet classifiers in one network.
+
+    For the log1p(CP10k) expression :math:`x` of a cell, each member computes (one decision
+    step shown; ``n_steps`` repeats the masked part, with the prior
+    :math:`p \leftarrow (\gamma - M) \odot p`):
+
+    .. math::
+
+        \tilde x = \mathrm{BN}(x), \quad a = \mathrm{FT}_0(\tilde x)_{n_d:}, \quad
+        M = \mathrm{entmax}_{1.5}(\mathrm{GBN}(W_a a) \odot p), \quad
+        d = \mathrm{ReLU}(\mathrm{FT}_1(M \odot \tilde x)_{:n_d}), \quad
+        \mathrm{logits} = W_o d .
+
+    Every parameter carries the member dimension first (members share no weights), so the
+    members train as independent networks on the same minibatches, in one batched pass.
+
+    Parameters
+    ----------
+    n_input
+        Number of genes.
+    n_labels
+        Number of classes.
+    n_members
+        Ensemble members.
+    n_d
+        Width of the decision (embedding) features.
+    n_a
+        Width of the attention features.
+    n_steps
+        Decision steps.
+    n_shared
+        GLU layers shared by the feature transformers of all steps.
+    n_independent
+        GLU layers specific to each feature transformer.
+    gamma
+        Prior relaxation: how much a gene used in one step may be reused in the next.
+    virtual_batch_size
+        Cells per ghost batch.
+    momentum
+        Momentum of the ghost batch norms (the input batch norm uses 0.01, as TabNet).
+    lambda_sparse
+        Weight of the mask-entropy (sparsity) penalty.
+    mask_init_scale
+        Initial scale (batch-norm weight) of the mask logits. TabNet uses 1; a small value
+        starts training from nearly uniform, dense masks.
+    normalize_input
+        If ``True``, the input holds counts and is turned into log1p(CP10k) first.
+    class_weights
+        Cross-entropy weight of each class; ``None`` weighs all classes equally.
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        n_labels: int,
+        *,
+        n_members: int = 1,
+        n_d: int = 128,
+        n_a: int = 64,
+        n_steps: int = 1,
+        n_shared: int = 3,
+        n_independent: int = 5,
+        gamma: float = 1.3,
+        virtual_batch_size: int = 256,
+        momentum: float = 0.02,
+        lambda_sparse: float = 1e-5,
+        mask_init_scale: float = 1.0,
+        normalize_input: bool = True,
+        class_weights: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        if n_shared + n_independent < 1:
+            raise ValueError("n_shared and n_independent cannot both be 0.")
+        self.n_input, self.n_labels, self.n_members = n_input, n_labels, n_members
+        self.n_d, self.n_a, self.n_steps, self.gamma = n_d, n_a, n_steps, gamma
+        self.lambda_sparse = lambda_sparse
+        self.normalize_input = normalize_input
+        self.augment = True
+        width = n_d + n_a
+        self.input_bn = MemberBatchNorm(n_members, n_input, None, momentum=0.01)
+        shared = nn.ModuleList(
+            MemberLinear(n_members, n_input if i == 0 else width, 2 * width,
+                         gain=_glu_gain(n_input if i == 0 else width, 2 * width))
+            for i in range(n_shared)
+        )  # fmt: skip
+        args = (n_members, n_input, width, n_independent, virtual_batch_size, momentum)
+        self.initial_transformer = FeatureTransformer(shared, *args)
+        self.step_transformers = nn.ModuleList(FeatureTransformer(shared, *args) for _ in range(n_steps))
+        self.attentive = nn.ModuleList(
+            AttentiveTransformer(n_members, n_a, n_input, virtual_batch_size, momentum, mask_init_scale)
+            for _ in range(n_steps)
+        )
+        self.head = MemberLinear(n_members, n_d, n_labels, gain=_non_glu_gain(n_d, n_labels))
+        weights = torch.ones(n_labels) if class_weights is None else torch.as_tensor(class_weights).float()
+        self.register_buffer("class_weights", weights)
+        self.register_buffer("augmentations", torch.zeros(0, n_input))
+
+    def set_batch_norm_momentum(self, input_momentum: float, momentum: float) -> None:
+        """Momentum of the running statistics: of the input batch norm, and of the ghost batch norms."""
+        self.input_bn.bn.momentum = input_momentum
+        for layer in self.modules():
+            if isinstance(layer, MemberBatchNorm) and layer is not self.input_bn:
+                layer.bn.momentum = momentum
+
+    # ------------------------------------------------------------------ augmentation
+    def set_augmentations(self, vectors: torch.Tensor | None) -> None:
+        """Replace the donor-difference vectors added to training cells (``None`` or empty: none)."""
+        if vectors is None:
+            vectors = torch.zeros(0, self.n_input)
+        self.augmentations = torch.as_tensor(vectors, dtype=torch.float32).to(self.class_weights.device)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # the number of augmentation vectors is only known after training
+        key = prefix + "augmentations"
+        if key in state_dict:
+            self.augmentations = torch.empty_like(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        """Add or subtract a random donor-difference vector to each cell, for each member."""
+        n_vectors = self.augmentations.shape[0]
+        pick = torch.randint(0, n_vectors, (self.n_members, x.shape[0]), device=x.device)
+        sign = torch.randint(0, 2, (self.n_members, x.shape[0], 1), device=x.device) * 2.0 - 1.0
+        return (x.unsqueeze(0) + sign * self.augmentations[pick]).clamp(*AUGMENT_CLAMP)
+
+    # ------------------------------------------------------------------ forward
+    def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
+        x = tensors[REGISTRY_KEYS.X_KEY]
+        # scvi-tools' distributed sampler delivers minibatches with a leading dimension of 1
+        return {"x": x.reshape(-1, x.shape[-1])}
+
+    def _get_generative_input(self, tensors, inference_outputs, **kwargs) -> dict:
+        return {}
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Expression as the network sees it (log1p(CP10k) when the input holds counts)."""
+        return log1p_cp10k(x) if self.normalize_input else x
+
+    @auto_move_data
+    def inference(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        r"""Masks, embeddings and class probabilities of every member for a minibatch.
+
+        Returns a dict with ``member_logits`` ``(E, B, C)``, ``logits`` (log of the mean member
+        probabilities, ``(B, C)``), ``embedding`` ``(E, B, n_d)``, ``mask`` (the per-cell gene
+        importance of each member, ``(E, B, G)``, rows summing to 1) and ``mask_entropy``
+        (:math:`\sum_g M \log M` averaged over cells and steps, per member, ``(E,)``).
+        """
+        x = self.prepare_input(x)
+        if self.training and self.augment and self.augmentations.shape[0] > 0:
+            x = self._augment(x)
+        else:
+            x = x.unsqueeze(0).expand(self.n_members, *x.shape)
+        x = self.input_bn(x)
+        a = self.initial_transformer(x)[..., self.n_d :]
+        prior = torch.ones_like(x)
+        embedding = torch.zeros(*x.shape[:2], self.n_d, device=x.device, dtype=x.dtype)
+        importance = torch.zeros_like(x) if self.n_steps > 1 else None
+        entropy = x.new_zeros(self.n_members)
+        mask = None
+        for attentive, transformer in zip(self.attentive, self.step_transformers):
+            mask = attentive(prior, a)
+            entropy = entropy + (mask * torch.log(mask + 1e-15)).sum(-1).mean(-1)
+            prior = (self.gamma - mask) * prior
+            out = transformer(mask * x)
+            d = F.relu(out[..., : self.n_d])
+            embedding = embedding + d
+            if importance is not None:
+                importance = importance + mask * d.sum(-1, keepdim=True)
+            a = out[..., self.n_d :]
+        if importance is not None:
+            mask = importance / importance.sum(-1, keepdim=True).clamp_min(1e-12)
+        member_logits = self.head(embedding)
+        mean_probs = torch.softmax(member_logits, dim=-1).mean(0)
+        return {
+            "member_logits": member_logits,
+            "logits": torch.log(mean_probs.clamp_min(1e-12)),
+            "embedding": embedding,
+            "mask": mask,
+            "mask_entropy": entropy / self.n_steps,
+        }
+
+    def generative(self, **kwargs) -> dict:
+        """Nothing to generate: scTab is discriminative."""
+        return {}
+
+    def loss(
+        self,
+        tensors: dict[str, torch.Tensor],
+        inference_outputs: dict[str, torch.Tensor],
+        generative_outputs: dict,
+        label_smoothing: float = 0.0,
+    ) -> LossOutput:
+        """Sum over members of the class-weighted cross-entropy minus ``lambda_sparse`` x mask entropy."""
+        member_logits = inference_outputs["member_logits"]
+        labels = tensors[REGISTRY_KEYS.LABELS_KEY].view(-1).long()
+        ce = torch.stack(
+            [
+                F.cross_entropy(logits, labels, weight=self.class_weights, label_smoothing=label_smoothing)
+                for logits in member_logits
+            ]
+        )
+        loss = (ce - self.lambda_sparse * inference_outputs["mask_entropy"]).sum()
+        return LossOutput(
+            loss=loss,
+            n_obs_minibatch=labels.shape[0],
+            classification_loss=ce.mean(),
+            logits=inference_outputs["logits"],
+            true_labels=labels,
+        )
+
+    def clip_grad_norm_(self, max_norm: float) -> None:
+        """Clip the gradient norm of each member separately (as if each were trained alone).
+
+        Every parameter stores its members contiguously along the first dimension, so a
+        member's gradient is a slice of each parameter's gradient.
+        """
+        grads = [p.grad.view(self.n_members, -1) for p in self.parameters() if p.grad is not None]
+        if not grads:
+            return
+        norms = torch.sqrt(sum(g.pow(2).sum(dim=1) for g in grads))
+        scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(scale[:, None])
+
+    def sample(self, *args, **kwargs):
+        """Not available: scTab is not a generative model."""
+        raise NotImplementedError("SCTAB is a classifier and cannot sample expression.")

@@ -1,0 +1,326 @@
+"""SCTAB on simulated data with planted cell types, markers and donors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import sparse
+from sklearn.metrics import f1_score, roc_auc_score
+
+import scsalient as ss
+from scsalient._constants import SCTABKeys
+from scsalient.model.base import _blocks
+from scsalient.model.sctab._augment import donor_difference_vectors
+
+N_TYPES = 4
+N_MEMBERS = 3
+SRC = Path(ss.__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def sim():
+    return ss.datasets.simulate(
+        n_cells=1200,
+        n_genes=400,
+        n_cell_types=N_TYPES,
+        n_donors=3,
+        marker_fold=4.0,
+        library_size=1500,
+        seed=1,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(sim):
+    import scvi
+
+    scvi.settings.seed = 0
+    adata = sim.copy()
+    ss.model.SCTAB.setup_anndata(adata, labels_key="cell_type", donor_key="donor")
+    model = ss.model.SCTAB(adata, n_ensemble=N_MEMBERS)
+    model.train(max_epochs=12, enable_progress_bar=False)
+    model.annotate()
+    return model, adata
+
+
+def _thinned(adata, fraction: float, seed: int = 0):
+    """The same cells with each count kept with probability ``fraction`` (a shallower library)."""
+    x = sparse.csr_matrix(adata.X, copy=True)
+    x.data = np.random.default_rng(seed).binomial(x.data.astype(np.int64), fraction).astype(np.float32)
+    x.eliminate_zeros()
+    keep = np.asarray(x.sum(axis=1)).ravel() > 0
+    out = ad.AnnData(x[keep], obs=adata.obs[keep].copy(), var=adata.var[[]].copy())
+    return out
+
+
+def test_heldout_macro_f1_far_above_chance(trained):
+    model, adata = trained
+    held_out = model.validation_indices
+    f1 = f1_score(
+        adata.obs["cell_type"].to_numpy()[held_out], model.predict(indices=held_out), average="macro"
+    )
+    # chance is 0.25; measured 0.97-1.0
+    assert f1 >= 0.9
+    assert {"f1_macro_validation", "f1_macro_train", "ce_validation", "accuracy_validation"} <= set(
+        model.history
+    )
+
+
+def test_masks_concentrate_on_planted_markers(trained, sim):
+    model, adata = trained
+    mean_mask = adata.varm[SCTABKeys.MASK_MEAN]
+    markers = sim.uns["simulation"]["markers"]
+    all_markers = np.concatenate(list(markers.values()))
+    top = {t: mean_mask[t].sort_values(ascending=False).index[:10] for t in markers}
+    # chance: 40 planted markers among 400 genes = 0.1 of the 10 top genes
+    any_marker = np.mean([np.isin(top[t], all_markers).mean() for t in markers])
+    assert any_marker >= 0.6
+    # the mask mass on the planted markers is well above their 10% share of the genes
+    # (measured 0.235 with the default, nearly dense masks of small data)
+    mask = adata.obsm[SCTABKeys.MASK]
+    on_markers = np.asarray(mask[:, np.isin(adata.var_names, all_markers)].sum(axis=1)).ravel()
+    assert on_markers.mean() >= 0.18
+
+
+def test_uncertainty_flags_wrong_predictions(trained):
+    model, adata = trained
+    query = _thinned(adata, 0.08)  # ~120 counts per cell: many cells become ambiguous
+    model.annotate(query, mask=False, embedding=False)
+    wrong = (
+        query.obs[SCTABKeys.PREDICTION].astype(str).to_numpy()
+        != query.obs["cell_type"].astype(str).to_numpy()
+    )
+    assert 0.05 < wrong.mean() < 0.6  # enough errors on both sides to score
+    auroc = roc_auc_score(wrong, query.obs[SCTABKeys.UNCERTAINTY])
+    assert auroc >= 0.7  # measured 0.8-0.9
+    disagreement = query.obs[SCTABKeys.DISAGREEMENT].to_numpy()
+    assert disagreement[wrong].mean() > disagreement[~wrong].mean()
+
+
+def test_annotate_writes_documented_keys(trained):
+    model, adata = trained
+    for key in (SCTABKeys.PREDICTION, SCTABKeys.UNCERTAINTY, SCTABKeys.DISAGREEMENT):
+        assert key in adata.obs
+    probs = adata.obsm[SCTABKeys.PROBABILITIES]
+    assert list(probs.columns) == list(model.classes)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-4)
+    np.testing.assert_allclose(adata.obs[SCTABKeys.UNCERTAINTY], 1 - probs.max(axis=1), rtol=1e-5)
+    assert set(np.unique(adata.obs[SCTABKeys.DISAGREEMENT] * N_MEMBERS).round(4)) <= {0.0, 1.0, 2.0, 3.0}
+    assert adata.obsm[SCTABKeys.EMBEDDING].shape == (adata.n_obs, N_MEMBERS * 128)
+    mask = adata.obsm[SCTABKeys.MASK]
+    assert sparse.isspmatrix_csr(mask) and mask.shape == adata.shape and mask.dtype == np.float32
+    np.testing.assert_allclose(np.asarray(mask.sum(axis=1)).ravel(), 1.0, rtol=1e-4)
+    uns = adata.uns[SCTABKeys.UNS]
+    assert uns["classes"] == list(model.classes) and uns["n_ensemble"] == N_MEMBERS
+    assert uns["training"]["augment"] and uns["training"]["n_augmentation_vectors"] > 0
+
+
+def test_save_load_roundtrip(trained, sim, tmp_path):
+    model, _ = trained
+    expected = model.predict(soft=True)
+    model.save(tmp_path / "sctab", save_anndata=True)
+    loaded = ss.model.SCTAB.load(tmp_path / "sctab")
+    pd.testing.assert_frame_equal(loaded.predict(soft=True), expected)
+    bare = ss.model.SCTAB.load(tmp_path / "sctab", adata=False)
+    np.testing.assert_allclose(bare.predict(sim, soft=True).to_numpy(), expected.to_numpy(), atol=1e-6)
+    assert bare.module.augmentations.shape == model.module.augmentations.shape
+    assert bare.training_settings_ == model.training_settings_
+
+
+def test_query_genes_reordered_and_missing(trained, sim):
+    model, _ = trained
+    reference = model.predict(sim)
+    shuffled = sim[:, np.random.default_rng(0).permutation(sim.n_vars)].copy()
+    np.testing.assert_array_equal(model.predict(shuffled), reference)
+    keep = np.sort(np.random.default_rng(1).permutation(sim.n_vars)[: int(0.8 * sim.n_vars)])
+    with pytest.warns(UserWarning, match=r"20\.0%.*filled with zeros"):
+        model.annotate(sim[:, keep].copy(), mask=True, embedding=False)
+    with pytest.raises(ValueError, match="at least 50%"):
+        model.predict(sim[:, : int(0.4 * sim.n_vars)].copy())
+
+
+def test_backed_training_reads_blocks_and_gives_the_same_kind_of_model(sim, tmp_path, monkeypatch):
+    path = tmp_path / "sim.h5ad"
+    sim[:800].copy().write_h5ad(path)
+    reads = []
+    original = _blocks._read_slice
+
+    def spy(x, rows):
+        reads.append((type(x).__name__, int(rows.max() - rows.min() + 1)))
+        return original(x, rows)
+
+    monkeypatch.setattr(_blocks, "_read_slice", spy)
+    backed = ad.read_h5ad(path, backed="r")
+    try:
+        ss.model.SCTAB.setup_anndata(backed, labels_key="cell_type", donor_key="donor")
+        model = ss.model.SCTAB(backed, n_ensemble=2, n_d=32, n_a=16)
+        model.train(max_epochs=8, batch_size=128, block_size=64, buffer_blocks=4, enable_progress_bar=False)
+        assert backed.isbacked
+        # the file is read in slices, never whole: mostly one block of rows (training and
+        # validation), at most a few blocks (augmentation centroids, prediction)
+        disk_reads = [span for kind, span in reads if "Dataset" in kind]
+        assert disk_reads and np.median(disk_reads) <= 64 and max(disk_reads) < backed.n_obs / 2
+        held_out = model.validation_indices
+        truth = backed.obs["cell_type"].to_numpy()[held_out]
+        assert f1_score(truth, model.predict(indices=held_out), average="macro") >= 0.8
+        model.annotate()
+        assert backed.obsm[SCTABKeys.MASK].shape == backed.shape
+        # the same model on the same cells in memory: same parameters, same outputs' form
+        memory = sim[:800].copy()
+        ss.model.SCTAB.setup_anndata(memory, labels_key="cell_type", donor_key="donor")
+        in_memory = ss.model.SCTAB(memory, n_ensemble=2, n_d=32, n_a=16)
+        shapes = {k: v.shape for k, v in model.module.state_dict().items() if k != "augmentations"}
+        assert shapes == {
+            k: v.shape for k, v in in_memory.module.state_dict().items() if k != "augmentations"
+        }
+        torch.testing.assert_close(model.module.class_weights, in_memory.module.class_weights)
+    finally:
+        backed.file.close()
+
+
+def test_block_dataset_shards_equal_batches_across_processes(sim, monkeypatch):
+    adata = sim[:500].copy()
+    ss.model.SCTAB.setup_anndata(adata, labels_key="cell_type")
+    manager = ss.model.SCTAB(adata, n_ensemble=1).adata_manager
+    indices = np.arange(3, 497)
+    seen = []
+    for rank in range(3):
+        monkeypatch.setattr(_blocks, "_rank_and_world", lambda rank=rank: (rank, 3))
+        dataset = _blocks.BlockDataset(manager, indices, 32, shuffle=True, block_size=20, buffer_blocks=3)
+        batches = list(dataset)
+        seen.append([b["X"].shape[0] for b in batches])
+        rows = torch.cat([b["labels"] for b in batches]).shape[0]
+        assert rows <= len(indices) // 3 + 20
+    assert len({len(s) for s in seen}) == 1  # the same number of steps on every process
+    # without distribution, one pass yields every cell once, shuffled
+    monkeypatch.setattr(_blocks, "_rank_and_world", lambda: (0, 1))
+    dataset = _blocks.BlockDataset(manager, indices, 32, shuffle=True, block_size=20, buffer_blocks=3)
+    x = torch.cat([b["X"] for b in dataset])
+    assert x.shape[0] == len(indices)
+    totals = np.sort(x.sum(dim=1).numpy())
+    np.testing.assert_allclose(totals, np.sort(np.asarray(adata.X[indices].sum(axis=1)).ravel()))
+
+
+DDP_SCRIPT = """
+import sys, warnings
+warnings.filterwarnings("ignore")
+import torch
+torch.set_num_threads(1)
+import scvi
+import scsalient as ss
+
+scvi.settings.seed = 0
+adata = ss.datasets.simulate(n_cells=400, n_genes=150, n_cell_types=3, n_donors=2, marker_fold=6.0, seed=2)
+ss.model.SCTAB.setup_anndata(adata, labels_key="cell_type", donor_key="donor")
+model = ss.model.SCTAB(adata, n_ensemble=2, n_d=16, n_a=8, n_independent=2, n_shared=1)
+model.train(max_epochs=3, batch_size=64, accelerator="cpu", devices=2, strategy="ddp",
+            enable_progress_bar=False, early_stopping=False)
+if model.history:  # only rank 0 holds the history
+    model.save(sys.argv[1], overwrite=True)
+"""
+
+
+#: variables that would make the child think it is already one process of a distributed run
+DDP_ENV = ("LOCAL_RANK", "NODE_RANK", "GLOBAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def test_ddp_training_on_two_cpu_processes(tmp_path):
+    # Lightning re-executes the launching script once per process, so DDP runs in a script
+    script = tmp_path / "ddp_train.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT))
+    env = {k: v for k, v in os.environ.items() if k not in DDP_ENV}
+    env.update(PYTHONPATH=os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "model")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = ss.model.SCTAB.load(tmp_path / "model", adata=False)
+    assert loaded.is_trained and len(loaded.history["f1_macro_validation"]) == 3
+    adata = ss.datasets.simulate(
+        n_cells=400, n_genes=150, n_cell_types=3, n_donors=2, marker_fold=6.0, seed=2
+    )
+    accuracy = (loaded.predict(adata) == adata.obs["cell_type"].to_numpy()).mean()
+    assert accuracy > 0.6  # chance 0.33
+
+
+def test_donor_difference_vectors_on_known_centroids():
+    # two cell types x three donors; donor 1 of type 0 has gene 0 raised by exactly 1.0 (log scale)
+    rng = np.random.default_rng(0)
+    n_per, n_genes = 12, 6
+    labels = np.repeat([0, 0, 0, 1, 1, 1], n_per)
+    donors = np.repeat([0, 1, 2, 0, 1, 2], n_per)
+    x = np.full((len(labels), n_genes), 2.0) + rng.normal(0, 0.01, (len(labels), n_genes))
+    x[(labels == 0) & (donors == 1), 0] += 1.0
+    x[(labels == 1) & (donors == 2), 1] += 3.0  # clipped to 1.5
+    vectors = donor_difference_vectors(
+        x, np.arange(len(labels)), labels, donors, normalize=False, min_cells=10
+    )
+    assert vectors.shape == (4, n_genes)  # 3 pairs per type, minus the all-zero pair of type 1
+    assert np.all(np.abs(vectors[:, 2:]) == 0)  # noise below 0.25 is zeroed
+    np.testing.assert_allclose(
+        sorted(np.abs(vectors[:, 0])[np.abs(vectors[:, 0]) > 0]), [1.0, 1.0], atol=0.05
+    )
+    assert np.allclose(sorted(np.abs(vectors[:, 1])[np.abs(vectors[:, 1]) > 0]), [1.5, 1.5])
+    # too few cells per (type, donor): nothing to learn from
+    assert len(donor_difference_vectors(x, np.arange(len(labels)), labels, donors, normalize=False)) == 4
+    assert donor_difference_vectors(x, np.arange(20), labels, donors, normalize=False).shape == (0, n_genes)
+
+
+def test_paper_preset_and_small_data_defaults(sim):
+    adata = sim[:300].copy()
+    ss.model.SCTAB.setup_anndata(adata, labels_key="cell_type")
+    model = ss.model.SCTAB(adata, n_ensemble=1, n_d=16, n_a=8)
+    model.train(max_epochs=1, preset="paper", enable_progress_bar=False)
+    settings = model.training_settings_
+    assert (settings["lr"], settings["weight_decay"], settings["batch_size"], settings["lr_decay"]) == (
+        0.005,
+        0.05,
+        2048,
+        0.9,
+    )
+    assert (settings["bn_momentum_input"], settings["bn_momentum"]) == (0.01, 0.02)
+    assert not settings["augment"]
+    model.train(max_epochs=1, enable_progress_bar=False)
+    assert model.training_settings_["batch_size"] == 128  # scaled to 270 training cells
+    assert model.training_settings_["bn_momentum"] > 0.02
+
+
+def test_bad_inputs_raise(sim):
+    adata = sim[:200].copy()
+    with pytest.raises(KeyError, match="donor_key 'nope'"):
+        ss.model.SCTAB.setup_anndata(adata, labels_key="cell_type", donor_key="nope")
+    adata.obs["bad_donor"] = adata.obs["donor"].astype(object)
+    adata.obs.iloc[0, adata.obs.columns.get_loc("bad_donor")] = np.nan
+    with pytest.raises(ValueError, match="bad_donor.*missing"):
+        ss.model.SCTAB.setup_anndata(adata, labels_key="cell_type", donor_key="bad_donor")
+    with pytest.raises(KeyError, match="labels_key"):
+        ss.model.SCTAB.setup_anndata(adata, labels_key="nope")
+    ss.model.SCTAB.setup_anndata(adata, labels_key="cell_type")
+    with pytest.raises(ValueError, match="n_ensemble"):
+        ss.model.SCTAB(adata, n_ensemble=0)
+    with pytest.raises(ValueError, match="gamma"):
+        ss.model.SCTAB(adata, gamma=0.5)
+    model = ss.model.SCTAB(adata, n_ensemble=1, n_d=8, n_a=8)
+    with pytest.raises(ValueError, match="donor_key"):
+        model.train(max_epochs=1, augment=True)
+    with pytest.raises(ValueError, match="preset"):
+        model.train(max_epochs=1, preset="fast")
+    dense = sim[:50].copy()
+    dense.X = dense.X.toarray()
+    dense.X[0, 0] = -1
+    with pytest.raises(ValueError, match="negative"):
+        ss.model.SCTAB.setup_anndata(dense, labels_key="cell_type")
