@@ -23,6 +23,14 @@ class NACTKeys:
     CELL_TYPE: Final = "nact_cell_type"  # obs, cluster annotation from a marker query
 
 
+class ModuleAEKeys:
+    """Keys written by :class:`scsalient.model.ModuleAE` and :func:`scsalient.tl.gene_set_impact`."""
+
+    LATENT: Final = "X_moduleae"  # obsm, float32 cells x units (by convention; the model returns it)
+    SALIENCY: Final = "moduleae_saliency"  # varm, DataFrame genes x units, mean |saliency|
+    UNS: Final = "moduleae"  # uns, dict: saliency settings, per-group saliency, gene-set impact
+
+
 class SalientKeys:
     """Keys written by the salient-gene and marker-query tools in :mod:`scsalient.tl`."""
 

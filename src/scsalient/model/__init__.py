@@ -1,5 +1,6 @@
 """scsalient models (scvi-tools models with explanations)."""
 
+from .moduleae import ModuleAE
 from .nact import NACT
 
-__all__ = ["NACT"]
+__all__ = ["ModuleAE", "NACT"]
