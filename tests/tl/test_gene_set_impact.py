@@ -40,7 +40,11 @@ def _adata() -> AnnData:
     return adata
 
 
-SETS = {"A": ["g0", "g1", "g2", "g3"], "B": ["g4", "g5", "g6", "g7", "absent"], "C": ["g8", "g9", "g10", "g11"]}
+SETS = {
+    "A": ["g0", "g1", "g2", "g3"],
+    "B": ["g4", "g5", "g6", "g7", "absent"],
+    "C": ["g8", "g9", "g10", "g11"],
+}
 
 
 def test_impact_is_scaled_per_unit_and_dead_units_dropped():
@@ -169,9 +173,8 @@ def test_difference_heatmap_and_save(tmp_path):
     assert np.abs(shown).max() == pytest.approx(1.0)
     assert "a - b" in ax.get_title()
     group_ax = ss.pl.gene_set_impact(adata, group="b", cluster=False, show=False)
-    np.testing.assert_allclose(
-        np.asarray(group_ax.images[0].get_array()), adata.uns[ModuleAEKeys.UNS]["impact_groups"]["b"].to_numpy()
-    )
+    expected = adata.uns[ModuleAEKeys.UNS]["impact_groups"]["b"].to_numpy()
+    np.testing.assert_allclose(np.asarray(group_ax.images[0].get_array()), expected)
     del adata.varm[ModuleAEKeys.SALIENCY]  # group saliency only: no impact over all cells
     ss.tl.gene_set_impact(adata, SETS, groupby="group", min_genes=3)
     with pytest.raises(KeyError, match="no 'impact'"):
