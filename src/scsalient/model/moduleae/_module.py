@@ -100,22 +100,50 @@ class ModuleAEModule(BaseModuleClass):
         return {"z": inference_outputs["z"], "library": inference_outputs["library"]}
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
-        """The encoder's input: log1p(CP10k) of the counts, or the counts themselves."""
+        """The encoder's input: log1p(CP10k) of the counts, or the counts themselves.
+
+        Parameters
+        ----------
+        x
+            Counts, cells x genes.
+        """
         return log1p_cp10k(x, TARGET_SUM) if self.normalize_input else x
 
     def encode(self, h: torch.Tensor, guided: bool = False) -> torch.Tensor:
-        """Representation of prepared input ``h``; ``guided`` switches to guided-backprop Softplus."""
+        """Representation of prepared input ``h``.
+
+        Parameters
+        ----------
+        h
+            Output of :meth:`prepare_input`, cells x genes.
+        guided
+            Use :class:`GuidedSoftplus` activations (for guided-backpropagation saliency).
+        """
         activation = GuidedSoftplus.apply if guided else F.softplus
         return activation(self.encoder_latent(activation(self.encoder_hidden(h))))
 
     @auto_move_data
     def inference(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Representation ``z`` and library size of a minibatch of cells."""
+        """Representation ``z`` and library size of a minibatch of cells.
+
+        Parameters
+        ----------
+        x
+            Counts, cells x genes.
+        """
         return {"z": self.encode(self.prepare_input(x)), "library": x.sum(dim=-1, keepdim=True)}
 
     @auto_move_data
     def generative(self, z: torch.Tensor, library: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Poisson rates of every gene."""
+        """Poisson rates of every gene.
+
+        Parameters
+        ----------
+        z
+            Representation, cells x units.
+        library
+            Library size of each cell, cells x 1.
+        """
         rate = self.decoder(z)
         if self.normalize_input:
             rate = rate * (library / TARGET_SUM)
@@ -133,7 +161,17 @@ class ModuleAEModule(BaseModuleClass):
         inference_outputs: dict[str, torch.Tensor],
         generative_outputs: dict[str, torch.Tensor],
     ) -> LossOutput:
-        """Mean Poisson negative log-likelihood plus the orthogonality penalty."""
+        """Mean Poisson negative log-likelihood plus the orthogonality penalty.
+
+        Parameters
+        ----------
+        tensors
+            Minibatch, with the counts under ``REGISTRY_KEYS.X_KEY``.
+        inference_outputs
+            Output of :meth:`inference`.
+        generative_outputs
+            Output of :meth:`generative`.
+        """
         x = tensors[REGISTRY_KEYS.X_KEY]
         rate = generative_outputs["rate"]
         nll = F.poisson_nll_loss(rate, x, log_input=False, full=False, reduction="none") + torch.lgamma(x + 1)
@@ -144,7 +182,15 @@ class ModuleAEModule(BaseModuleClass):
 
     @torch.inference_mode()
     def sample(self, tensors: dict[str, torch.Tensor], n_samples: int = 1) -> torch.Tensor:
-        """Poisson counts drawn from the reconstruction of ``tensors``; ``n_samples`` x cells x genes."""
+        """Poisson counts drawn from the reconstruction of ``tensors``: ``n_samples`` x cells x genes.
+
+        Parameters
+        ----------
+        tensors
+            Minibatch, with the counts under ``REGISTRY_KEYS.X_KEY``.
+        n_samples
+            Number of draws per cell.
+        """
         inference_outputs = self.inference(**self._get_inference_input(tensors))
         rate = self.generative(**self._get_generative_input(tensors, inference_outputs))["rate"]
         return torch.poisson(rate.expand(n_samples, *rate.shape))
