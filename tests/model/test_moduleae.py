@@ -6,11 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 from scipy import sparse
 
 import scsalient as ss
 from scsalient._constants import ModuleAEKeys
-from scsalient.model.moduleae import ModuleAEModule
+from scsalient.model.moduleae import ModuleAEModule, ModuleAETrainingPlan
 
 N_MODULES = 3
 
@@ -158,11 +159,21 @@ def test_paper_optimizer_trains_with_batch_size_one(sim):
     adata = sim[:120].copy()
     ss.model.ModuleAE.setup_anndata(adata)
     model = ss.model.ModuleAE(adata, n_latent=4)
-    model.train(max_epochs=2, optimizer="paper", enable_progress_bar=False)
-    optimizer = model.trainer.optimizers[0] if hasattr(model, "trainer") else None
+    before = model.module.encoder_hidden.weight.detach().clone()
+    sizes = []
+
+    class BatchSizes(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            sizes.append(len(batch["X"]))
+
+    model.train(max_epochs=2, optimizer="paper", callbacks=[BatchSizes()], enable_progress_bar=False)
+    assert set(sizes) == {1} and len(sizes) == 2 * 108  # 90% of 120 cells, one cell per step
     assert len(model.history["train_loss"]) == 2
-    if optimizer is not None:
-        assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["nesterov"]
+    assert not torch.equal(before, model.module.encoder_hidden.weight)
+    plan = ModuleAETrainingPlan(model.module, optimizer="SGD", lr=1e-3)
+    optimizer = plan.configure_optimizers()["optimizer"]
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert optimizer.defaults["nesterov"] and optimizer.defaults["momentum"] == 0.9
 
 
 def test_rejects_non_count_data(sim):
