@@ -19,7 +19,7 @@ activity and the per-cell value of its matched component (ModuleAE unit activity
 LDVAE latent mean).
 
 Scenarios: ``modules`` (no cell-type signal, ``marker_fold=1``) and ``celltypes`` (the
-simulator's default cell-type markers, ``marker_fold=4``). 2,000 cells x 500 genes, 4 modules
+simulator's default cell-type markers, ``marker_fold=4``). 1,200 cells x 400 genes, 4 modules
 of 20 genes, ``module_fold=4``.
 
 Usage: ``python benchmarks/modules.py [--budget quick|full] [--out DIR]``. Writes
@@ -48,11 +48,11 @@ if str(BENCH_DIR) not in sys.path:
 from report import git_line  # noqa: E402
 
 N_UNITS = 8
-SEEDS = {"quick": [0, 1, 2], "full": [0, 1, 2, 3, 4]}
+SEEDS = {"quick": [0, 1], "full": [0, 1, 2, 3, 4]}
 SCENARIOS = {"modules": {"marker_fold": 1.0}, "celltypes": {"marker_fold": 4.0}}
 SIMULATION = {
-    "n_cells": 2000,
-    "n_genes": 500,
+    "n_cells": 1200,
+    "n_genes": 400,
     "n_cell_types": 5,
     "n_modules": 4,
     "module_size": 20,

@@ -10,8 +10,8 @@ Each (system, dataset, seed) runs in its own subprocess
 (``python benchmarks/run.py --one SYSTEM DATASET SEED --json OUT``), so its wall time and
 peak resident memory are its own. Results go to ``benchmarks/results/``:
 ``classification.json`` (every run, with per-class F1), ``classification.md`` (mean ± sd over
-seeds) and ``classification.png``. The marker benchmark (``markers.py``) runs afterwards unless
-``--no-markers`` is given.
+seeds) and ``classification.png``. The marker benchmark (``markers.py``) and the module-recovery
+benchmark (``modules.py``) run afterwards unless ``--no-markers`` / ``--no-modules`` is given.
 """
 
 from __future__ import annotations
@@ -330,6 +330,13 @@ def main_suite(args: argparse.Namespace) -> None:
         if marker_rc:
             print(f"markers.py failed with exit code {marker_rc}", flush=True)
             failed.append({"markers": marker_rc})
+    if not args.no_modules:
+        command = [sys.executable, str(BENCH_DIR / "modules.py"), "--budget", budget, "--out", str(args.out)]
+        print("[run] modules.py ...", flush=True)
+        module_rc = subprocess.run(command, check=False).returncode
+        if module_rc:
+            print(f"modules.py failed with exit code {module_rc}", flush=True)
+            failed.append({"modules": module_rc})
     print(f"Total {time.perf_counter() - clock:.0f} s.", flush=True)
     if failed:
         raise SystemExit(f"{len(failed)} run(s) failed; see {args.out / 'logs'}")
@@ -343,6 +350,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 0 for quick, 0 1 2 for full)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed per run")
     parser.add_argument("--no-markers", action="store_true", help="skip the marker benchmark")
+    parser.add_argument("--no-modules", action="store_true", help="skip the module-recovery benchmark")
     parser.add_argument(
         "--out", type=Path, default=RESULTS, help="folder for the results (default: results/)"
     )
