@@ -36,6 +36,14 @@ class SCTABKeys:
     UNS: Final = "sctab"  # uns, dict with classes and settings
 
 
+class ModuleAEKeys:
+    """Keys written by :class:`scsalient.model.ModuleAE` and :func:`scsalient.tl.gene_set_impact`."""
+
+    LATENT: Final = "X_moduleae"  # obsm, float32 cells x units (by convention; the model returns it)
+    SALIENCY: Final = "moduleae_saliency"  # varm, DataFrame genes x units, mean |saliency|
+    UNS: Final = "moduleae"  # uns, dict: saliency settings, per-group saliency, gene-set impact
+
+
 class SalientKeys:
     """Keys written by the salient-gene and marker-query tools in :mod:`scsalient.tl`."""
 

@@ -210,7 +210,9 @@ def test_heatmaps_draw_no_grid_under_grid_styles(adata):
     with plt.rc_context({"axes.grid": True}):
         correlation = pl.attention_correlation(adata, "group", show=False)
         heatmap = pl.salient_genes(adata, n_genes=3, kind="heatmap", show=False)
-        assert not any(line.get_visible() for line in correlation.get_xgridlines() + correlation.get_ygridlines())
+        assert not any(
+            line.get_visible() for line in correlation.get_xgridlines() + correlation.get_ygridlines()
+        )
         assert not any(line.get_visible() for line in heatmap.get_xgridlines() + heatmap.get_ygridlines())
         _, reference = plt.subplots()
         assert any(line.get_visible() for line in reference.get_xgridlines())

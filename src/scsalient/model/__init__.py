@@ -1,6 +1,7 @@
 """scsalient models (scvi-tools models with explanations)."""
 
+from .moduleae import ModuleAE
 from .nact import NACT
 from .sctab import SCTAB
 
-__all__ = ["NACT", "SCTAB"]
+__all__ = ["ModuleAE", "NACT", "SCTAB"]

@@ -3,6 +3,7 @@
 from ._checks import check_labels, inspect_expression, iter_row_blocks
 from ._classifier import ClassifierMixin
 from ._components import GeneMap, log1p_cp10k
+from ._expression import ExpressionModelMixin
 from ._fields import ExpressionLayerField
 from ._memory import check_training_memory
 from ._query import align_genes
@@ -12,6 +13,7 @@ __all__ = [
     "ClassifierMixin",
     "ClassifierTrainingPlan",
     "ExpressionLayerField",
+    "ExpressionModelMixin",
     "GeneMap",
     "RestoreBestState",
     "align_genes",

@@ -10,14 +10,11 @@ import numpy as np
 import pandas as pd
 import torch
 from scvi import REGISTRY_KEYS
-from scvi.model._utils import parse_device_args
-from scvi.train import TrainRunner
 from tqdm.auto import tqdm
 
 from ._blocks import BlockDataSplitter, block_loader, is_backed
-from ._memory import check_training_memory
-from ._query import align_genes
-from ._training_plan import ClassifierTrainingPlan, RestoreBestState
+from ._expression import ExpressionModelMixin
+from ._training_plan import ClassifierTrainingPlan
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -28,7 +25,7 @@ logger = logging.getLogger(__name__)
 MONITOR = "f1_macro_validation"
 
 
-class ClassifierMixin:
+class ClassifierMixin(ExpressionModelMixin):
     """Training and prediction for models whose module returns ``logits`` from ``inference``.
 
     The model class must register ``REGISTRY_KEYS.X_KEY`` with an
@@ -38,7 +35,6 @@ class ClassifierMixin:
 
     _training_plan_cls = ClassifierTrainingPlan
     _data_splitter_cls = BlockDataSplitter
-    _train_runner_cls = TrainRunner
 
     # ------------------------------------------------------------------ registry helpers
     @property
@@ -51,87 +47,23 @@ class ClassifierMixin:
         """Column of ``obs`` that held the training labels."""
         return self._field_state(REGISTRY_KEYS.LABELS_KEY)["original_key"]
 
-    @property
-    def input_kind(self) -> str:
-        """What the model was set up on, ``"counts"`` or ``"lognorm"``."""
-        return self._field_state(REGISTRY_KEYS.X_KEY)["input_kind"]
-
-    def _field_state(self, key: str) -> dict:
-        return self.registry_["field_registries"][key]["state_registry"]
-
-    def _expression_layer(self) -> str | None:
-        return self.registry_["setup_args"].get("layer")
-
     # ------------------------------------------------------------------ training
     def _train_classifier(
         self,
         *,
-        max_epochs: int,
-        batch_size: int,
-        train_size: float,
-        validation_size: float | None,
-        early_stopping: bool,
-        early_stopping_patience: int,
-        accelerator: str,
-        devices: int | list[int] | str,
         plan_kwargs: dict,
-        datasplitter_kwargs: dict | None,
-        activation_floats_per_cell: int,
-        memory_hint: str,
-        **trainer_kwargs,
+        **fit_kwargs,
     ) -> None:
-        """Build the data splitter, plan and runner, then fit."""
-        _, _, device = parse_device_args(accelerator=accelerator, devices=devices, return_device="torch")
-        check_training_memory(
-            sum(p.numel() for p in self.module.parameters()),
-            activation_floats_per_cell * batch_size,
-            device=device,
-            hint=memory_hint,
-        )
-        has_validation = train_size < 1.0 or (validation_size is not None and validation_size > 0)
-        if early_stopping and not has_validation:
-            raise ValueError("early_stopping needs a validation split: use train_size < 1.")
-        splitter = self._data_splitter_cls(
-            self.adata_manager,
-            train_size=train_size,
-            validation_size=validation_size,
-            batch_size=batch_size,
-            **(datasplitter_kwargs or {}),
-        )
-        splitter.setup()  # the split is seeded: the runner's own setup() draws the same one
-        self._prepare_training(np.asarray(splitter.train_idx))
+        """Build the classifier's training plan and fit (see ``ExpressionModelMixin._fit``)."""
         plan = self._training_plan_cls(self.module, n_classes=len(self.classes), **plan_kwargs)
-        callbacks = list(trainer_kwargs.pop("callbacks", []))
-        if early_stopping:
-            callbacks.append(RestoreBestState(monitor=MONITOR, mode="max"))
-        trainer_kwargs.setdefault("check_val_every_n_epoch", 1 if has_validation else None)
-        runner = self._train_runner_cls(
-            self,
-            training_plan=plan,
-            data_splitter=splitter,
-            max_epochs=max_epochs,
-            accelerator=accelerator,
-            devices=devices,
-            early_stopping=early_stopping,
-            early_stopping_monitor=MONITOR,
-            early_stopping_mode="max",
-            early_stopping_patience=early_stopping_patience,
-            callbacks=callbacks,
-            **trainer_kwargs,
-        )
-        self.module.train()  # a re-train (or training after load) would otherwise start in eval mode
-        runner()
-        self.module.eval()
-
-    def _prepare_training(self, train_indices: np.ndarray) -> None:
-        """Hook run before fitting, with the training cells (e.g. to derive augmentations)."""
+        self._fit(plan, monitor=MONITOR, monitor_mode="max", **fit_kwargs)
 
     # ------------------------------------------------------------------ query data
     def _prepare_adata(self, adata: AnnData | None) -> AnnData:
         """The training data, or a query aligned to the model's genes and validated."""
         if adata is None:
             return self._validate_anndata(None)
-        query = align_genes(adata, pd.Index(self.get_var_names()), self._expression_layer())
+        query = self._align_query(adata)
         placeholder = pd.Categorical([self.classes[0]] * query.n_obs, categories=self.classes)
         query.obs[self.labels_key] = placeholder
         return self._validate_anndata(query)
