@@ -324,3 +324,32 @@ def test_bad_inputs_raise(sim):
     dense.X[0, 0] = -1
     with pytest.raises(ValueError, match="negative"):
         ss.model.SCTAB.setup_anndata(dense, labels_key="cell_type")
+
+
+def test_training_from_a_zarr_store_reads_blocks(sim, tmp_path, monkeypatch):
+    import zarr
+
+    path = tmp_path / "sim.zarr"
+    sim[:800].copy().write_zarr(path)
+    group = zarr.open(path, mode="r")
+    on_disk = ad.AnnData(
+        X=ad.io.sparse_dataset(group["X"]),
+        obs=ad.io.read_elem(group["obs"]),
+        var=ad.io.read_elem(group["var"]),
+    )
+    reads = []
+    original = _blocks._read_slice
+
+    def spy(x, rows):
+        reads.append((type(x).__name__, int(rows.max() - rows.min() + 1)))
+        return original(x, rows)
+
+    monkeypatch.setattr(_blocks, "_read_slice", spy)
+    ss.model.SCTAB.setup_anndata(on_disk, labels_key="cell_type")
+    model = ss.model.SCTAB(on_disk, n_ensemble=1, n_d=32, n_a=16)
+    model.train(max_epochs=8, batch_size=128, block_size=64, buffer_blocks=4, enable_progress_bar=False)
+    disk_reads = [span for kind, span in reads if "Dataset" in kind]
+    assert disk_reads and np.median(disk_reads) <= 64 and max(disk_reads) < on_disk.n_obs / 2
+    held_out = model.validation_indices
+    truth = on_disk.obs["cell_type"].to_numpy()[held_out]
+    assert f1_score(truth, model.predict(indices=held_out), average="macro") >= 0.8

@@ -22,8 +22,17 @@ BUFFER_BLOCKS = 32
 
 
 def is_backed(adata) -> bool:
-    """Whether ``adata``'s matrices live on disk (``read_h5ad(..., backed="r")``)."""
-    return bool(getattr(adata, "isbacked", False))
+    """Whether ``adata``'s expression lives on disk.
+
+    True for ``read_h5ad(..., backed="r")`` and for an AnnData whose ``X`` is one of anndata's
+    on-disk sparse datasets, e.g. ``AnnData(X=anndata.io.sparse_dataset(zarr_group["X"]), ...)``
+    over a zarr store.
+    """
+    if getattr(adata, "isbacked", False):
+        return True
+    from anndata.abc import CSCDataset, CSRDataset
+
+    return isinstance(getattr(adata, "X", None), CSRDataset | CSCDataset)
 
 
 #: rows between two wanted rows up to which one slice is read rather than two

@@ -71,7 +71,8 @@ class SCTAB(ClassifierMixin, BaseModelClass):
     ----------
     adata
         AnnData registered with :meth:`~scsalient.model.SCTAB.setup_anndata`; may be opened
-        backed (``anndata.read_h5ad(path, backed="r")``).
+        backed (``anndata.read_h5ad(path, backed="r")``) or hold anndata's on-disk sparse
+        dataset of a zarr store as ``X`` (``anndata.io.sparse_dataset(zarr_group["X"])``).
     registry
         Registry of a saved model, to build it without data (used by ``load``).
     n_ensemble
