@@ -49,3 +49,10 @@ class SimulationKeys:
     LINKED_GENE: Final = "linked_gene"  # atac var, gene a regulatory peak drives ("" for none)
     REGULATORY_STATE: Final = "simulation_regulatory_state"  # atac obsm, float32 cells x links
     OPEN_PROBABILITY: Final = "simulation_open_probability"  # atac varm, float32 peaks x cell types
+
+
+class TranslatorKeys:
+    """Keys written by :func:`scsalient.tl.peak_gene_links`."""
+
+    UNS: Final = "translator"  # mdata.uns, dict with the links table and the settings
+    LINKS: Final = "links"  # uns["translator"], DataFrame gene, peak, score, direction, rank, distance
