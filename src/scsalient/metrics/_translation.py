@@ -181,10 +181,11 @@ def _dense(data, layer: str | None) -> np.ndarray:
 
 def _mean_pearson(a: np.ndarray, b: np.ndarray, axis: int) -> float:
     """Mean Pearson correlation along rows (``axis=1``) or columns (``axis=0``); constant vectors score 0."""
-    a = a - a.mean(axis=axis, keepdims=True)
-    b = b - b.mean(axis=axis, keepdims=True)
+    constant = (np.ptp(a, axis=axis) == 0) | (np.ptp(b, axis=axis) == 0)
+    a = a - a.mean(axis=axis, keepdims=True, dtype=np.float64)
+    b = b - b.mean(axis=axis, keepdims=True, dtype=np.float64)
     denominator = np.sqrt((a**2).sum(axis=axis) * (b**2).sum(axis=axis))
     numerator = (a * b).sum(axis=axis)
     with np.errstate(invalid="ignore", divide="ignore"):
-        r = np.where(denominator > 0, numerator / denominator, 0.0)
+        r = np.where(constant | (denominator == 0), 0.0, numerator / denominator)
     return float(r.mean())
