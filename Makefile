@@ -27,10 +27,12 @@ test: venv
 bench: venv
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/run.py --budget full
+	$(BIN)/python benchmarks/translation.py --budget full
 
 bench-quick: venv
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/run.py --budget quick
+	$(BIN)/python benchmarks/translation.py --budget quick
 
 docs: venv
 	$(BIN)/sphinx-build -M html docs docs/_build -E -W --keep-going

@@ -33,7 +33,7 @@ from scsalient.metrics import feature_means, translation_scores
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BUDGETS = {
-    "quick": {"translator_epochs": 30, "multivi_epochs": 20, "n_link_peaks": 200},
+    "quick": {"translator_epochs": 20, "multivi_epochs": 20, "n_link_peaks": 200},
     "full": {"translator_epochs": 60, "multivi_epochs": 40, "n_link_peaks": 500},
 }
 DIRECTIONS = {"rna_to_atac": ("rna", "atac"), "atac_to_rna": ("atac", "rna")}
@@ -255,6 +255,7 @@ def main() -> None:
     )
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="quick")
     parser.add_argument("--systems", nargs="+", choices=sorted(SYSTEMS), default=list(SYSTEMS))
+    parser.add_argument("--epochs", type=int, help="override the Translator's epochs of the budget")
     parser.add_argument("--n-peaks", type=int, default=20_000)
     parser.add_argument("--no-links", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -265,7 +266,9 @@ def main() -> None:
     for name in ("lightning.pytorch", "lightning.fabric", "scvi"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    budget = BUDGETS[args.budget]
+    budget = dict(BUDGETS[args.budget])
+    if args.epochs:
+        budget["translator_epochs"] = args.epochs
     mdata, train, test = load(args.n_peaks)
     results = {
         "budget": args.budget,
@@ -288,13 +291,18 @@ def main() -> None:
             scores = translation_scores(truth[target], np.asarray(pred, np.float32), target)
             results["rows"].append({"system": system, "direction": direction, "seconds": seconds, **scores})
             logger.info("%s", {k: round(v, 4) for k, v in scores.items()})
-    if not args.no_links and "translator" in args.systems:
-        results["links"] = link_recovery(mdata, train, budget)
-        logger.info("links %s", results["links"])
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "translation.json").write_text(json.dumps(results, indent=2))
-    (args.out / "translation.md").write_text(render(results))
+            write(results, args.out)  # partial results survive an interrupted run
+        if system == "translator" and not args.no_links:
+            results["links"] = link_recovery(mdata, train, budget)
+            logger.info("links %s", results["links"])
+            write(results, args.out)
     print(render(results))
+
+
+def write(results: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "translation.json").write_text(json.dumps(results, indent=2))
+    (out / "translation.md").write_text(render(results))
 
 
 if __name__ == "__main__":

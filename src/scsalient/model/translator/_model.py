@@ -54,7 +54,7 @@ _WHAT = {"rna": "genes", "atac": "peaks"}
 
 
 class TranslatorTrainingPlan(TrainingPlan):
-    """Training plan logging each loss term of :class:`~scsalient.model.translator.TranslatorModule`.
+    """Training plan logging each loss term of the Translator network.
 
     Logs ``rna_from_rna``, ``rna_from_atac``, ``atac_from_atac``, ``atac_from_atac`` and
     ``alignment`` (means per cell) with the suffix ``_train`` / ``_validation``, plus
