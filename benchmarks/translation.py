@@ -33,7 +33,7 @@ from scsalient.metrics import feature_means, translation_scores
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BUDGETS = {
-    "quick": {"translator_epochs": 20, "multivi_epochs": 20, "n_link_peaks": 200},
+    "quick": {"translator_epochs": 10, "multivi_epochs": 10, "n_link_peaks": 200},
     "full": {"translator_epochs": 60, "multivi_epochs": 40, "n_link_peaks": 500},
 }
 DIRECTIONS = {"rna_to_atac": ("rna", "atac"), "atac_to_rna": ("atac", "rna")}

@@ -152,6 +152,13 @@ class TranslatorModule(BaseModuleClass):
         for layer in (self.rna_output, self.library_output, self.atac_output):
             xavier_init(layer)
 
+    @torch.no_grad()
+    def init_output_biases(self, gene_fraction: torch.Tensor, peak_fraction: torch.Tensor) -> None:
+        """Start the decoders at the per-feature means: expression shares and accessible fractions."""
+        self.rna_output.bias.copy_(gene_fraction.clamp_min(1e-8).log())
+        p = peak_fraction.clamp(1e-6, 1 - 1e-6)
+        self.atac_output.bias.copy_(p.log() - (-p).log1p())
+
     # ------------------------------------------------------------------ building blocks
     def prepare(self, modality: Modality, x: torch.Tensor) -> torch.Tensor:
         """The input as the network sees it: log1p(CP10k) of RNA counts, 0/1 (or raw) accessibility."""
