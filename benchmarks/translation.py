@@ -105,7 +105,7 @@ def fit_multivi(mdata, train, test, source, target, budget):
     model.train(max_epochs=budget["multivi_epochs"], enable_progress_bar=False)
     if target == "atac":
         return np.asarray(
-            model.get_accessibility_estimates(data, indices=test, return_numpy=True), np.float32
+            model.get_normalized_accessibility(data, indices=test, return_numpy=True), np.float32
         )
     expr = model.get_normalized_expression(data, indices=test, return_numpy=True)
     return np.log1p(np.asarray(expr, np.float32) * 1e4)
