@@ -67,3 +67,13 @@ class SimulationKeys:
     TYPE_EFFECT: Final = "simulation_type_effect"  # varm, float32 genes x cell types (log scale)
     DONOR_EFFECT: Final = "simulation_donor_effect"  # varm, float32 genes x donors (log scale)
     LIBRARY_SIZE: Final = "library_size"  # obs, planted total counts per cell
+    LINKED_GENE: Final = "linked_gene"  # atac var, gene a regulatory peak drives ("" for none)
+    REGULATORY_STATE: Final = "simulation_regulatory_state"  # atac obsm, float32 cells x links
+    OPEN_PROBABILITY: Final = "simulation_open_probability"  # atac varm, float32 peaks x cell types
+
+
+class TranslatorKeys:
+    """Keys written by :func:`scsalient.tl.peak_gene_links`."""
+
+    UNS: Final = "translator"  # mdata.uns, dict with the links table and the settings
+    LINKS: Final = "links"  # uns["translator"], DataFrame gene, peak, score, direction, rank, distance

@@ -401,6 +401,86 @@ def test_bad_arguments(kwargs: dict, argument: str) -> None:
         simulate(**kwargs)
 
 
-def test_atac_not_yet() -> None:
-    with pytest.raises(NotImplementedError, match="ATAC"):
-        simulate(modalities="rna+atac")
+# --- paired RNA + ATAC --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mdata():
+    return simulate(1200, 300, modalities="rna+atac", n_peaks=800, n_links=30, seed=3)
+
+
+def test_rna_atac_layout(mdata) -> None:
+    rna, atac = mdata["rna"], mdata["atac"]
+    assert rna.shape == (1200, 300) and atac.shape == (1200, 800)
+    assert list(mdata.obs["cell_type"]) == list(rna.obs["cell_type"])
+    assert isinstance(atac.X, sp.csr_matrix) and atac.X.dtype == np.float32
+    assert set(np.unique(atac.X.data)) == {1.0}
+    for var in (rna.var, atac.var):
+        assert {"chrom", "start", "end"} <= set(var.columns)
+        assert (var["end"] > var["start"]).all()
+    # peaks are in genomic order
+    chrom_rank = atac.var["chrom"].str.slice(3).astype(int)
+    assert (np.diff(chrom_rank * 10**9 + atac.var["start"]) > 0).all()
+    counts = atac.var["peak_type"].value_counts().to_dict()
+    assert counts == {"background": 670, "cell_type": 100, "regulatory": 30}
+    assert atac.obsm["simulation_regulatory_state"].shape == (1200, 30)
+
+
+def test_links_are_planted_and_real(mdata) -> None:
+    rna, atac = mdata["rna"], mdata["atac"]
+    links = mdata.uns["simulation"]["links"]
+    assert len(links) == 30 and links["gene"].is_unique and links["peak"].is_unique
+    linked = atac.var.loc[links["peak"], "linked_gene"].to_numpy()
+    np.testing.assert_array_equal(linked, links["gene"].to_numpy())
+    assert (atac.var["linked_gene"] != "").sum() == 30
+    # regulatory peaks sit within 50 kb of their gene's TSS, on the same chromosome
+    genes = rna.var.loc[links["gene"]]
+    peaks = atac.var.loc[links["peak"]]
+    np.testing.assert_array_equal(genes["chrom"].to_numpy(), peaks["chrom"].to_numpy())
+    centre = (peaks["start"].to_numpy() + peaks["end"].to_numpy()) // 2
+    np.testing.assert_array_equal(centre - genes["start"].to_numpy(), links["distance"].to_numpy())
+    assert (links["distance"].abs() <= 50_000).all()
+    # observed accessibility is the planted state seen through the capture
+    state = atac.obsm["simulation_regulatory_state"]
+    seen = atac[:, links["peak"]].X.toarray()
+    assert (seen <= state).all() and seen.sum() > 0.4 * state.sum()
+
+    # within each cell type, a regulated gene tracks its own peak, not other regulatory peaks
+    x = rna.X.toarray()
+    x = np.log1p(x / x.sum(axis=1, keepdims=True) * 1e4)[:, rna.var_names.get_indexer(links["gene"])]
+    codes = mdata.obs["cell_type"].cat.codes.to_numpy()
+    own, other = [], []
+    for t in np.unique(codes):
+        xc, sc = x[codes == t], state[codes == t]
+        xc = (xc - xc.mean(0)) / (xc.std(0) + 1e-9)
+        sc = (sc - sc.mean(0)) / (sc.std(0) + 1e-9)
+        corr = xc.T @ sc / len(xc)
+        own.append(np.diag(corr))
+        other.append(corr[~np.eye(len(corr), dtype=bool)])
+    assert np.mean(own) > 0.4
+    assert abs(np.mean(other)) < 0.05
+
+
+def test_rna_atac_deterministic_and_rna_only_unchanged() -> None:
+    a = simulate(200, 200, modalities="rna+atac", n_peaks=300, n_links=10, seed=5)
+    b = simulate(200, 200, modalities="rna+atac", n_peaks=300, n_links=10, seed=5)
+    assert (a["atac"].X != b["atac"].X).nnz == 0 and (a["rna"].X != b["rna"].X).nnz == 0
+    pd.testing.assert_frame_equal(a.uns["simulation"]["links"], b.uns["simulation"]["links"])
+    # the ATAC arguments do not touch the RNA-only simulation
+    c, d = simulate(200, 200, seed=5), simulate(200, 200, seed=5, n_peaks=50, n_links=3)
+    assert (c.X != d.X).nnz == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "argument"),
+    [
+        ({"n_links": 400}, "n_links"),
+        ({"n_peaks": 60}, "n_peaks"),
+        ({"link_fold": 0.5}, "link_fold"),
+        ({"peak_capture": 0.0}, "peak_capture"),
+        ({"n_type_peaks": -1}, "n_type_peaks"),
+    ],
+)
+def test_bad_atac_arguments(kwargs: dict, argument: str) -> None:
+    with pytest.raises(ValueError, match=f"`{argument}`"):
+        simulate(modalities="rna+atac", **kwargs)

@@ -4,26 +4,29 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from numbers import Integral, Real
 from typing import Any, Literal
 
+import mudata
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
+from mudata import MuData
 
 from scsalient._constants import SimulationKeys
+
+from ._simulate_atac import _Regulation, simulate_atac
 
 # Keys of the planted truth (see ``SimulationKeys``).
 _MODULE_ACTIVITY_KEY = SimulationKeys.MODULE_ACTIVITY
 _TYPE_EFFECT_KEY = SimulationKeys.TYPE_EFFECT
 _DONOR_EFFECT_KEY = SimulationKeys.DONOR_EFFECT
 
-_MODALITIES = ("rna",)
-_PLANNED_MODALITIES = ("rna+atac",)
+_MODALITIES = ("rna", "rna+atac")
 
 # Fixed shape constants of the generative model (documented in ``simulate``).
 _BASELINE_SD = 1.0  # sd of the log baseline of background genes
@@ -83,9 +86,14 @@ def simulate(
     library_sd: float = 0.4,
     dispersion: float = 5.0,
     cell_type_proportions: Sequence[float] | None = None,
-    modalities: Literal["rna"] = "rna",
+    modalities: Literal["rna", "rna+atac"] = "rna",
+    n_peaks: int = 1000,
+    n_links: int = 50,
+    link_fold: float = 4.0,
+    n_type_peaks: int = 20,
+    peak_capture: float = 0.6,
     seed: int = 0,
-) -> AnnData:
+) -> AnnData | MuData:
     r"""Simulate single-cell counts with planted cell types, markers, gene modules and donor effects.
 
     Every signal a model might recover is planted and stored next to the counts: the marker genes
@@ -133,15 +141,40 @@ def simulate(
         Fraction of cells of each cell type: non-negative, one per type, summing to 1. ``None``
         gives equal proportions.
     modalities
-        Modalities to simulate. Only ``"rna"`` (an :class:`~anndata.AnnData` of gene counts) is
-        available; paired RNA + ATAC will follow.
+        ``"rna"`` returns an :class:`~anndata.AnnData` of gene counts; ``"rna+atac"`` a
+        :class:`~mudata.MuData` with the same RNA counts (plus the effect of regulatory peaks) and
+        paired binary chromatin accessibility of the same cells (see *Paired accessibility* below).
+    n_peaks
+        Number of peaks (``"rna+atac"`` only), regulatory and cell-type peaks included.
+    n_links
+        Number of planted regulatory peaks, each driving one gene (``"rna+atac"`` only).
+    link_fold
+        Fold change (at least 1) of a regulated gene's mean when its regulatory peak is open.
+    n_type_peaks
+        Number of cell-type-specific peaks per cell type (``"rna+atac"`` only).
+    peak_capture
+        Mean fraction of open peaks observed per cell, in :math:`(0, 1]` (``"rna+atac"`` only).
     seed
         Seed of :func:`numpy.random.default_rng`, the only source of randomness.
 
     Returns
     -------
     adata
-        Counts of ``n_cells`` cells x ``n_genes`` genes with the planted truth:
+        With ``modalities="rna"``: counts of ``n_cells`` cells x ``n_genes`` genes with the planted
+        truth (below). With ``modalities="rna+atac"``: a :class:`~mudata.MuData` with modalities
+        ``"rna"`` (the AnnData below, whose ``var`` also holds the gene positions ``chrom``,
+        ``start``, ``end``) and ``"atac"`` (``X``: float32 0/1 CSR matrix, cells x peaks named
+        ``"peak_00000"``, ... in genomic order; ``var``: ``chrom``, ``start``, ``end``,
+        ``linked_gene`` (the gene a regulatory peak drives, ``""`` for other peaks), ``peak_type``
+        (``"regulatory"``, ``"cell_type"`` or ``"background"``) and ``open_in`` (the cell type a
+        peak is mostly open in, ``""`` for background peaks); ``obs["capture"]``: the per-cell
+        capture rate; ``obsm["simulation_regulatory_state"]``: the planted 0/1 state of every
+        regulatory peak, cells x links in the order of the links table;
+        ``varm["simulation_open_probability"]``: peaks x cell types open probabilities).
+        ``mdata.obs`` holds ``cell_type`` and ``donor``, and ``mdata.uns["simulation"]`` holds
+        ``links`` (:class:`~pandas.DataFrame` with one row per planted link: ``gene``, ``peak``,
+        ``distance`` from the gene's TSS to the peak centre in bp, ``home_type``, ``open_home``,
+        ``open_other`` and ``log_fold``) and ``params``. The RNA AnnData:
 
         ``X``
             :class:`scipy.sparse.csr_matrix` of float32 integer counts.
@@ -178,8 +211,6 @@ def simulate(
     ------
     ValueError
         If an argument is out of range; the message names it.
-    NotImplementedError
-        If ``modalities="rna+atac"``: ATAC simulation is not available yet.
 
     Notes
     -----
@@ -232,6 +263,20 @@ def simulate(
     its counts, the fold seen in library-normalized data differs slightly from ``marker_fold``
     (by a few percent with the defaults).
 
+    *Paired accessibility* (``modalities="rna+atac"``). Genes get a chromosome (``chr1`` to
+    ``chr10``) and a TSS; each of the ``n_links`` regulatory peaks :math:`l` lies within 50 kb of
+    the TSS of its gene :math:`g_l`, a background gene expressed at least at the median
+    background level. Every cell has a binary regulatory state :math:`r_{cl} \sim
+    \mathrm{Bernoulli}(p_{t_c l})` with :math:`p = 0.5` in the link's (random) home type and 0.15
+    elsewhere. The state both opens the peak and drives the gene: :math:`\eta_{c g_l}` gains
+    :math:`r_{cl} \log f_R`, :math:`f_R` being ``link_fold``, so within a cell type the gene's
+    expression still tracks its peak cell by cell. Of the other peaks, ``n_type_peaks`` per type
+    are open with probability 0.5 in that type; every other probability is a
+    :math:`\mathrm{Beta}(1, 15)` draw per peak, shared by all types. A cell sees an open peak
+    with its capture rate :math:`q_c \sim \mathrm{Beta}(10 \bar q, 10 (1 - \bar q))`,
+    :math:`\bar q` being ``peak_capture``. Accessibility draws come from a second generator
+    seeded with ``[seed, 1]``, so the RNA-only simulation is unchanged by the ATAC arguments.
+
     Counts are sampled in blocks of cells, in parallel threads; every block draws from its own
     generator, seeded from ``seed`` and the block's position, so the result does not depend on
     the number of threads. 50,000 cells x 2,000 genes take a few seconds.
@@ -271,6 +316,11 @@ def simulate(
         dispersion=dispersion,
         cell_type_proportions=cell_type_proportions,
         modalities=modalities,
+        n_peaks=n_peaks,
+        n_links=n_links,
+        link_fold=link_fold,
+        n_type_peaks=n_type_peaks,
+        peak_capture=peak_capture,
         seed=seed,
     )
     params: dict[str, Any] = {
@@ -293,6 +343,15 @@ def simulate(
         "modalities": str(modalities),
         "seed": int(seed),
     }
+    regulation = None
+    if modalities == "rna+atac":
+        params.update(
+            n_peaks=int(n_peaks),
+            n_links=int(n_links),
+            link_fold=float(link_fold),
+            n_type_peaks=int(n_type_peaks),
+            peak_capture=float(peak_capture),
+        )
 
     rng = np.random.default_rng(params["seed"])
     cells = _simulate_cells(
@@ -304,6 +363,14 @@ def simulate(
         library_size=params["library_size"],
         library_sd=params["library_sd"],
     )
+    if modalities == "rna+atac":
+        regulation = _Regulation(
+            rng=np.random.default_rng([params["seed"], 1]),
+            cell_type=cells.cell_type,
+            n_cell_types=params["n_cell_types"],
+            n_links=params["n_links"],
+            link_fold=params["link_fold"],
+        )
     rna = _simulate_rna(
         rng,
         cells,
@@ -318,8 +385,25 @@ def simulate(
         module_fold=params["module_fold"],
         donor_effect=params["donor_effect"],
         dispersion=params["dispersion"],
+        regulation=regulation,
     )
-    return _rna_anndata(cells, rna, params)
+    adata = _rna_anndata(cells, rna, params)
+    if regulation is None:
+        return adata
+    atac, links = simulate_atac(
+        adata,
+        regulation,
+        n_peaks=params["n_peaks"],
+        n_type_peaks=params["n_type_peaks"],
+        peak_capture=params["peak_capture"],
+        params=params,
+    )
+    with mudata.set_options(pull_on_update=False):
+        mdata = MuData({"rna": adata, "atac": atac})
+    for key in (SimulationKeys.CELL_TYPE, SimulationKeys.DONOR):
+        mdata.obs[key] = adata.obs[key].array
+    mdata.uns[SimulationKeys.UNS] = {"links": links, "params": params}
+    return mdata
 
 
 def _validate(
@@ -341,16 +425,16 @@ def _validate(
     dispersion: Any,
     cell_type_proportions: Any,
     modalities: Any,
+    n_peaks: Any,
+    n_links: Any,
+    link_fold: Any,
+    n_type_peaks: Any,
+    peak_capture: Any,
     seed: Any,
 ) -> np.ndarray:
     """Check all arguments of :func:`simulate`; return the resolved cell-type proportions."""
-    if not isinstance(modalities, str) or modalities not in _MODALITIES + _PLANNED_MODALITIES:
+    if not isinstance(modalities, str) or modalities not in _MODALITIES:
         raise ValueError(f"`modalities` must be one of {list(_MODALITIES)}, got {modalities!r}.")
-    if modalities in _PLANNED_MODALITIES:
-        raise NotImplementedError(
-            f"`modalities={modalities!r}` is not available yet: ATAC simulation comes in a later "
-            'release. Use `modalities="rna"`.'
-        )
 
     for name, value, minimum in (
         ("n_cells", n_cells, 1),
@@ -361,14 +445,21 @@ def _validate(
         ("n_housekeeping", n_housekeeping, 0),
         ("n_modules", n_modules, 0),
         ("module_size", module_size, 1),
+        ("n_peaks", n_peaks, 1),
+        ("n_links", n_links, 0),
+        ("n_type_peaks", n_type_peaks, 0),
         ("seed", seed, 0),
     ):
         _check_int(name, value, minimum)
+    _check_real("peak_capture", peak_capture)
+    if not 0 < peak_capture <= 1:
+        raise ValueError(f"`peak_capture` must be in (0, 1], got {peak_capture!r}.")
 
     for name, value in (
         ("marker_fold", marker_fold),
         ("housekeeping_fold", housekeeping_fold),
         ("module_fold", module_fold),
+        ("link_fold", link_fold),
     ):
         _check_real(name, value)
         if not value >= 1:
@@ -392,6 +483,19 @@ def _validate(
             f"{n_cell_types} * {n_markers} + {n_housekeeping} + {n_modules} * {module_size} = "
             f"{n_planted} genes."
         )
+
+    if modalities == "rna+atac":
+        n_background = n_genes - n_planted
+        if n_links > n_background:
+            raise ValueError(
+                f"`n_links`={n_links} exceeds the {n_background} background genes that regulatory peaks "
+                "can drive; lower it or raise `n_genes`."
+            )
+        if n_links + n_cell_types * n_type_peaks > n_peaks:
+            raise ValueError(
+                f"`n_peaks`={n_peaks} is too small for n_links + n_cell_types * n_type_peaks = "
+                f"{n_links} + {n_cell_types} * {n_type_peaks} peaks."
+            )
 
     if cell_type_proportions is None:
         return np.full(n_cell_types, 1.0 / n_cell_types)
@@ -497,8 +601,14 @@ def _simulate_rna(
     module_fold: float,
     donor_effect: float,
     dispersion: float,
+    regulation: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> _RNASimulation:
-    """Plant the gene-level truth and sample RNA counts for the given cells."""
+    """Plant the gene-level truth and sample RNA counts for the given cells.
+
+    ``regulation``, if given, is called with the background genes and the log baselines once the
+    gene roles are drawn; it returns per-cell regulatory states (cells x links) and their log
+    effects on the genes (links x genes), added to the log mean like module activities.
+    """
     n_modules = cells.module_activity.shape[1]
 
     # Gene roles from a random permutation: markers per type, housekeeping, modules, background.
@@ -543,9 +653,15 @@ def _simulate_rna(
     in_module = module >= 0
     loading[module[in_module], np.flatnonzero(in_module)] = math.log(module_fold)
 
+    activity = cells.module_activity
+    if regulation is not None:
+        # planted regulatory states act on the log mean exactly like extra module activities
+        states, link_loading = regulation(background, baseline)
+        activity = np.hstack([activity, states])
+        loading = np.vstack([loading, link_loading])
     counts = _sample_rna_counts(
         rng,
-        cells,
+        replace(cells, module_activity=activity),
         log_mean=baseline + type_effect,
         donor_shift=donor_shift,
         loading=loading,

@@ -3,5 +3,6 @@
 from .moduleae import ModuleAE
 from .nact import NACT
 from .sctab import SCTAB
+from .translator import Translator
 
-__all__ = ["ModuleAE", "NACT", "SCTAB"]
+__all__ = ["ModuleAE", "NACT", "SCTAB", "Translator"]

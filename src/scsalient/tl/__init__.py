@@ -1,7 +1,8 @@
-"""Tools that read out trained models: salient genes, marker-database queries, gene-set impact."""
+"""Tools that read out trained models: salient genes, marker queries, gene-set impact, gene-peak links."""
 
 from ._gene_set_impact import gene_set_impact
+from ._links import peak_gene_links
 from ._query import annotate_clusters, query_cell_types
 from ._salient_genes import salient_genes
 
-__all__ = ["annotate_clusters", "gene_set_impact", "query_cell_types", "salient_genes"]
+__all__ = ["annotate_clusters", "gene_set_impact", "peak_gene_links", "query_cell_types", "salient_genes"]

@@ -2,14 +2,15 @@
 
 from ._checks import check_labels, inspect_expression, iter_row_blocks
 from ._classifier import ClassifierMixin
-from ._components import GeneMap, log1p_cp10k
+from ._components import GeneMap, attention_softmax, log1p_cp10k
 from ._expression import ExpressionModelMixin
-from ._fields import ExpressionLayerField
+from ._fields import AccessibilityLayerField, ExpressionLayerField, check_accessibility
 from ._memory import check_training_memory
 from ._query import align_genes
 from ._training_plan import ClassifierTrainingPlan, RestoreBestState
 
 __all__ = [
+    "AccessibilityLayerField",
     "ClassifierMixin",
     "ClassifierTrainingPlan",
     "ExpressionLayerField",
@@ -17,6 +18,8 @@ __all__ = [
     "GeneMap",
     "RestoreBestState",
     "align_genes",
+    "attention_softmax",
+    "check_accessibility",
     "check_labels",
     "check_training_memory",
     "inspect_expression",

@@ -16,6 +16,22 @@ def log1p_cp10k(x: torch.Tensor, target_sum: float = 1e4) -> torch.Tensor:
     return torch.log1p(x * (target_sum / library))
 
 
+#: attention logit of absent features (finite, so a cell with no features gets uniform attention)
+MASKED_LOGIT = -1e4
+
+
+def attention_softmax(logits: torch.Tensor, x: torch.Tensor, mask_absent: bool = True) -> torch.Tensor:
+    """Softmax of attention ``logits`` over features, restricted to the features present in ``x``.
+
+    A feature with value 0 contributes nothing to ``attention * x`` whatever its attention; with
+    ``mask_absent`` it is kept out of the softmax, so each cell's attention sits on the features
+    it has.
+    """
+    if mask_absent:
+        logits = logits.masked_fill(x == 0, MASKED_LOGIT)
+    return torch.softmax(logits, dim=-1)
+
+
 class GeneMap(nn.Module):
     """A linear map between gene-sized vectors, full or low-rank.
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
+import numpy as np
 import rich.table
+from scipy import sparse
 from scvi.data.fields import LayerField
 
-from ._checks import InputKind, describe_location, inspect_expression
+from ._checks import InputKind, describe_location, inspect_expression, iter_row_blocks
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -105,3 +108,56 @@ class ExpressionLayerField(LayerField):
         table.add_column("Detected input", justify="center", style="green")
         table.add_row(self.where, _TREATMENT[state_registry[self.INPUT_KIND_KEY]])
         return table
+
+
+class AccessibilityLayerField(LayerField):
+    """Chromatin accessibility field: checks the values and warns about peaks never accessible.
+
+    NaN/inf and negative values raise a :class:`ValueError`; peaks with no accessible cell give a
+    :class:`UserWarning` (they carry no information and only cost memory and time).
+
+    Parameters
+    ----------
+    registry_key
+        Key to register the field under.
+    layer
+        Layer holding the matrix; ``None`` for ``.X``.
+    """
+
+    def __init__(self, registry_key: str, layer: str | None) -> None:
+        super().__init__(registry_key, layer, is_count_data=False, correct_data_format=True)
+
+    def register_field(self, adata: AnnData) -> dict:
+        """Register the field after validating the matrix.
+
+        Parameters
+        ----------
+        adata
+            The AnnData to register.
+        """
+        state = super().register_field(adata)
+        check_accessibility(self.get_field_data(adata), describe_location(self.attr_key), adata.var_names)
+        return state
+
+
+def check_accessibility(x, where: str, var_names, *, warn_empty: bool = True) -> None:
+    """Raise on NaN/inf or negative accessibility; warn about peaks accessible in no cell."""
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{where} is empty (shape {x.shape}).")
+    n_accessible = np.zeros(x.shape[1], dtype=np.int64)
+    for _, block in iter_row_blocks(x):
+        values = block.data if sparse.issparse(block) else block
+        if values.size and not np.isfinite(values).all():
+            raise ValueError(f"{where} contains NaN or infinite values.")
+        if values.size and (values < 0).any():
+            raise ValueError(f"{where} contains negative values; accessibility must be counts or 0/1.")
+        n_accessible += np.asarray((block > 0).sum(axis=0)).ravel()
+    never = np.flatnonzero(n_accessible == 0)
+    if never.size and warn_empty:
+        warnings.warn(
+            f"{never.size} of {x.shape[1]} peaks in {where} are accessible in no cell "
+            f"(e.g. {list(var_names[never[:3]])}); they carry no information. Consider removing them, "
+            "e.g. with `sc.pp.filter_genes(atac, min_cells=1)`.",
+            UserWarning,
+            stacklevel=2,
+        )

@@ -22,6 +22,7 @@ def align_genes(
     layer: str | None,
     *,
     min_overlap: float = MIN_GENE_OVERLAP,
+    what: str = "genes",
 ) -> AnnData:
     """Return a light AnnData holding ``adata``'s expression in the model's gene order.
 
@@ -40,6 +41,8 @@ def align_genes(
         Layer holding the expression (``None`` for ``.X``); the result keeps the same layer.
     min_overlap
         Smallest accepted fraction of the model's genes present in the query.
+    what
+        What the features are, for messages (``"genes"``, ``"peaks"``).
 
     Raises
     ------
@@ -64,22 +67,22 @@ def align_genes(
         overlap = present.mean()
         if overlap < min_overlap:
             raise ValueError(
-                f"The query holds only {present.sum()} of the model's {len(var_names)} genes "
-                f"({overlap:.1%}); at least {min_overlap:.0%} are needed. Check that both use the same gene "
-                "identifiers (symbols vs Ensembl IDs) and species."
+                f"The query holds only {present.sum()} of the model's {len(var_names)} {what} "
+                f"({overlap:.1%}); at least {min_overlap:.0%} are needed. Check that both use the same "
+                "identifiers (gene symbols vs Ensembl IDs, peak names), species and genome."
             )
         if overlap < 1:
             warnings.warn(
-                f"{(~present).sum()} of the model's {len(var_names)} genes ({1 - overlap:.1%}) are "
+                f"{(~present).sum()} of the model's {len(var_names)} {what} ({1 - overlap:.1%}) are "
                 "missing from the query and are filled with zeros.",
                 UserWarning,
                 stacklevel=3,
             )
         else:
-            logger.info("Query genes reordered to the model's gene order.")
+            logger.info("Query %s reordered to the model's order.", what)
         n_extra = len(query_genes) - int(present.sum())
         if n_extra:
-            logger.info("%d query genes unknown to the model are ignored.", n_extra)
+            logger.info("%d query %s unknown to the model are ignored.", n_extra, what)
         aligned = _select_columns(x, source[present], np.flatnonzero(present), len(var_names))
     obs = pd.DataFrame(index=adata.obs_names.copy())
     var = pd.DataFrame(index=pd.Index(var_names, dtype=str))

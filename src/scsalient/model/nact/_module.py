@@ -10,10 +10,13 @@ from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 
-from scsalient.model.base._components import GeneMap, log1p_cp10k, split_sizes, xavier_init
-
-#: attention logit of unexpressed genes (finite, so a cell expressing nothing gets uniform attention)
-_MASKED = -1e4
+from scsalient.model.base._components import (
+    GeneMap,
+    attention_softmax,
+    log1p_cp10k,
+    split_sizes,
+    xavier_init,
+)
 
 
 class ProjectionBlock(nn.Module):
@@ -166,12 +169,9 @@ class NACTModule(BaseModuleClass):
     def inference(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Attention, gene scores and class logits for a minibatch of cells."""
         x = self.input_dropout(self.prepare_input(x))
-        logits = self.attention(x)
-        if self.mask_unexpressed:
-            # a gene the cell does not express scores a * 0 = 0 whatever its attention; keeping it
-            # out of the softmax puts the cell's attention on the genes it expresses
-            logits = logits.masked_fill(x == 0, _MASKED)
-        attention = F.softmax(logits, dim=-1)
+        # a gene the cell does not express scores a * 0 = 0 whatever its attention; keeping it
+        # out of the softmax puts the cell's attention on the genes it expresses
+        attention = attention_softmax(self.attention(x), x, self.mask_unexpressed)
         h = attention * x
         for block in self.blocks:
             h = block(h)

@@ -1,0 +1,726 @@
+"""scvi-tools glue for the Translator: MuData registration, training, translation, attention."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+from mudata import MuData
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.data.fields import MuDataCategoricalObsField, MuDataWrapper
+from scvi.dataloaders import DataSplitter
+from scvi.model._utils import parse_device_args
+from scvi.model.base import BaseModelClass
+from scvi.train import TrainingPlan, TrainRunner
+from scvi.utils import setup_anndata_dsp
+from tqdm.auto import tqdm
+
+from scsalient.model.base import (
+    AccessibilityLayerField,
+    ExpressionLayerField,
+    RestoreBestState,
+    align_genes,
+    check_accessibility,
+    check_training_memory,
+    inspect_expression,
+    iter_row_blocks,
+)
+from scsalient.model.base._checks import describe_location
+from scsalient.model.base._components import count_parameters
+
+from ._module import TranslatorModule
+
+if TYPE_CHECKING:
+    from scvi.module.base import LossOutput
+
+logger = logging.getLogger(__name__)
+
+Modality = Literal["rna", "atac"]
+#: default modality names of :meth:`Translator.setup_mudata`
+DEFAULT_MODALITIES = {"rna_layer": "rna", "atac_layer": "atac"}
+#: inputs with at most this many features get a full attention map under ``"auto"``
+AUTO_FULL_ATTENTION = 2048
+#: rank of the attention map of larger inputs under ``"auto"``
+AUTO_ATTENTION_RANK = 64
+_REGISTRY = {"rna": REGISTRY_KEYS.X_KEY, "atac": REGISTRY_KEYS.ATAC_X_KEY}
+_LAYER_ARG = {"rna": "rna_layer", "atac": "atac_layer"}
+_WHAT = {"rna": "genes", "atac": "peaks"}
+
+
+class TranslatorTrainingPlan(TrainingPlan):
+    """Training plan logging each loss term of the Translator network.
+
+    Logs ``rna_from_rna``, ``rna_from_atac``, ``atac_from_atac``, ``atac_from_atac`` and
+    ``alignment`` (means per cell) with the suffix ``_train`` / ``_validation``, plus
+    ``train_loss`` / ``validation_loss``. Puts the module in training mode when a fit starts.
+
+    Parameters
+    ----------
+    module
+        The translator module.
+    lr
+        Learning rate.
+    weight_decay
+        Weight decay.
+    eps
+        Optimiser epsilon.
+    optimizer
+        ``"Adam"`` or ``"AdamW"``.
+    **loss_kwargs
+        Passed to the module's ``loss``.
+    """
+
+    def __init__(self, module, *, lr=1e-3, weight_decay=1e-6, eps=1e-8, optimizer="AdamW", **loss_kwargs):
+        super().__init__(
+            module, lr=lr, weight_decay=weight_decay, eps=eps, optimizer=optimizer, **loss_kwargs
+        )
+
+    def on_train_start(self) -> None:
+        """Put the module in training mode (Lightning >= 2.6 no longer does)."""
+        self.module.train()
+
+    def compute_and_log_metrics(self, loss_output: LossOutput, metrics: dict, mode: str) -> None:
+        """Log the mean of every loss term for ``mode``.
+
+        Parameters
+        ----------
+        loss_output
+            The module's loss output.
+        metrics
+            The base class's ELBO metrics (unused).
+        mode
+            ``"train"`` or ``"validation"``.
+        """
+        n_obs = loss_output.n_obs_minibatch
+        terms = {**loss_output.reconstruction_loss, **loss_output.kl_local}
+        for key, value in terms.items():
+            self.log(
+                f"{key}_{mode}",
+                value.detach().mean(),
+                on_step=False,
+                on_epoch=True,
+                batch_size=n_obs,
+                sync_dist=self.use_sync_dist,
+            )
+
+
+class Translator(BaseModelClass):
+    r"""Paired RNA <-> ATAC translation with feature attention and gene-peak attributions.
+
+    Trained on cells with both modalities, the model predicts accessibility from expression and
+    expression from accessibility (:meth:`translate`) for cells that have only one of them, and
+    :func:`scsalient.tl.peak_gene_links` reads out which genes drive each predicted peak and
+    which peaks drive each predicted gene.
+
+    Parameters
+    ----------
+    mdata
+        MuData registered with :meth:`~scsalient.model.Translator.setup_mudata`.
+    registry
+        Registry of a saved model, to build it without data (used by ``load``).
+    n_latent
+        Size of the shared latent space.
+    n_hidden
+        Width of the hidden layers of encoders and decoders.
+    n_layers
+        Hidden layers per encoder and decoder.
+    dropout
+        Dropout in encoders and decoders.
+    rna_attention_rank
+        Rank of the gene x gene attention map; ``None`` for a full map, ``"auto"`` for full up
+        to 2,048 genes and rank 64 above.
+    atac_attention_rank
+        Rank of the peak x peak attention map, as ``rna_attention_rank``. A full map over
+        20,000 peaks would hold 400M weights; rank 64 holds 2.6M.
+    binarize_atac
+        Treat accessibility counts as 0/1, for input and target (the usual convention, and the
+        one the NeurIPS 2021 metrics use).
+    alignment_weight
+        Weight of the squared distance between a cell's RNA and ATAC encodings.
+
+    Notes
+    -----
+    Architecture, and why:
+
+    * **Feature attention.** Each modality's input (log1p(CP10k) expression, 0/1 accessibility)
+      goes through a per-cell softmax attention over the features the cell has, as in
+      :class:`~scsalient.model.NACT`, used as a gate: the encoder sees
+      :math:`n_x\, a \odot x` (:math:`n_x` features present), so uniform attention is the
+      identity. The attention starts uniform (zero-initialised map) and can be read with
+      :meth:`get_attention`. With tens of thousands of peaks the map is low-rank
+      (:class:`~scsalient.model.base.GeneMap`).
+    * **Shared latent space.** Two encoders (one hidden layer with LayerNorm) map each modality to
+      a deterministic latent vector; a squared-distance term aligns the two encodings of the
+      same cell. Translation is a point prediction, so no posterior sampling is needed; LayerNorm
+      rather than BatchNorm keeps cells independent, which the attributions rely on.
+    * **Likelihoods.** RNA: negative binomial with the observed library size and a per-gene
+      inverse dispersion; the decoder gives normalised expression (softmax over genes) and a
+      predicted log library size (used when translating from ATAC). ATAC: Bernoulli. The output
+      biases start at the training means (each gene's mean share of the counts, each peak's
+      accessible fraction), so training starts from the per-feature-mean control and every
+      step has to beat it.
+    * **Training.** Every minibatch trains both self-reconstructions and both translations
+      (RNA decoded from the ATAC encoding and vice versa), so each decoder learns to work from
+      either encoder. AdamW, learning rate 1e-3.
+    * **Outputs.** ATAC: accessibility probabilities. RNA: by default the model's expectation of
+      log1p(CP10k) (under the negative binomial at the predicted library size), the
+      scale on which expression is usually compared; or normalised expression (CP10k).
+
+    Examples
+    --------
+    >>> import scsalient as ss
+    >>> mdata = ss.datasets.simulate(1000, 300, modalities="rna+atac")
+    >>> ss.model.Translator.setup_mudata(mdata)
+    >>> model = ss.model.Translator(mdata)
+    >>> model.train(max_epochs=50)
+    >>> atac = model.translate(mdata["rna"], to="atac")
+    """
+
+    _module_cls = TranslatorModule
+    _training_plan_cls = TranslatorTrainingPlan
+    _data_splitter_cls = DataSplitter
+    _train_runner_cls = TrainRunner
+
+    def __init__(
+        self,
+        mdata: MuData | None = None,
+        registry: dict | None = None,
+        n_latent: int = 64,
+        n_hidden: int = 256,
+        n_layers: int = 1,
+        dropout: float = 0.1,
+        rna_attention_rank: int | Literal["auto"] | None = "auto",
+        atac_attention_rank: int | Literal["auto"] | None = "auto",
+        binarize_atac: bool = True,
+        alignment_weight: float = 1.0,
+    ):
+        super().__init__(mdata, registry)
+        if min(n_latent, n_hidden, n_layers) < 1:
+            raise ValueError("n_latent, n_hidden and n_layers must be positive.")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
+        n_genes, n_peaks = self.summary_stats.n_vars, self.summary_stats.n_atac
+        ranks = {
+            "rna": _resolve_rank(rna_attention_rank, n_genes, "rna_attention_rank"),
+            "atac": _resolve_rank(atac_attention_rank, n_peaks, "atac_attention_rank"),
+        }
+        self.module = TranslatorModule(
+            n_genes,
+            n_peaks,
+            self.summary_stats.n_batch,
+            n_latent=n_latent,
+            n_hidden=n_hidden,
+            n_layers=n_layers,
+            dropout=dropout,
+            rna_attention_rank=ranks["rna"],
+            atac_attention_rank=ranks["atac"],
+            binarize_atac=binarize_atac,
+            alignment_weight=alignment_weight,
+        )
+        if self.adata is not None:
+            self.module.init_output_biases(*self._feature_fractions())
+        n_params = count_parameters(self.module)
+        check_training_memory(n_params, 0, hint="Use a lower attention rank or fewer peaks.")
+        rank_text = {m: "full" if r is None else f"rank {r}" for m, r in ranks.items()}
+        self._model_summary_string = (
+            f"Translator: {n_genes} genes ({rank_text['rna']} attention), {n_peaks} peaks "
+            f"({rank_text['atac']} attention), latent {n_latent}, {n_params:,} parameters"
+        )
+        self.init_params_ = self._get_init_params(locals())
+
+    def _feature_fractions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean share of each gene in a cell's counts and accessible fraction of each peak."""
+        rna = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        atac = self.adata_manager.get_from_registry(REGISTRY_KEYS.ATAC_X_KEY)
+        shares = np.zeros(rna.shape[1])
+        accessible = np.zeros(atac.shape[1])
+        for _, block in iter_row_blocks(rna):
+            library = np.asarray(block.sum(axis=1)).reshape(-1, 1)
+            shares += np.asarray((block / np.maximum(library, 1)).sum(axis=0)).ravel()
+        for _, block in iter_row_blocks(atac):
+            accessible += np.asarray((block > 0).sum(axis=0)).ravel()
+        n = rna.shape[0]
+        return torch.as_tensor(shares / n, dtype=torch.float32), torch.as_tensor(
+            accessible / n, dtype=torch.float32
+        )
+
+    # ------------------------------------------------------------------ setup
+    @classmethod
+    @setup_anndata_dsp.dedent
+    def setup_mudata(
+        cls,
+        mdata: MuData,
+        rna_layer: str | None = None,
+        atac_layer: str | None = None,
+        batch_key: str | None = None,
+        modalities: dict[str, str] | None = None,
+        **kwargs,
+    ) -> None:
+        """Register paired RNA + ATAC cells.
+
+        RNA must hold raw counts (the model uses a negative binomial likelihood); accessibility
+        may be counts or 0/1. Both modalities must hold the same cells in the same order. Peaks
+        accessible in no cell give a warning.
+
+        Parameters
+        ----------
+        mdata
+            MuData with an RNA and an ATAC modality.
+        rna_layer
+            Layer of the RNA modality with the counts; ``None`` for ``.X``.
+        atac_layer
+            Layer of the ATAC modality with the accessibility; ``None`` for ``.X``.
+        batch_key
+            Column of ``mdata.obs`` (or of the modality that ``modalities["batch_key"]`` names)
+            with the batch of each cell; the decoders are conditioned on it. ``None`` for no batch.
+            Cells to translate later must then come from these batches.
+        modalities
+            Which modality each argument refers to, as in scvi-tools' MULTIVI; ``None`` means
+            ``{"rna_layer": "rna", "atac_layer": "atac"}``.
+        **kwargs
+            Used by scvi-tools when it re-applies the setup (``load``).
+        """
+        setup_method_args = cls._get_setup_method_args(**locals())
+        modalities = cls._create_modalities_attr_dict(
+            {**DEFAULT_MODALITIES, **(modalities or {})}, setup_method_args
+        )
+        if not isinstance(mdata, MuData):
+            raise TypeError(f"Translator.setup_mudata needs a MuData, got {type(mdata).__name__}.")
+        for arg in ("rna_layer", "atac_layer"):
+            name = modalities[arg]
+            if name not in mdata.mod:
+                raise KeyError(
+                    f"Modality {name!r} (for {arg}) is not in the MuData, which has {list(mdata.mod)}. "
+                    "Pass modalities={'rna_layer': ..., 'atac_layer': ...}."
+                )
+        rna, atac = mdata.mod[modalities.rna_layer], mdata.mod[modalities.atac_layer]
+        if not (rna.obs_names.equals(mdata.obs_names) and atac.obs_names.equals(mdata.obs_names)):
+            raise ValueError(
+                "The RNA and ATAC modalities do not hold the same cells in the same order "
+                f"({rna.n_obs} and {atac.n_obs} cells). Keep the paired cells only, e.g. with "
+                "`muon.pp.intersect_obs(mdata)`, and order both modalities like mdata.obs_names."
+            )
+        fields = [
+            MuDataWrapper(ExpressionLayerField)(
+                REGISTRY_KEYS.X_KEY,
+                rna_layer,
+                allowed=("counts",),
+                mod_key=modalities.rna_layer,
+                mod_required=True,
+            ),
+            MuDataWrapper(AccessibilityLayerField)(
+                REGISTRY_KEYS.ATAC_X_KEY, atac_layer, mod_key=modalities.atac_layer, mod_required=True
+            ),
+            MuDataCategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key, mod_key=modalities.batch_key),
+        ]
+        adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(mdata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    @classmethod
+    def setup_anndata(cls, adata: AnnData, **kwargs) -> None:
+        """Not available: the Translator needs paired modalities; use :meth:`setup_mudata`.
+
+        Parameters
+        ----------
+        adata
+            Unused.
+        **kwargs
+            Unused.
+        """
+        raise NotImplementedError("Translator trains on paired RNA + ATAC: use Translator.setup_mudata.")
+
+    # ------------------------------------------------------------------ registry helpers
+    def _state(self, key: str) -> dict:
+        return self.registry_["field_registries"][key]["state_registry"]
+
+    def var_names(self, modality: Modality) -> pd.Index:
+        """The model's features of ``modality`` (genes or peaks), in the model's order.
+
+        Parameters
+        ----------
+        modality
+            ``"rna"`` or ``"atac"``.
+        """
+        return pd.Index(
+            np.asarray(self._state(_REGISTRY[_check_modality(modality)])["column_names"]).astype(str)
+        )
+
+    def modality_name(self, modality: Modality) -> str:
+        """Name of ``modality`` in the registered MuData (e.g. ``"rna"``, ``"atac"``).
+
+        Parameters
+        ----------
+        modality
+            ``"rna"`` or ``"atac"``.
+        """
+        setup = self.registry_["setup_args"]
+        names = {**DEFAULT_MODALITIES, **(setup.get("modalities") or {})}
+        return names[_LAYER_ARG[_check_modality(modality)]]
+
+    # ------------------------------------------------------------------ training
+    def train(
+        self,
+        max_epochs: int = 100,
+        lr: float = 1e-3,
+        batch_size: int = 128,
+        train_size: float = 0.9,
+        validation_size: float | None = None,
+        weight_decay: float = 1e-6,
+        early_stopping: bool = False,
+        early_stopping_patience: int = 10,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        plan_kwargs: dict | None = None,
+        datasplitter_kwargs: dict | None = None,
+        **trainer_kwargs,
+    ) -> None:
+        """Train on the registered paired cells.
+
+        Parameters
+        ----------
+        max_epochs
+            Passes over the training cells.
+        lr
+            AdamW learning rate.
+        batch_size
+            Cells per minibatch.
+        train_size
+            Fraction of cells used for training; the rest is the validation split on which the
+            loss terms are logged in :attr:`~scvi.model.base.BaseModelClass.history`.
+        validation_size
+            Fraction for validation; ``None`` means ``1 - train_size``.
+        weight_decay
+            Decoupled weight decay.
+        early_stopping
+            Stop when ``validation_loss`` has not improved for ``early_stopping_patience`` epochs,
+            and keep the weights of the best epoch.
+        early_stopping_patience
+            Epochs without improvement before stopping.
+        accelerator
+            Lightning accelerator (``"auto"``, ``"cpu"``, ``"gpu"``, ...).
+        devices
+            Devices to use, as in Lightning.
+        plan_kwargs
+            Extra keyword arguments for :class:`~scsalient.model.translator.TranslatorTrainingPlan`.
+        datasplitter_kwargs
+            Extra keyword arguments for :class:`~scvi.dataloaders.DataSplitter`.
+        **trainer_kwargs
+            Passed to :class:`~scvi.train.Trainer` (e.g. ``enable_progress_bar=False``).
+        """
+        _, _, device = parse_device_args(accelerator=accelerator, devices=devices, return_device="torch")
+        m = self.module
+        check_training_memory(
+            count_parameters(m),
+            batch_size * (6 * (m.n_genes + m.n_peaks)),
+            device=device,
+            hint="Lower the batch size or the attention ranks, or use fewer peaks.",
+        )
+        has_validation = train_size < 1.0 or (validation_size is not None and validation_size > 0)
+        if early_stopping and not has_validation:
+            raise ValueError("early_stopping needs a validation split: use train_size < 1.")
+        splitter = self._data_splitter_cls(
+            self.adata_manager,
+            train_size=train_size,
+            validation_size=validation_size,
+            batch_size=batch_size,
+            **(datasplitter_kwargs or {}),
+        )
+        plan = self._training_plan_cls(self.module, lr=lr, weight_decay=weight_decay, **(plan_kwargs or {}))
+        callbacks = list(trainer_kwargs.pop("callbacks", []))
+        if early_stopping:
+            callbacks.append(RestoreBestState(monitor="validation_loss", mode="min"))
+        trainer_kwargs.setdefault("check_val_every_n_epoch", 1 if has_validation else None)
+        runner = self._train_runner_cls(
+            self,
+            training_plan=plan,
+            data_splitter=splitter,
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            early_stopping=early_stopping,
+            early_stopping_monitor="validation_loss",
+            early_stopping_mode="min",
+            early_stopping_patience=early_stopping_patience,
+            callbacks=callbacks,
+            **trainer_kwargs,
+        )
+        self.module.train()  # a re-train (or training after load) would otherwise start in eval mode
+        runner()
+        self.module.eval()
+
+    # ------------------------------------------------------------------ query data
+    def _source(self, data: AnnData | MuData, modality: Modality) -> AnnData:
+        """The ``modality`` AnnData of ``data`` (a MuData modality or the AnnData itself)."""
+        if isinstance(data, MuData):
+            name = self.modality_name(modality)
+            if name not in data.mod:
+                raise KeyError(f"The MuData has no {name!r} modality (it has {list(data.mod)}).")
+            return data.mod[name]
+        if not isinstance(data, AnnData):
+            raise TypeError(f"Expected an AnnData or a MuData, got {type(data).__name__}.")
+        return data
+
+    def _aligned(self, data: AnnData | MuData, modality: Modality, *, warn_empty: bool = False):
+        """The cells' ``modality`` matrix, aligned to the model's features and checked."""
+        adata = self._source(data, modality)
+        layer = self.registry_["setup_args"].get(_LAYER_ARG[modality])
+        aligned = align_genes(adata, self.var_names(modality), layer, what=_WHAT[modality])
+        x = aligned.X if layer is None else aligned.layers[layer]
+        where = f"{describe_location(layer)} of the {modality.upper()} data"
+        if modality == "rna":
+            kind = inspect_expression(x, where, adata.obs_names)
+            if kind != "counts":
+                raise ValueError(
+                    f"{where} holds log-normalised values, but the Translator reads raw RNA counts "
+                    "(pass the counts layer)."
+                )
+        else:
+            check_accessibility(x, where, aligned.var_names, warn_empty=warn_empty)
+        return adata, x
+
+    def _batch_codes(self, data: AnnData | MuData, adata: AnnData, batch: str | None) -> np.ndarray | None:
+        """Batch index of each cell (``None`` when the model has no batch covariate)."""
+        if self.module.n_batch <= 1:
+            return None
+        state = self._state(REGISTRY_KEYS.BATCH_KEY)
+        categories = pd.Index(np.asarray(state["categorical_mapping"]).astype(str))
+        if batch is not None:
+            if batch not in categories:
+                raise ValueError(f"Batch {batch!r} is not one of the training batches {list(categories)}.")
+            return np.full(adata.n_obs, categories.get_loc(batch))
+        key = state["original_key"]
+        obs = data.obs if isinstance(data, MuData) and key in data.obs else adata.obs
+        if key not in obs:
+            raise KeyError(
+                f"The model is conditioned on batch (obs[{key!r}]), which the query lacks; add the "
+                "column or pass batch=<a training batch>."
+            )
+        codes = categories.get_indexer(obs[key].astype(str))
+        if (codes < 0).any():
+            unknown = sorted(set(obs[key].astype(str)[codes < 0]))[:5]
+            raise ValueError(
+                f"Batches {unknown} were not seen in training; pass batch=<a training batch> to decode "
+                "these cells as that batch."
+            )
+        return codes
+
+    def _iter_encoded(
+        self, x, batch_codes: np.ndarray | None, modality: Modality, batch_size: int, desc: str
+    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        """Yield ``(start, latent, attention, batch_index)`` per block of cells, without gradients."""
+        self.module.eval()
+        device = self.device
+        n_blocks = -(-x.shape[0] // batch_size)
+        blocks = iter_row_blocks(x, batch_size)
+        for start, block in tqdm(blocks, total=n_blocks, desc=desc, disable=n_blocks < 10, leave=False):
+            dense = block.toarray() if hasattr(block, "toarray") else block
+            h = self.module.prepare(modality, torch.as_tensor(dense, dtype=torch.float32, device=device))
+            with torch.inference_mode():
+                z, attention = self.module.encode(modality, h)
+            codes = None
+            if batch_codes is not None:
+                codes = torch.as_tensor(batch_codes[start : start + len(h)], device=device)[:, None]
+            yield start, z, attention, codes
+
+    def _feature_index(
+        self, modality: Modality, features: Sequence[str] | None
+    ) -> tuple[pd.Index, np.ndarray | None]:
+        names = self.var_names(modality)
+        if features is None:
+            return names, None
+        features = pd.Index([features] if isinstance(features, str) else list(features)).astype(str)
+        index = names.get_indexer(features)
+        if (index < 0).any():
+            missing = list(features[index < 0][:5])
+            raise KeyError(
+                f"{(index < 0).sum()} requested {_WHAT[modality]} are not in the model (e.g. {missing})."
+            )
+        return features, index
+
+    # ------------------------------------------------------------------ read-outs
+    @torch.inference_mode()
+    def translate(
+        self,
+        data: AnnData | MuData,
+        to: Modality = "atac",
+        batch_size: int = 1024,
+        features: Sequence[str] | None = None,
+        rna_scale: Literal["log1p_cp10k", "cp10k"] = "log1p_cp10k",
+        batch: str | None = None,
+    ) -> AnnData:
+        """Predict one modality from the other.
+
+        Parameters
+        ----------
+        data
+            Cells with the source modality: an AnnData of RNA counts (``to="atac"``) or of
+            accessibility (``to="rna"``), or a MuData whose source modality is used. Features
+            are matched by name; model features missing from the query are zero-filled with a
+            warning, and fewer than half present is an error.
+        to
+            Target modality, ``"atac"`` or ``"rna"``.
+        batch_size
+            Cells per forward pass; only one block of inputs is dense at a time.
+        features
+            Target features to return (peaks or genes, by name); ``None`` for all. With 100k
+            peaks, the full output is dense float32 (400 kB per cell): pass the peaks you need.
+        rna_scale
+            RNA output: ``"log1p_cp10k"``, the expected log1p(CP10k) expression under the
+            negative binomial at the predicted library size, or ``"cp10k"``, the expected
+            normalised expression per 10,000 counts.
+        batch
+            Training batch to decode every cell as (models set up with ``batch_key``); ``None``
+            reads each cell's batch from the query's ``obs``.
+
+        Returns
+        -------
+        AnnData with the query's ``obs``, the target features as ``var`` and float32 ``X``:
+        accessibility probabilities (``to="atac"``) or expression on the ``rna_scale``
+        (``to="rna"``).
+        """
+        self._check_if_trained(warn=True)
+        to = _check_modality(to)
+        source: Modality = "rna" if to == "atac" else "atac"
+        if rna_scale not in ("log1p_cp10k", "cp10k"):
+            raise ValueError(f"rna_scale must be 'log1p_cp10k' or 'cp10k', got {rna_scale!r}.")
+        adata, x = self._aligned(data, source)
+        codes = self._batch_codes(data, adata, batch)
+        names, index = self._feature_index(to, features)
+        target = None if index is None else torch.as_tensor(index, device=self.device)
+        out = np.empty((adata.n_obs, len(names)), dtype=np.float32)
+        for start, z, _, batch_index in self._iter_encoded(x, codes, source, batch_size, f"to {to}"):
+            if to == "atac":
+                pred = torch.sigmoid(self.module.decode_atac(z, batch_index, target))
+            else:
+                log_rho, log_library = self.module.decode_rna(z, batch_index, target)
+                if rna_scale == "cp10k":
+                    pred = log_rho.exp() * 1e4
+                else:
+                    theta = self.module.log_theta_for(target).exp()
+                    pred = expected_log1p_cp10k(log_rho, log_library, theta)
+            out[start : start + len(z)] = pred.float().cpu().numpy()
+        return AnnData(X=out, obs=adata.obs.copy(), var=pd.DataFrame(index=pd.Index(names, dtype=str)))
+
+    def get_latent_representation(
+        self, data: AnnData | MuData, modality: Modality = "rna", batch_size: int = 1024
+    ) -> np.ndarray:
+        """Shared latent representation of cells, encoded from one modality.
+
+        Parameters
+        ----------
+        data
+            Cells with ``modality`` (an AnnData, or a MuData whose modality is used).
+        modality
+            Modality to encode, ``"rna"`` or ``"atac"``.
+        batch_size
+            Cells per forward pass.
+
+        Returns
+        -------
+        float32 array, cells x ``n_latent``.
+        """
+        modality = _check_modality(modality)
+        _, x = self._aligned(data, modality)
+        blocks = [
+            z.cpu().numpy() for _, z, _, _ in self._iter_encoded(x, None, modality, batch_size, "latent")
+        ]
+        return np.concatenate(blocks).astype(np.float32)
+
+    def get_attention(
+        self,
+        data: AnnData | MuData,
+        modality: Modality = "rna",
+        features: Sequence[str] | None = None,
+        batch_size: int = 1024,
+    ) -> pd.DataFrame:
+        """Per-cell attention over the input features of one modality.
+
+        Parameters
+        ----------
+        data
+            Cells with ``modality`` (an AnnData, or a MuData whose modality is used).
+        modality
+            ``"rna"`` (attention over genes) or ``"atac"`` (over peaks).
+        features
+            Features to return; ``None`` for all (dense cells x features float32).
+        batch_size
+            Cells per forward pass.
+
+        Returns
+        -------
+        DataFrame cells x features (indexed by ``obs_names``); over all features each row sums
+        to 1, and features a cell lacks get 0.
+        """
+        modality = _check_modality(modality)
+        adata, x = self._aligned(data, modality)
+        names, index = self._feature_index(modality, features)
+        out = np.empty((adata.n_obs, len(names)), dtype=np.float32)
+        for start, _, attention, _ in self._iter_encoded(x, None, modality, batch_size, "attention"):
+            att = (
+                attention if index is None else attention[:, torch.as_tensor(index, device=attention.device)]
+            )
+            out[start : start + len(att)] = att.cpu().numpy()
+        return pd.DataFrame(out, index=adata.obs_names.copy(), columns=names)
+
+
+def expected_log1p_cp10k(
+    log_rho: torch.Tensor,
+    log_library: torch.Tensor,
+    theta: torch.Tensor,
+    max_count: int = 512,
+    large_mean: float = 100.0,
+) -> torch.Tensor:
+    r"""Expectation of log1p(CP10k) of negative binomial counts at library size ``exp(log_library)``.
+
+    Exact (a sum over the probability of every count up to ``max_count``) for means below
+    ``large_mean``; above it, the expected log of the gamma rate,
+    :math:`\log(c \mu / \theta) + \psi(\theta)`, which the ``+1`` and the Poisson noise change
+    by :math:`O(1 / (c \mu))`. Deterministic, unlike a Monte Carlo estimate, whose noise would add
+    to every prediction.
+    """
+    library = log_library.exp()[:, None]
+    mu = log_rho.exp() * library
+    theta = theta.expand_as(mu)
+    scale = 1e4 / library.expand_as(mu)
+    out = (scale * mu.clamp_min(1e-12) / theta).log() + torch.digamma(theta)
+    small = torch.nonzero(mu < large_mean, as_tuple=True)
+    if small[0].numel():
+        m, t, c = mu[small], theta[small], scale[small]
+        k = torch.arange(max_count + 1, dtype=mu.dtype, device=mu.device)
+        values = torch.empty_like(m)
+        step = max(1, 2**22 // (max_count + 1))
+        for i in range(0, m.numel(), step):
+            mi, ti, ci = m[i : i + step, None], t[i : i + step, None], c[i : i + step, None]
+            log_pmf = (
+                torch.lgamma(k + ti)
+                - torch.lgamma(ti)
+                - torch.lgamma(k + 1)
+                + ti * (ti.log() - (ti + mi).log())
+                + k * (mi.clamp_min(1e-12).log() - (ti + mi).log())
+            )
+            values[i : i + step] = (log_pmf.exp() * torch.log1p(ci * k)).sum(-1)
+        out[small] = values
+    return out
+
+
+def _check_modality(modality: str) -> Modality:
+    if modality not in ("rna", "atac"):
+        raise ValueError(f"modality must be 'rna' or 'atac', got {modality!r}.")
+    return modality  # type: ignore[return-value]
+
+
+def _resolve_rank(rank, n_features: int, name: str) -> int | None:
+    if rank == "auto":
+        return None if n_features <= AUTO_FULL_ATTENTION else AUTO_ATTENTION_RANK
+    if rank is None:
+        return None
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"{name} must be a positive integer, None or 'auto', got {rank!r}.")
+    return rank

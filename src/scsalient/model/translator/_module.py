@@ -1,0 +1,256 @@
+"""Translator network: feature attention, two encoders into one latent space, RNA and ATAC decoders."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from scvi import REGISTRY_KEYS
+from scvi.distributions import NegativeBinomial
+from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
+from scvi.nn import FCLayers
+from torch import nn
+
+from scsalient.model.base._components import GeneMap, attention_softmax, log1p_cp10k, xavier_init
+
+Modality = Literal["rna", "atac"]
+
+
+class FeatureAttention(nn.Module):
+    r"""Per-cell softmax attention over input features, used as a multiplicative gate.
+
+    For input :math:`x \in \mathbb R^F` with :math:`n_x` non-zero features,
+    :math:`a = \mathrm{softmax}(c \tanh((xW + b) / c))` over the non-zero features and the gated
+    input is :math:`n_x \, a \odot x`: uniform attention leaves the input unchanged. The map
+    :math:`W` is full or low-rank (:class:`~scsalient.model.base.GeneMap`) and starts at zero, so
+    training starts from uniform attention. The bound :math:`c` keeps the weight of any two
+    present features within a factor :math:`e^{2c}`: without it the softmax collapsed onto a
+    single feature during training (one gene carrying the whole cell), which destroyed the
+    information the translation needs.
+
+    Parameters
+    ----------
+    n_features
+        Number of input features.
+    rank
+        Rank of the feature x feature map, ``None`` for a full matrix.
+    logit_bound
+        The bound :math:`c` of the attention logits.
+    """
+
+    def __init__(self, n_features: int, rank: int | None, logit_bound: float = 1.0):
+        super().__init__()
+        self.logit_bound = logit_bound
+        self.map = GeneMap(n_features, n_features, rank)
+        last = self.map.layers if rank is None else self.map.layers[-1]
+        nn.init.zeros_(last.weight)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the gated input and the attention."""
+        c = self.logit_bound
+        attention = attention_softmax(c * torch.tanh(self.map(x) / c), x)
+        n_expressed = (x != 0).sum(dim=-1, keepdim=True).clamp_min(1)
+        return x * attention * n_expressed, attention
+
+
+class TranslatorModule(BaseModuleClass):
+    r"""Torch module of :class:`~scsalient.model.Translator`.
+
+    ``encode(m, h)`` maps a prepared input of modality ``m`` (log1p CP10k for RNA, 0/1 for
+    ATAC) through its feature attention and encoder to the shared latent :math:`z`;
+    ``decode_rna(z)`` gives normalised expression :math:`\rho` (a softmax over genes) and a
+    predicted log library size, ``decode_atac(z)`` accessibility logits. The loss, per cell, is
+
+    .. math::
+
+        \sum_{s \in \{r, a\}} \big[-\log \mathrm{NB}(x^r \mid \ell \rho(z_s), \theta)
+        - \log \mathrm{Bern}(x^a \mid \sigma(\mathrm{dec}_a(z_s)))
+        + (\hat\ell(z_s) - \log \ell)^2\big] + \lambda \lVert z_r - z_a \rVert^2,
+
+    self-reconstruction (:math:`s` equal to the target) and translation (:math:`s` the other
+    modality) for both modalities, with :math:`\ell` the observed library size.
+
+    Parameters
+    ----------
+    n_genes
+        Number of genes.
+    n_peaks
+        Number of peaks.
+    n_batch
+        Number of batches (decoders are conditioned on the batch when above 1).
+    n_latent
+        Size of the shared latent space.
+    n_hidden
+        Width of the hidden layers.
+    n_layers
+        Hidden layers in every encoder and decoder.
+    dropout
+        Dropout in the encoders and decoders.
+    rna_attention_rank
+        Rank of the RNA attention map, ``None`` for full.
+    atac_attention_rank
+        Rank of the ATAC attention map, ``None`` for full.
+    binarize_atac
+        Treat any positive accessibility count as 1 (input and target).
+    alignment_weight
+        Weight :math:`\lambda` pulling the two encodings of a cell together.
+    """
+
+    def __init__(
+        self,
+        n_genes: int,
+        n_peaks: int,
+        n_batch: int = 0,
+        *,
+        n_latent: int = 64,
+        n_hidden: int = 256,
+        n_layers: int = 1,
+        dropout: float = 0.1,
+        rna_attention_rank: int | None = None,
+        atac_attention_rank: int | None = 64,
+        binarize_atac: bool = True,
+        alignment_weight: float = 1.0,
+    ):
+        super().__init__()
+        self.n_genes, self.n_peaks, self.n_batch = n_genes, n_peaks, n_batch
+        self.binarize_atac = binarize_atac
+        self.alignment_weight = alignment_weight
+        cats = [n_batch] if n_batch > 1 else None
+
+        def mlp(n_in: int, n_out: int, n_cat_list=None) -> FCLayers:
+            return FCLayers(
+                n_in,
+                n_out,
+                n_cat_list=n_cat_list,
+                n_layers=n_layers,
+                n_hidden=n_hidden,
+                dropout_rate=dropout,
+                use_batch_norm=False,  # cells stay independent: needed for per-cell attributions
+                use_layer_norm=True,
+            )
+
+        self.attention = nn.ModuleDict(
+            {
+                "rna": FeatureAttention(n_genes, rna_attention_rank),
+                "atac": FeatureAttention(n_peaks, atac_attention_rank),
+            }
+        )
+        self.encoder = nn.ModuleDict(
+            {
+                "rna": nn.Sequential(mlp(n_genes, n_hidden), nn.Linear(n_hidden, n_latent)),
+                "atac": nn.Sequential(mlp(n_peaks, n_hidden), nn.Linear(n_hidden, n_latent)),
+            }
+        )
+        self.rna_decoder = mlp(n_latent, n_hidden, cats)
+        self.rna_output = nn.Linear(n_hidden, n_genes)
+        self.library_output = nn.Linear(n_hidden, 1)
+        self.atac_decoder = mlp(n_latent, n_hidden, cats)
+        self.atac_output = nn.Linear(n_hidden, n_peaks)
+        self.log_theta = nn.Parameter(torch.zeros(n_genes))
+        xavier_init(self.encoder)
+        for layer in (self.rna_output, self.library_output, self.atac_output):
+            xavier_init(layer)
+
+    @torch.no_grad()
+    def init_output_biases(self, gene_fraction: torch.Tensor, peak_fraction: torch.Tensor) -> None:
+        """Start the decoders at the per-feature means: expression shares and accessible fractions."""
+        self.rna_output.bias.copy_(gene_fraction.clamp_min(1e-8).log())
+        p = peak_fraction.clamp(1e-6, 1 - 1e-6)
+        self.atac_output.bias.copy_(p.log() - (-p).log1p())
+
+    # ------------------------------------------------------------------ building blocks
+    def prepare(self, modality: Modality, x: torch.Tensor) -> torch.Tensor:
+        """The input as the network sees it: log1p(CP10k) of RNA counts, 0/1 (or raw) accessibility."""
+        if modality == "rna":
+            return log1p_cp10k(x)
+        return (x > 0).to(x.dtype) if self.binarize_atac else x
+
+    def encode(self, modality: Modality, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent representation and feature attention of prepared inputs ``h``."""
+        gated, attention = self.attention[modality](h)
+        return self.encoder[modality](gated), attention
+
+    def decode_rna(
+        self, z: torch.Tensor, batch_index: torch.Tensor | None = None, genes: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log normalised expression (over all genes, or ``genes``) and log library size."""
+        hidden = self.rna_decoder(z, batch_index) if self.n_batch > 1 else self.rna_decoder(z)
+        log_rho = F.log_softmax(self.rna_output(hidden), dim=-1)
+        if genes is not None:
+            log_rho = log_rho[:, genes]
+        return log_rho, self.library_output(hidden).squeeze(-1)
+
+    def decode_atac(
+        self, z: torch.Tensor, batch_index: torch.Tensor | None = None, peaks: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Accessibility logits (over all peaks, or only ``peaks``)."""
+        hidden = self.atac_decoder(z, batch_index) if self.n_batch > 1 else self.atac_decoder(z)
+        if peaks is None:
+            return self.atac_output(hidden)
+        return F.linear(hidden, self.atac_output.weight[peaks], self.atac_output.bias[peaks])
+
+    def log_theta_for(self, genes: torch.Tensor | None = None) -> torch.Tensor:
+        """Log inverse dispersion of the genes."""
+        return self.log_theta if genes is None else self.log_theta[genes]
+
+    # ------------------------------------------------------------------ scvi-tools contract
+    def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
+        return {"rna": tensors[REGISTRY_KEYS.X_KEY], "atac": tensors[REGISTRY_KEYS.ATAC_X_KEY]}
+
+    def _get_generative_input(self, tensors, inference_outputs, **kwargs) -> dict:
+        batch = tensors.get(REGISTRY_KEYS.BATCH_KEY)
+        return {
+            "z_rna": inference_outputs["z_rna"],
+            "z_atac": inference_outputs["z_atac"],
+            "batch_index": batch,
+        }
+
+    @auto_move_data
+    def inference(self, rna: torch.Tensor, atac: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Encode both modalities of paired cells."""
+        z_rna, attention_rna = self.encode("rna", self.prepare("rna", rna))
+        z_atac, attention_atac = self.encode("atac", self.prepare("atac", atac))
+        return {
+            "z_rna": z_rna,
+            "z_atac": z_atac,
+            "attention_rna": attention_rna,
+            "attention_atac": attention_atac,
+        }
+
+    def generative(self, z_rna: torch.Tensor, z_atac: torch.Tensor, batch_index=None) -> dict:
+        """Decode both latents into both modalities."""
+        out = {}
+        for source, z in (("rna", z_rna), ("atac", z_atac)):
+            out[f"rna_from_{source}"] = self.decode_rna(z, batch_index)
+            out[f"atac_from_{source}"] = self.decode_atac(z, batch_index)
+        return out
+
+    def loss(
+        self,
+        tensors: dict[str, torch.Tensor],
+        inference_outputs: dict[str, torch.Tensor],
+        generative_outputs: dict,
+    ) -> LossOutput:
+        """Self-reconstruction and translation losses of both modalities, plus latent alignment."""
+        counts = tensors[REGISTRY_KEYS.X_KEY]
+        library = counts.sum(dim=-1)
+        target_atac = self.prepare("atac", tensors[REGISTRY_KEYS.ATAC_X_KEY])
+        theta = self.log_theta.exp()
+        terms = {}
+        for source in ("rna", "atac"):
+            log_rho, log_library = generative_outputs[f"rna_from_{source}"]
+            mu = log_rho.exp() * library[:, None]
+            nll_rna = -NegativeBinomial(mu=mu, theta=theta).log_prob(counts).sum(-1)
+            nll_library = (log_library - library.clamp_min(1).log()) ** 2
+            logits = generative_outputs[f"atac_from_{source}"]
+            nll_atac = F.binary_cross_entropy_with_logits(logits, target_atac, reduction="none").sum(-1)
+            terms[f"rna_from_{source}"] = nll_rna + nll_library
+            terms[f"atac_from_{source}"] = nll_atac
+        alignment = ((inference_outputs["z_rna"] - inference_outputs["z_atac"]) ** 2).sum(-1)
+        total = sum(terms.values()) + self.alignment_weight * alignment
+        return LossOutput(loss=total.mean(), reconstruction_loss=terms, kl_local={"alignment": alignment})
+
+    def sample(self, *args, **kwargs):
+        """Not available: use :meth:`~scsalient.model.Translator.translate`."""
+        raise NotImplementedError("Use Translator.translate to predict a modality.")
