@@ -260,6 +260,11 @@ def main() -> None:
     parser.add_argument("--no-links", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the rows of systems not run now from an existing translation.json of the same settings",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -279,6 +284,15 @@ def main() -> None:
         "n_peaks": int(mdata["atac"].n_vars),
         "rows": [],
     }
+    previous = args.out / "translation.json"
+    if args.merge and previous.exists():
+        old = json.loads(previous.read_text())
+        same = ("budget", "settings", "n_train", "n_test", "n_genes", "n_peaks")
+        if any(old.get(key) != results[key] for key in same):
+            raise SystemExit(f"--merge: {previous} was run with other settings; run without --merge")
+        results["rows"] = [row for row in old["rows"] if row["system"] not in args.systems]
+        if "links" in old and "translator" not in args.systems:
+            results["links"] = old["links"]
     truth = {"rna": mdata["rna"].X[test], "atac": mdata["atac"].X[test]}
     zeros = translation_scores(truth["atac"], np.zeros(truth["atac"].shape, np.float32), "atac")
     results["all_zeros_rmse_atac"], results["fraction"] = zeros["rmse"], zeros["fraction_accessible"]
