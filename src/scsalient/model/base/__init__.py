@@ -3,7 +3,7 @@
 from ._checks import check_labels, inspect_expression, iter_row_blocks
 from ._classifier import ClassifierMixin
 from ._components import GeneMap, attention_softmax, log1p_cp10k
-from ._expression import ExpressionModelMixin
+from ._expression import ExpressionModelMixin, TrainingMixin
 from ._fields import AccessibilityLayerField, ExpressionLayerField, check_accessibility
 from ._memory import check_training_memory
 from ._query import align_genes
@@ -17,6 +17,7 @@ __all__ = [
     "ExpressionModelMixin",
     "GeneMap",
     "RestoreBestState",
+    "TrainingMixin",
     "align_genes",
     "attention_softmax",
     "check_accessibility",

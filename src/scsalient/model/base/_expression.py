@@ -1,4 +1,4 @@
-"""Registry helpers, query alignment and the training loop shared by every scsalient model."""
+"""The training loop shared by every scsalient model; registry helpers and query alignment."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from scvi.dataloaders import DataSplitter
 from scvi.model._utils import parse_device_args
 from scvi.train import TrainRunner
 
+from ._components import count_parameters
 from ._memory import check_training_memory
 from ._query import align_genes
 from ._training_plan import RestoreBestState
@@ -23,30 +24,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class ExpressionModelMixin:
-    """Helpers for models whose expression is registered with an :class:`ExpressionLayerField`.
+class TrainingMixin:
+    """The training loop shared by every scsalient model: memory check, data split, runner.
 
-    The model class must register ``REGISTRY_KEYS.X_KEY`` with an
-    :class:`~scsalient.model.base.ExpressionLayerField`.
+    Subclasses pick ``_data_splitter_cls`` and may override :meth:`_prepare_training`.
     """
 
     _data_splitter_cls = DataSplitter
     _train_runner_cls = TrainRunner
-
-    @property
-    def input_kind(self) -> str:
-        """What the model was set up on, ``"counts"`` or ``"lognorm"``."""
-        return self._field_state(REGISTRY_KEYS.X_KEY)["input_kind"]
-
-    def _field_state(self, key: str) -> dict:
-        return self.registry_["field_registries"][key]["state_registry"]
-
-    def _expression_layer(self) -> str | None:
-        return self.registry_["setup_args"].get("layer")
-
-    def _align_query(self, adata: AnnData) -> AnnData:
-        """A light copy of ``adata`` with the model's genes in the model's order (not validated)."""
-        return align_genes(adata, pd.Index(self.get_var_names()), self._expression_layer())
 
     def _fit(
         self,
@@ -74,7 +59,7 @@ class ExpressionModelMixin:
         """
         _, _, device = parse_device_args(accelerator=accelerator, devices=devices, return_device="torch")
         check_training_memory(
-            sum(p.numel() for p in self.module.parameters()),
+            count_parameters(self.module),
             activation_floats_per_cell * batch_size,
             device=device,
             hint=memory_hint,
@@ -115,3 +100,26 @@ class ExpressionModelMixin:
 
     def _prepare_training(self, train_indices: np.ndarray) -> None:
         """Hook run before fitting, with the training cells (e.g. to derive augmentations)."""
+
+
+class ExpressionModelMixin(TrainingMixin):
+    """Helpers for models whose expression is registered with an :class:`ExpressionLayerField`.
+
+    The model class must register ``REGISTRY_KEYS.X_KEY`` with an
+    :class:`~scsalient.model.base.ExpressionLayerField`.
+    """
+
+    @property
+    def input_kind(self) -> str:
+        """What the model was set up on, ``"counts"`` or ``"lognorm"``."""
+        return self._field_state(REGISTRY_KEYS.X_KEY)["input_kind"]
+
+    def _field_state(self, key: str) -> dict:
+        return self.registry_["field_registries"][key]["state_registry"]
+
+    def _expression_layer(self) -> str | None:
+        return self.registry_["setup_args"].get("layer")
+
+    def _align_query(self, adata: AnnData) -> AnnData:
+        """A light copy of ``adata`` with the model's genes in the model's order (not validated)."""
+        return align_genes(adata, pd.Index(self.get_var_names()), self._expression_layer())

@@ -14,17 +14,15 @@ from mudata import MuData
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import MuDataCategoricalObsField, MuDataWrapper
-from scvi.dataloaders import DataSplitter
-from scvi.model._utils import parse_device_args
 from scvi.model.base import BaseModelClass
-from scvi.train import TrainingPlan, TrainRunner
+from scvi.train import TrainingPlan
 from scvi.utils import setup_anndata_dsp
 from tqdm.auto import tqdm
 
 from scsalient.model.base import (
     AccessibilityLayerField,
     ExpressionLayerField,
-    RestoreBestState,
+    TrainingMixin,
     align_genes,
     check_accessibility,
     check_training_memory,
@@ -110,7 +108,7 @@ class TranslatorTrainingPlan(TrainingPlan):
             )
 
 
-class Translator(BaseModelClass):
+class Translator(TrainingMixin, BaseModelClass):
     r"""Paired RNA <-> ATAC translation with feature attention and gene-peak attributions.
 
     Trained on cells with both modalities, the model predicts accessibility from expression and
@@ -184,8 +182,6 @@ class Translator(BaseModelClass):
 
     _module_cls = TranslatorModule
     _training_plan_cls = TranslatorTrainingPlan
-    _data_splitter_cls = DataSplitter
-    _train_runner_cls = TrainRunner
 
     def __init__(
         self,
@@ -414,46 +410,24 @@ class Translator(BaseModelClass):
         **trainer_kwargs
             Passed to :class:`~scvi.train.Trainer` (e.g. ``enable_progress_bar=False``).
         """
-        _, _, device = parse_device_args(accelerator=accelerator, devices=devices, return_device="torch")
-        m = self.module
-        check_training_memory(
-            count_parameters(m),
-            batch_size * (6 * (m.n_genes + m.n_peaks)),
-            device=device,
-            hint="Lower the batch size or the attention ranks, or use fewer peaks.",
-        )
-        has_validation = train_size < 1.0 or (validation_size is not None and validation_size > 0)
-        if early_stopping and not has_validation:
-            raise ValueError("early_stopping needs a validation split: use train_size < 1.")
-        splitter = self._data_splitter_cls(
-            self.adata_manager,
+        plan = self._training_plan_cls(self.module, lr=lr, weight_decay=weight_decay, **(plan_kwargs or {}))
+        self._fit(
+            plan,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
             train_size=train_size,
             validation_size=validation_size,
-            batch_size=batch_size,
-            **(datasplitter_kwargs or {}),
-        )
-        plan = self._training_plan_cls(self.module, lr=lr, weight_decay=weight_decay, **(plan_kwargs or {}))
-        callbacks = list(trainer_kwargs.pop("callbacks", []))
-        if early_stopping:
-            callbacks.append(RestoreBestState(monitor="validation_loss", mode="min"))
-        trainer_kwargs.setdefault("check_val_every_n_epoch", 1 if has_validation else None)
-        runner = self._train_runner_cls(
-            self,
-            training_plan=plan,
-            data_splitter=splitter,
-            max_epochs=max_epochs,
+            early_stopping=early_stopping,
+            early_stopping_patience=early_stopping_patience,
+            monitor="validation_loss",
+            monitor_mode="min",
             accelerator=accelerator,
             devices=devices,
-            early_stopping=early_stopping,
-            early_stopping_monitor="validation_loss",
-            early_stopping_mode="min",
-            early_stopping_patience=early_stopping_patience,
-            callbacks=callbacks,
+            datasplitter_kwargs=datasplitter_kwargs,
+            activation_floats_per_cell=6 * (self.module.n_genes + self.module.n_peaks),
+            memory_hint="Lower the batch size or the attention ranks, or use fewer peaks.",
             **trainer_kwargs,
         )
-        self.module.train()  # a re-train (or training after load) would otherwise start in eval mode
-        runner()
-        self.module.eval()
 
     # ------------------------------------------------------------------ query data
     def _source(self, data: AnnData | MuData, modality: Modality) -> AnnData:
