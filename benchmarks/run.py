@@ -245,6 +245,44 @@ def summarise(runs: list[dict]) -> list[dict]:
     return rows
 
 
+def merge_results(previous_path: Path, results: dict) -> dict:
+    """Add to ``results`` the runs of an earlier invocation (same budget) that were not re-run.
+
+    Lets the systems of one table be run in separate invocations (for example the peers once,
+    scsalient's models after a change); every run keeps its own environment record.
+    """
+    if not previous_path.exists():
+        return results
+    previous = json.loads(previous_path.read_text())
+    if previous.get("budget") != results["budget"]:
+        raise SystemExit(
+            f"--merge: {previous_path} holds a {previous.get('budget')!r} budget, this run is "
+            f"{results['budget']!r}; use another --out folder."
+        )
+    done = {(r["system"], r["dataset"], r["seed"]) for r in results["runs"]}
+    kept = [r for r in previous["runs"] if (r["system"], r["dataset"], r["seed"]) not in done]
+    for run in kept:
+        run.setdefault("environment", previous.get("environment"))
+    for run in results["runs"]:
+        run.setdefault("environment", results["environment"])
+    merged = dict(results)
+    merged["runs"] = kept + results["runs"]
+    merged["systems"] = {**previous.get("systems", {}), **results["systems"]}
+    merged["datasets"] = {**previous.get("datasets", {}), **results["datasets"]}
+    merged["seeds"] = sorted({r["seed"] for r in merged["runs"]})
+    merged["skipped"] = [
+        entry
+        for i, entry in enumerate(previous.get("skipped", []) + results["skipped"])
+        if entry not in (previous.get("skipped", []) + results["skipped"])[:i]
+    ]
+    merged["invocations"] = previous.get(
+        "invocations", [{"started": previous.get("started"), "total_seconds": previous.get("total_seconds")}]
+    ) + [{"started": results["started"], "total_seconds": results["total_seconds"]}]
+    merged["total_seconds"] = sum(i["total_seconds"] or 0 for i in merged["invocations"])
+    print(f"Merged {len(kept)} earlier run(s) from {previous_path}", flush=True)
+    return merged
+
+
 def main_suite(args: argparse.Namespace) -> None:
     budget = args.budget
     dataset_names = args.datasets or BUDGET_DATASETS[budget]
@@ -319,9 +357,11 @@ def main_suite(args: argparse.Namespace) -> None:
             for name in system_names
         },
         "skipped": skipped,
-        "summary": summarise(runs),
         "runs": runs,
     }
+    if args.merge:
+        results = merge_results(args.out / "classification.json", results)
+    results["summary"] = summarise(results["runs"])
     args.out.mkdir(parents=True, exist_ok=True)
     from report import write_classification_figure, write_classification_markdown
 
@@ -362,6 +402,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--one", nargs=3, metavar=("SYSTEM", "DATASET", "SEED"), help="run one system (internal)"
     )
     parser.add_argument("--json", type=Path, help="with --one: where to write the result")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the runs of an earlier classification.json in --out that this invocation does not repeat",
+    )
     return parser.parse_args(argv)
 
 
