@@ -2,12 +2,14 @@
 
 Every loader returns an AnnData whose ``.X`` holds either integer counts or log-normalised
 values (``uns["bench_input"]`` says which) and whose ``obs`` has the label column
-``LABEL_KEY``. Splits are computed once and written to ``results/splits/<dataset>.json``;
-later runs reuse the stored indices (and refuse them if the data changed).
+``LABEL_KEY`` (and, where the data carry them, Cell Ontology IDs in ``ONTOLOGY_ID_KEY``).
+Splits are computed once and written to ``results/splits/<dataset>.json``; later runs reuse
+the stored indices (and refuse them if the data changed).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -24,6 +26,9 @@ BENCH_DIR = Path(__file__).resolve().parent
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SPLIT_DIR = BENCH_DIR / "results" / "splits"
 LABEL_KEY = "cell_type"
+#: obs column with the Cell Ontology ID of each cell's label (CELLxGENE schema name)
+ONTOLOGY_ID_KEY = "cell_type_ontology_term_id"
+ONTOLOGY_FILE = DATA_DIR / "ontology" / "cl-basic.obo"
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,41 @@ DATASETS: dict[str, Dataset] = {
         split=_split_spectra,
     ),
 }
+
+
+# ---------------------------------------------------------------------------------- Cell Ontology
+
+
+def label_to_cl_id(obs: pd.DataFrame) -> dict[str, str] | None:
+    """CL ID of every label, read from the cells (the training cells), or None without ID column.
+
+    Raises
+    ------
+    ValueError
+        If the cells of one label carry several IDs, or some carry none.
+    """
+    if ONTOLOGY_ID_KEY not in obs:
+        return None
+    pairs = obs[[LABEL_KEY, ONTOLOGY_ID_KEY]].astype(str)
+    missing = obs[ONTOLOGY_ID_KEY].isna() | pairs[ONTOLOGY_ID_KEY].isin(["", "nan", "unknown"])
+    if missing.any():
+        labels = sorted(pairs.loc[missing, LABEL_KEY].unique())
+        raise ValueError(f"{int(missing.sum())} cell(s) of {labels} have no {ONTOLOGY_ID_KEY}")
+    ids = pairs.groupby(LABEL_KEY)[ONTOLOGY_ID_KEY].unique()
+    ambiguous = {label: sorted(values) for label, values in ids.items() if len(values) > 1}
+    if ambiguous:
+        raise ValueError(f"labels with several {ONTOLOGY_ID_KEY} values: {ambiguous}")
+    return {str(label): str(values[0]) for label, values in ids.items()}
+
+
+@functools.cache
+def cell_ontology():
+    """The Cell Ontology of the shared data folder (read once per process), or None if absent."""
+    if not ONTOLOGY_FILE.exists():
+        return None
+    from scsalient.datasets import cell_ontology as read
+
+    return read(ONTOLOGY_FILE)
 
 
 # ---------------------------------------------------------------------------------- stored splits

@@ -19,6 +19,14 @@ def fmt(stat: dict | None, digits: int = 3) -> str:
     return text
 
 
+def fmt_partial(stat: dict | None, n_seeds: int) -> str:
+    """:func:`fmt`, saying how many seeds have the value when runs recorded before it lack it."""
+    text = fmt(stat)
+    if stat is not None and len(stat["values"]) < n_seeds:
+        text += f" ({len(stat['values'])} of {n_seeds} seeds)"
+    return text
+
+
 def fmt_rate(stat: dict) -> str:
     mean = stat["mean"]
     text = f"{mean / 1000:.1f}k" if mean >= 1000 else f"{mean:.0f}"
@@ -37,6 +45,36 @@ def git_line(git: dict | None) -> str:
     return text + (
         f" plus uncommitted changes to {', '.join(f'`{c}`' for c in changed)}." if changed else "."
     )
+
+
+def when_line(results: dict) -> str:
+    """When the results were made: one invocation, or the span of those merged with ``--merge``."""
+    invocations = results.get("invocations")
+    minutes = f"{results['total_seconds'] / 60:.1f} min"
+    if not invocations or len(invocations) < 2:
+        return f"started {results['started']}, {minutes} in total"
+    starts = sorted(i["started"] for i in invocations if i.get("started"))
+    span = f"first started {starts[0]}, last {starts[-1]}" if starts else "start times unknown"
+    return f"merged from {len(invocations)} invocations ({span}), {minutes} of runner time in total"
+
+
+def git_lines(results: dict) -> list[str]:
+    """The commit(s) of the package the runs used (merged runs may come from several)."""
+    states = [run.get("environment", {}).get("git") for run in results["runs"] if run.get("environment")]
+    states = [state for state in states if state and state.get("commit")]
+    distinct = {(s["commit"], tuple(s.get("uncommitted_changes_in_src") or [])): s for s in states}
+    if len(distinct) < 2:
+        line = git_line(results["environment"].get("git"))
+        return [line] if line else []
+    lines = ["", "Runs made at different states of the package (each run's record names its own):", ""]
+    for state in distinct.values():
+        runs = [
+            f"{r['system']}/{r['dataset']}/{r['seed']}"
+            for r in results["runs"]
+            if r.get("environment", {}).get("git") == state
+        ]
+        lines.append(f"- {git_line(state)[:-1]} — {', '.join(runs)}.")
+    return [*lines, ""]
 
 
 def _gap(gap: float) -> str:
@@ -97,12 +135,11 @@ def write_classification_markdown(results: dict, path: Path) -> None:
     out = [
         "# Cell-type classification benchmark",
         "",
-        f"Budget **{results['budget']}** (seeds {seeds}), started {results['started']}, "
-        f"{results['total_seconds'] / 60:.1f} min in total. Machine: {env['cpu_count']} CPU cores, "
+        f"Budget **{results['budget']}** (seeds {seeds}), {when_line(results)}. "
+        f"Machine: {env['cpu_count']} CPU cores, "
         f"{env['platform']}, Python {env['python']}; {versions}.",
     ]
-    if git_line(env.get("git")):
-        out.append(git_line(env.get("git")))
+    out += git_lines(results)
     if loads:
         text = f"1-min load average at the start of the runs: {min(loads):.1f}–{max(loads):.1f}"
         if max(loads) > 0.75 * (env["cpu_count"] or 1):
@@ -120,9 +157,17 @@ def write_classification_markdown(results: dict, path: Path) -> None:
         "included. Each run is a separate process. Rows marked *from peers.md* were not run here; "
         f"they come from {PEERS_SOURCE}.",
         "",
+        "*Ontology macro-F1* (datasets whose cells carry Cell Ontology IDs; – on the others and for runs "
+        "recorded before this score existed): every "
+        "label is mapped to the CL term its training cells carry, and a prediction counts as correct "
+        "when it is the true term or one of its descendants in the Cell Ontology (a more specific "
+        "type), while an ancestor (a coarser type) or a sibling is wrong, as in scTab's evaluation "
+        "(`scsalient.metrics.ontology_f1`); macro-averaged like macro-F1. When no label's term lies "
+        "below another's, it equals macro-F1.",
+        "",
         "## scsalient against the best peer",
         "",
-        *comparison_lines(results),
+        *(comparison_lines(results) or ["No scsalient model was run."]),
         "",
     ]
     for dataset, info in results["datasets"].items():
@@ -133,9 +178,15 @@ def write_classification_markdown(results: dict, path: Path) -> None:
             f"Split: {info['split']} — {info['n_train']:,} train / {info['n_test']:,} test cells, "
             f"{info['n_genes']:,} features, input {info['input']} "
             f"({info['n_classes_train']} classes in train, {info['n_classes_test']} in test).",
+        ]
+        if info.get("cl_ids"):
+            terms = ", ".join(f"{label} = `{term}`" for label, term in info["cl_ids"].items())
+            out.append(f"Cell Ontology terms of the labels: {terms}.")
+        out += [
             "",
-            "| system | macro-F1 | accuracy | fit s | predict cells/s | peak RSS MB | seeds |",
-            "|---|---|---|---|---|---|---|",
+            "| system | macro-F1 | ontology macro-F1 | accuracy | fit s | predict cells/s | peak RSS MB "
+            "| seeds |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for row in rows:
             label = systems[row["system"]]["label"]
@@ -144,6 +195,7 @@ def write_classification_markdown(results: dict, path: Path) -> None:
             cells = [
                 label,
                 fmt(row["macro_f1"]),
+                fmt_partial(row.get("ontology_macro_f1"), row["n_seeds"]),
                 fmt(row["accuracy"]),
                 fmt(row["fit_seconds"], 1),
                 fmt_rate(row["predict_cells_per_second"]),
@@ -155,7 +207,10 @@ def write_classification_markdown(results: dict, path: Path) -> None:
         for name, (f1, acc, fit, rate) in CLASSIFICATION.get(dataset, {}).items():
             if name in run_peers:
                 continue
-            out.append(f"| {name} *(from peers.md)* | {f1:.3f} | {acc:.3f} | {fit} | {rate} | – | – |")
+            out.append(f"| {name} *(from peers.md)* | {f1:.3f} | – | {acc:.3f} | {fit} | {rate} | – | – |")
+        notes = sorted({note for row in rows for note in row.get("ontology_notes", [])})
+        if notes:
+            out += ["", "Ontology macro-F1 not computed: " + "; ".join(notes) + "."]
         # per-class F1
         if rows:
             classes = sorted({c for row in rows for c in row["per_class_f1_mean"]})
@@ -174,23 +229,25 @@ def write_classification_markdown(results: dict, path: Path) -> None:
                 values = " | ".join(f"{row['per_class_f1_mean'].get(c, 0.0):.2f}" for row in rows)
                 out.append(f"| {c} | {support.get(c, 0)} | {values} |")
         out.append("")
-    out += ["## Not run", ""]
+    not_run = []
     for name, why in NEVER_RUN.items():
         numbers = "; ".join(
             f"{DATASETS[d].title}: macro-F1 {v[name][0]:.3f}, accuracy {v[name][1]:.3f}, fit {v[name][2]} s"
             for d, v in CLASSIFICATION.items()
             if name in v
         )
-        out.append(f"- {name}: not run ({why}). From peers.md: {numbers}.")
+        not_run.append(f"- {name}: not run ({why}). From peers.md: {numbers}.")
     for item in results["skipped"]:
         what = " on ".join(item[k] for k in ("system", "dataset") if k in item)
-        out.append(f"- {what}: skipped — {item['reason']}.")
+        not_run.append(f"- {what}: skipped — {item['reason']}.")
     errors = [r for r in results["runs"] if r["status"] == "error"]
     for run in errors:
-        out.append(
+        not_run.append(
             f"- {run['system']} on {run['dataset']} (seed {run['seed']}): failed — {run.get('error')}."
         )
-    out += ["", "Systems:", ""]
+    if not_run:
+        out += ["## Not run", "", *not_run, ""]
+    out += ["Systems:", ""]
     for name, meta in systems.items():
         out.append(f"- `{name}` ({meta['label']}): {meta['description']}; input: {meta['input']}.")
     path.write_text("\n".join(out) + "\n")
