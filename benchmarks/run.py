@@ -104,11 +104,11 @@ def ontology_score(train_obs, test_obs, predictions: np.ndarray) -> dict:
     """
     from datasets import ONTOLOGY_FILE, ONTOLOGY_ID_KEY, cell_ontology
 
-    from scsalient.metrics import ontology_f1
-
     mapping = label_to_cl_id(train_obs)
     if mapping is None:
         return {}
+    from scsalient.metrics import ontology_f1
+
     ontology = cell_ontology()
     if ontology is None:
         return {"ontology_note": f"Cell Ontology not found at {ONTOLOGY_FILE}"}
