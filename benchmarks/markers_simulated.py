@@ -62,8 +62,8 @@ def rank_one_seed(seed: int) -> dict[str, dict[str, list[str]]]:
         scvi.settings.seed = seed
         data = adata.copy()
         ss.model.NACT.setup_anndata(data, labels_key="cell_type")
-        model = ss.model.NACT(data, **kwargs)
-        model.train(max_epochs=30, lr=1e-3, train_size=1.0, enable_progress_bar=False)
+        model = ss.model.NACT(data)
+        model.train(max_epochs=30, train_size=1.0, enable_progress_bar=False, **kwargs)
         model.annotate()
         for n_top in N_TOPS:
             for tfidf in (True, False):

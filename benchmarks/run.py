@@ -10,7 +10,7 @@ Each (system, dataset, seed) runs in its own subprocess
 (``python benchmarks/run.py --one SYSTEM DATASET SEED --json OUT``), so its wall time and
 peak resident memory are its own. Results go to ``benchmarks/results/``:
 ``classification.json`` (every run, with per-class F1), ``classification.md`` (mean ± sd over
-seeds) and ``classification.png``. The other benchmarks (``EXTRA_BENCHMARKS``: marker recovery
+seeds) and ``classification.png``. The other benchmarks (``EXTRA_BENCHMARKS``: the ablation of the training defaults, marker recovery
 on Kang and on simulated data, module recovery, RNA <-> ATAC translation, training from disk at
 scale) run afterwards with the same budget unless ``--no-markers`` is given; each writes its own
 tables into the results folder.
@@ -45,7 +45,14 @@ from systems import SYSTEMS  # noqa: E402
 BUDGET_DATASETS = {"quick": ["kang", "mop"], "full": ["kang", "mop", "spectra"]}
 BUDGET_SEEDS = {"quick": [0], "full": [0, 1, 2]}
 #: scripts run after the classification benchmark, each as ``script --budget B --out DIR``
-EXTRA_BENCHMARKS = ["markers.py", "markers_simulated.py", "modules.py", "translation.py", "scale.py"]
+EXTRA_BENCHMARKS = [
+    "ablation.py",
+    "markers.py",
+    "markers_simulated.py",
+    "modules.py",
+    "translation.py",
+    "scale.py",
+]
 PACKAGES = (
     "scsalient",
     "torch",

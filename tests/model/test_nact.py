@@ -36,7 +36,7 @@ def trained(sim):
     adata = sim.copy()
     ss.model.NACT.setup_anndata(adata, labels_key="cell_type")
     model = ss.model.NACT(adata)
-    model.train(max_epochs=30, lr=1e-3, enable_progress_bar=False)
+    model.train(max_epochs=30, lr=1e-3, early_stopping=False, enable_progress_bar=False)
     return model, adata
 
 
@@ -300,3 +300,41 @@ def test_unsupervised_labels_from_leiden(sim):
     agreement = (model.predict() == adata.obs["leiden"].astype(str).to_numpy()).mean()
     assert agreement > 0.8
     assert model.labels_key == "leiden"
+
+
+def test_presets_record_their_settings_and_overrides_win(sim):
+    adata = sim[:300].copy()
+    ss.model.NACT.setup_anndata(adata, labels_key="cell_type", batch_key="donor")
+    model = ss.model.NACT(adata, n_blocks=1, n_heads=2)
+    _quiet_train(model, max_epochs=1, preset="paper")
+    settings = model.training_settings_
+    assert (settings["lr"], settings["batch_size"], settings["input_dropout"]) == (1e-4, 128, 0.0)
+    assert not settings["early_stopping"] and not settings["augment"]  # as published
+    assert not model.module.batch_shift.active
+    _quiet_train(model, max_epochs=2, lr=3e-3, input_dropout=0.3, balance_classes=True)
+    settings = model.training_settings_
+    assert settings["preset"] == "auto" and settings["lr"] == 3e-3 and settings["early_stopping"]
+    assert model.module.input_dropout.p == 0.3
+    # a batch_key switches the augmentation on: donor differences of the training cells
+    assert settings["augment"] and model.module.batch_shift.active
+    assert model.module.batch_shift.vectors.shape[1] == adata.n_vars
+    model.annotate(attention=False)
+    assert adata.uns[NACTKeys.UNS]["training"]["input_dropout"] == 0.3
+    # balanced class weights: n / (C n_c) of the registered labels
+    counts = adata.obs["cell_type"].value_counts().reindex(model.classes).to_numpy()
+    np.testing.assert_allclose(
+        model.module.class_weights.numpy(), len(adata) / (len(counts) * counts), rtol=1e-5
+    )
+    with pytest.raises(ValueError, match="preset"):
+        _quiet_train(model, max_epochs=1, preset="fast")
+    with pytest.raises(ValueError, match="input_dropout"):
+        _quiet_train(model, max_epochs=1, input_dropout=1.0)
+    plain = sim[:200].copy()
+    ss.model.NACT.setup_anndata(plain, labels_key="cell_type")
+    no_batches = ss.model.NACT(plain, n_blocks=1, n_heads=2)
+    with pytest.raises(ValueError, match="batch_key"):
+        _quiet_train(no_batches, max_epochs=1, augment=True)
+    _quiet_train(no_batches, max_epochs=1, train_size=1.0)  # auto preset: no split, no early stopping
+    assert not no_batches.training_settings_["early_stopping"]
+    with pytest.raises(KeyError, match="batch_key 'nope'"):
+        ss.model.NACT.setup_anndata(plain, labels_key="cell_type", batch_key="nope")

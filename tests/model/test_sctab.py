@@ -19,7 +19,6 @@ from sklearn.metrics import f1_score, roc_auc_score
 import scsalient as ss
 from scsalient._constants import SCTABKeys
 from scsalient.model.base import _blocks
-from scsalient.model.sctab._augment import donor_difference_vectors
 
 N_TYPES = 4
 N_MEMBERS = 3
@@ -45,7 +44,7 @@ def trained(sim):
 
     scvi.settings.seed = 0
     adata = sim.copy()
-    ss.model.SCTAB.setup_anndata(adata, labels_key="cell_type", donor_key="donor")
+    ss.model.SCTAB.setup_anndata(adata, labels_key="cell_type", batch_key="donor")
     model = ss.model.SCTAB(adata, n_ensemble=N_MEMBERS)
     model.train(max_epochs=12, enable_progress_bar=False)
     model.annotate()
@@ -132,7 +131,7 @@ def test_save_load_roundtrip(trained, sim, tmp_path):
     pd.testing.assert_frame_equal(loaded.predict(soft=True), expected)
     bare = ss.model.SCTAB.load(tmp_path / "sctab", adata=False)
     np.testing.assert_allclose(bare.predict(sim, soft=True).to_numpy(), expected.to_numpy(), atol=1e-6)
-    assert bare.module.augmentations.shape == model.module.augmentations.shape
+    assert bare.module.batch_shift.vectors.shape == model.module.batch_shift.vectors.shape
     assert bare.training_settings_ == model.training_settings_
 
 
@@ -161,7 +160,7 @@ def test_backed_training_reads_blocks_and_gives_the_same_kind_of_model(sim, tmp_
     monkeypatch.setattr(_blocks, "_read_slice", spy)
     backed = ad.read_h5ad(path, backed="r")
     try:
-        ss.model.SCTAB.setup_anndata(backed, labels_key="cell_type", donor_key="donor")
+        ss.model.SCTAB.setup_anndata(backed, labels_key="cell_type", batch_key="donor")
         model = ss.model.SCTAB(backed, n_ensemble=2, n_d=32, n_a=16)
         model.train(max_epochs=8, batch_size=128, block_size=64, buffer_blocks=4, enable_progress_bar=False)
         assert backed.isbacked
@@ -176,11 +175,11 @@ def test_backed_training_reads_blocks_and_gives_the_same_kind_of_model(sim, tmp_
         assert backed.obsm[SCTABKeys.MASK].shape == backed.shape
         # the same model on the same cells in memory: same parameters, same outputs' form
         memory = sim[:800].copy()
-        ss.model.SCTAB.setup_anndata(memory, labels_key="cell_type", donor_key="donor")
+        ss.model.SCTAB.setup_anndata(memory, labels_key="cell_type", batch_key="donor")
         in_memory = ss.model.SCTAB(memory, n_ensemble=2, n_d=32, n_a=16)
-        shapes = {k: v.shape for k, v in model.module.state_dict().items() if k != "augmentations"}
+        shapes = {k: v.shape for k, v in model.module.state_dict().items() if k != "batch_shift.vectors"}
         assert shapes == {
-            k: v.shape for k, v in in_memory.module.state_dict().items() if k != "augmentations"
+            k: v.shape for k, v in in_memory.module.state_dict().items() if k != "batch_shift.vectors"
         }
         torch.testing.assert_close(model.module.class_weights, in_memory.module.class_weights)
     finally:
@@ -220,7 +219,7 @@ import scsalient as ss
 
 scvi.settings.seed = 0
 adata = ss.datasets.simulate(n_cells=400, n_genes=150, n_cell_types=3, n_donors=2, marker_fold=6.0, seed=2)
-ss.model.SCTAB.setup_anndata(adata, labels_key="cell_type", donor_key="donor")
+ss.model.SCTAB.setup_anndata(adata, labels_key="cell_type", batch_key="donor")
 model = ss.model.SCTAB(adata, n_ensemble=2, n_d=16, n_a=8, n_independent=2, n_shared=1)
 model.train(max_epochs=3, batch_size=64, accelerator="cpu", devices=2, strategy="ddp",
             enable_progress_bar=False, early_stopping=False)
@@ -257,29 +256,6 @@ def test_ddp_training_on_two_cpu_processes(tmp_path):
     assert accuracy > 0.6  # chance 0.33
 
 
-def test_donor_difference_vectors_on_known_centroids():
-    # two cell types x three donors; donor 1 of type 0 has gene 0 raised by exactly 1.0 (log scale)
-    rng = np.random.default_rng(0)
-    n_per, n_genes = 12, 6
-    labels = np.repeat([0, 0, 0, 1, 1, 1], n_per)
-    donors = np.repeat([0, 1, 2, 0, 1, 2], n_per)
-    x = np.full((len(labels), n_genes), 2.0) + rng.normal(0, 0.01, (len(labels), n_genes))
-    x[(labels == 0) & (donors == 1), 0] += 1.0
-    x[(labels == 1) & (donors == 2), 1] += 3.0  # clipped to 1.5
-    vectors = donor_difference_vectors(
-        x, np.arange(len(labels)), labels, donors, normalize=False, min_cells=10
-    )
-    assert vectors.shape == (4, n_genes)  # 3 pairs per type, minus the all-zero pair of type 1
-    assert np.all(np.abs(vectors[:, 2:]) == 0)  # noise below 0.25 is zeroed
-    np.testing.assert_allclose(
-        sorted(np.abs(vectors[:, 0])[np.abs(vectors[:, 0]) > 0]), [1.0, 1.0], atol=0.05
-    )
-    assert np.allclose(sorted(np.abs(vectors[:, 1])[np.abs(vectors[:, 1]) > 0]), [1.5, 1.5])
-    # too few cells per (type, donor): nothing to learn from
-    assert len(donor_difference_vectors(x, np.arange(len(labels)), labels, donors, normalize=False)) == 4
-    assert donor_difference_vectors(x, np.arange(20), labels, donors, normalize=False).shape == (0, n_genes)
-
-
 def test_paper_preset_and_small_data_defaults(sim):
     adata = sim[:300].copy()
     ss.model.SCTAB.setup_anndata(adata, labels_key="cell_type")
@@ -301,12 +277,12 @@ def test_paper_preset_and_small_data_defaults(sim):
 
 def test_bad_inputs_raise(sim):
     adata = sim[:200].copy()
-    with pytest.raises(KeyError, match="donor_key 'nope'"):
-        ss.model.SCTAB.setup_anndata(adata, labels_key="cell_type", donor_key="nope")
+    with pytest.raises(KeyError, match="batch_key 'nope'"):
+        ss.model.SCTAB.setup_anndata(adata, labels_key="cell_type", batch_key="nope")
     adata.obs["bad_donor"] = adata.obs["donor"].astype(object)
     adata.obs.iloc[0, adata.obs.columns.get_loc("bad_donor")] = np.nan
     with pytest.raises(ValueError, match="bad_donor.*missing"):
-        ss.model.SCTAB.setup_anndata(adata, labels_key="cell_type", donor_key="bad_donor")
+        ss.model.SCTAB.setup_anndata(adata, labels_key="cell_type", batch_key="bad_donor")
     with pytest.raises(KeyError, match="labels_key"):
         ss.model.SCTAB.setup_anndata(adata, labels_key="nope")
     ss.model.SCTAB.setup_anndata(adata, labels_key="cell_type")
@@ -315,7 +291,7 @@ def test_bad_inputs_raise(sim):
     with pytest.raises(ValueError, match="gamma"):
         ss.model.SCTAB(adata, gamma=0.5)
     model = ss.model.SCTAB(adata, n_ensemble=1, n_d=8, n_a=8)
-    with pytest.raises(ValueError, match="donor_key"):
+    with pytest.raises(ValueError, match="batch_key"):
         model.train(max_epochs=1, augment=True)
     with pytest.raises(ValueError, match="preset"):
         model.train(max_epochs=1, preset="fast")

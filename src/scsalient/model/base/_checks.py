@@ -117,3 +117,17 @@ def check_labels(adata: AnnData, labels_key: str) -> None:
         raise ValueError(
             f"adata.obs['{labels_key}'] has {n_classes} class(es); a classifier needs at least two."
         )
+
+
+def check_batch_key(adata: AnnData, batch_key: str | None) -> None:
+    """Raise a clear error when a batch column is absent or incomplete (``None`` passes)."""
+    if batch_key is None:
+        return
+    if batch_key not in adata.obs:
+        raise KeyError(f"batch_key '{batch_key}' is not a column of adata.obs.")
+    n_missing = int(adata.obs[batch_key].isna().sum())
+    if n_missing:
+        raise ValueError(
+            f"adata.obs['{batch_key}'] has {n_missing} missing (NaN) batch(es); "
+            "give every cell a batch (donor, sample) first."
+        )

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import torch
-from scvi import REGISTRY_KEYS
+from scvi import REGISTRY_KEYS, settings
 from tqdm.auto import tqdm
 
+from ._augment import batch_difference_vectors
 from ._blocks import BlockDataSplitter, block_loader, is_backed
 from ._expression import ExpressionModelMixin
 from ._training_plan import ClassifierTrainingPlan
@@ -30,7 +31,10 @@ class ClassifierMixin(ExpressionModelMixin):
 
     The model class must register ``REGISTRY_KEYS.X_KEY`` with an
     :class:`~scsalient.model.base.ExpressionLayerField` and ``REGISTRY_KEYS.LABELS_KEY`` with a
-    :class:`~scvi.data.fields.CategoricalObsField`.
+    :class:`~scvi.data.fields.CategoricalObsField`. A ``batch_key`` given to ``setup_anndata``
+    is kept in the setup arguments (not registered: query data do not need it) and enables the
+    batch-difference augmentation, for a module with a ``batch_shift``
+    (:class:`~scsalient.model.base._augment.BatchShift`).
     """
 
     _training_plan_cls = ClassifierTrainingPlan
@@ -46,6 +50,54 @@ class ClassifierMixin(ExpressionModelMixin):
     def labels_key(self) -> str:
         """Column of ``obs`` that held the training labels."""
         return self._field_state(REGISTRY_KEYS.LABELS_KEY)["original_key"]
+
+    @property
+    def batch_key(self) -> str | None:
+        """Column of ``obs`` with the batches (donors, samples) used for augmentation, if any."""
+        return self.registry_["setup_args"].get("batch_key")
+
+    def _class_weights(self) -> torch.Tensor:
+        """Balanced class weights :math:`w_c = n / (C n_c)` of the registered labels."""
+        codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).reshape(-1)
+        counts = np.bincount(codes, minlength=self.summary_stats.n_labels).astype(np.float64)
+        return torch.as_tensor(len(codes) / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
+
+    def _resolve_augment(self, augment: bool | None) -> bool:
+        """``augment=None`` means on when a ``batch_key`` was registered; ``True`` needs one."""
+        if augment is None:
+            augment = self.batch_key is not None
+        if augment and self.batch_key is None:
+            raise ValueError(
+                f"augment=True needs a batch_key: set it in {type(self).__name__}.setup_anndata."
+            )
+        self._augment_requested = bool(augment)
+        return bool(augment)
+
+    def _prepare_training(self, train_indices: np.ndarray) -> None:
+        """Derive the batch-difference vectors from the training cells (or switch them off)."""
+        settings_ = getattr(self, "training_settings_", None)
+        if not getattr(self, "_augment_requested", False):
+            self.module.batch_shift.set_vectors(None)
+            if settings_ is not None:
+                settings_["n_augmentation_vectors"] = 0
+            return
+        batches = pd.Categorical(self.adata.obs[self.batch_key]).codes.astype(np.int64)
+        labels = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).reshape(-1)
+        vectors = batch_difference_vectors(
+            self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY),
+            train_indices,
+            labels,
+            batches,
+            normalize=self.input_kind == "counts",
+            seed=settings.seed,
+        )
+        if len(vectors) == 0:
+            logger.warning(
+                "No cell type has two batches with enough training cells: training without augmentation."
+            )
+        self.module.batch_shift.set_vectors(vectors)
+        if settings_ is not None:
+            settings_["n_augmentation_vectors"] = len(vectors)
 
     # ------------------------------------------------------------------ training
     def _train_classifier(

@@ -16,6 +16,7 @@ from scvi.utils import setup_anndata_dsp
 
 from scsalient._constants import ClusterKeys, NACTKeys
 from scsalient.model.base import ClassifierMixin, ExpressionLayerField, check_labels
+from scsalient.model.base._checks import check_batch_key
 from scsalient.model.base._memory import check_training_memory
 
 from ._module import NACTModule
@@ -24,6 +25,33 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 logger = logging.getLogger(__name__)
+
+Preset = Literal["auto", "paper"]
+
+#: training settings of each preset (see :meth:`NACT.train`)
+PRESETS: dict[str, dict] = {
+    # the N-ACT paper: Adam 1e-4, batch 128, 50 epochs, plain cross-entropy, no regularisation
+    "paper": {
+        "max_epochs": 50,
+        "lr": 1e-4,
+        "batch_size": 128,
+        "weight_decay": 0.0,
+        "input_dropout": 0.0,
+        "label_smoothing": 0.0,
+        "balance_classes": False,
+        "early_stopping": False,
+    },
+    "auto": {
+        "max_epochs": 30,
+        "lr": 1e-3,
+        "batch_size": 256,
+        "weight_decay": 0.0,
+        "input_dropout": 0.0,
+        "label_smoothing": 0.0,
+        "balance_classes": False,
+        "early_stopping": True,
+    },
+}
 
 
 class NACT(ClassifierMixin, BaseModelClass):
@@ -48,8 +76,6 @@ class NACT(ClassifierMixin, BaseModelClass):
         Hidden size of each block's point-wise feed-forward layer.
     dropout
         Dropout inside the projection blocks.
-    input_dropout
-        Dropout on the expression before the attention.
     attention_rank
         If given, every gene x gene map (attention and projection heads) is factorised through
         this many dimensions. Needed for large gene panels: the full attention holds 25M
@@ -117,7 +143,6 @@ class NACT(ClassifierMixin, BaseModelClass):
         n_heads: int = 8,
         n_hidden_ff: int = 128,
         dropout: float = 0.0,
-        input_dropout: float = 0.0,
         attention_rank: int | None = None,
         attention_init: Literal["zeros", "xavier"] = "zeros",
         mask_unexpressed: bool = True,
@@ -125,9 +150,8 @@ class NACT(ClassifierMixin, BaseModelClass):
         super().__init__(adata, registry)
         if n_blocks < 0 or n_heads < 1 or n_hidden_ff < 1:
             raise ValueError("n_blocks must be >= 0, n_heads and n_hidden_ff >= 1.")
-        for name, value in (("dropout", dropout), ("input_dropout", input_dropout)):
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {value}.")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
         if attention_rank is not None and attention_rank < 1:
             raise ValueError(f"attention_rank must be a positive integer or None, got {attention_rank}.")
         n_genes = self.summary_stats.n_vars
@@ -145,10 +169,10 @@ class NACT(ClassifierMixin, BaseModelClass):
             n_input=n_genes,
             n_labels=self.summary_stats.n_labels,
             dropout=dropout,
-            input_dropout=input_dropout,
             attention_init=attention_init,
             mask_unexpressed=mask_unexpressed,
             normalize_input=self.input_kind == "counts",
+            class_weights=self._class_weights() if adata is not None else None,
             **module_kwargs,
         )
         rank = "full" if attention_rank is None else f"rank {attention_rank}"
@@ -174,6 +198,7 @@ class NACT(ClassifierMixin, BaseModelClass):
         adata: AnnData,
         labels_key: str | None = None,
         layer: str | None = None,
+        batch_key: str | None = None,
         **kwargs,
     ) -> None:
         """Register an AnnData for N-ACT.
@@ -192,6 +217,10 @@ class NACT(ClassifierMixin, BaseModelClass):
             is used, otherwise it is computed with :func:`scsalient.pp.cluster_labels`.
         layer
             Layer holding the expression (counts or log-normalised); ``None`` for ``adata.X``.
+        batch_key
+            Column of ``adata.obs`` with the batch (donor, sample, library) of each cell.
+            Enables the batch-difference augmentation of :meth:`~scsalient.model.NACT.train`;
+            query data do not need it.
         **kwargs
             Used by scvi-tools when it re-applies the setup (``load``, query data).
         """
@@ -205,6 +234,7 @@ class NACT(ClassifierMixin, BaseModelClass):
                 cluster_labels(adata, layer=layer, key_added=labels_key)
         if "source_registry" not in kwargs:
             check_labels(adata, labels_key)
+            check_batch_key(adata, batch_key)
         fields = [
             ExpressionLayerField(REGISTRY_KEYS.X_KEY, layer),
             CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
@@ -216,16 +246,21 @@ class NACT(ClassifierMixin, BaseModelClass):
     # ------------------------------------------------------------------ training
     def train(
         self,
-        max_epochs: int = 50,
-        lr: float = 1e-4,
-        batch_size: int = 128,
-        train_size: float = 0.9,
-        validation_size: float | None = None,
-        weight_decay: float = 0.0,
+        max_epochs: int | None = None,
+        preset: Preset = "auto",
+        lr: float | None = None,
+        batch_size: int | None = None,
+        weight_decay: float | None = None,
+        input_dropout: float | None = None,
+        label_smoothing: float | None = None,
+        balance_classes: bool | None = None,
+        augment: bool | None = None,
+        early_stopping: bool | None = None,
+        early_stopping_patience: int = 5,
         lr_decay: float | None = None,
         lr_decay_every: int = 10,
-        early_stopping: bool = False,
-        early_stopping_patience: int = 10,
+        train_size: float = 0.9,
+        validation_size: float | None = None,
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
         plan_kwargs: dict | None = None,
@@ -234,58 +269,100 @@ class NACT(ClassifierMixin, BaseModelClass):
     ) -> None:
         """Train the classifier.
 
+        Every setting left at ``None`` comes from the ``preset``; the settings used are kept in
+        ``model.training_settings_`` and written by :meth:`annotate` into ``uns["nact"]``.
+
         Parameters
         ----------
         max_epochs
-            Number of passes over the training cells.
+            Largest number of passes over the training cells.
+        preset
+            ``"paper"``: the published N-ACT training (Adam, learning rate 1e-4, batch size 128,
+            50 epochs, plain cross-entropy, no early stopping). ``"auto"`` (default): the
+            settings chosen on held-out training batches (see Notes of :class:`NACT`).
         lr
             Adam learning rate.
         batch_size
             Cells per minibatch.
+        weight_decay
+            L2 penalty.
+        input_dropout
+            Dropout on the expression before the attention, at training time.
+        label_smoothing
+            Label smoothing of the cross-entropy.
+        balance_classes
+            Weight each class by :math:`n / (C n_c)` in the cross-entropy.
+        augment
+            Shift each training cell by a random difference between two batches' centroids of
+            the same cell type (see :func:`~scsalient.model.base._augment.batch_difference_vectors`).
+            ``None``: on when a ``batch_key`` was given to :meth:`setup_anndata`.
+        early_stopping
+            Stop when the validation macro-F1 has not improved for
+            ``early_stopping_patience`` epochs, and keep the weights of the best epoch. The
+            ``"auto"`` preset turns it off when there is no validation split
+            (``train_size=1``).
+        early_stopping_patience
+            Epochs without improvement before stopping.
+        lr_decay
+            Multiply the learning rate by this factor every ``lr_decay_every`` epochs (the
+            paper's option: 0.95); ``None`` keeps it constant.
+        lr_decay_every
+            Epochs between decays.
         train_size
             Fraction of cells used for training; the rest is the validation split on which
             ``f1_macro_validation``, ``accuracy_validation`` and ``ce_validation`` are logged
             in :attr:`~scvi.model.base.BaseModelClass.history`. ``1.0`` trains on every cell.
         validation_size
             Fraction for validation; ``None`` means ``1 - train_size``.
-        weight_decay
-            L2 penalty.
-        lr_decay
-            Multiply the learning rate by this factor every ``lr_decay_every`` epochs (the
-            paper's option: 0.95); ``None`` keeps it constant.
-        lr_decay_every
-            Epochs between decays.
-        early_stopping
-            Stop when the validation macro-F1 has not improved for
-            ``early_stopping_patience`` epochs, and keep the weights of the best epoch.
-        early_stopping_patience
-            Epochs without improvement before stopping.
         accelerator
             Lightning accelerator (``"auto"``, ``"cpu"``, ``"gpu"``, ...).
         devices
             Devices to use, as in Lightning.
         plan_kwargs
             Extra keyword arguments for :class:`~scsalient.model.base.ClassifierTrainingPlan`
-            (e.g. ``label_smoothing``, ``optimizer="AdamW"``).
+            (e.g. ``optimizer="AdamW"``).
         datasplitter_kwargs
-            Extra keyword arguments for :class:`~scvi.dataloaders.DataSplitter`.
+            Extra keyword arguments for the data splitter.
         **trainer_kwargs
             Passed to :class:`~scvi.train.Trainer` (e.g. ``enable_progress_bar=False``).
         """
-        plan = {
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}.")
+        chosen = dict(PRESETS[preset])
+        given = {
+            "max_epochs": max_epochs,
             "lr": lr,
+            "batch_size": batch_size,
             "weight_decay": weight_decay,
+            "input_dropout": input_dropout,
+            "label_smoothing": label_smoothing,
+            "balance_classes": balance_classes,
+            "early_stopping": early_stopping,
+        }
+        chosen.update({k: v for k, v in given.items() if v is not None})
+        if early_stopping is None and train_size >= 1.0 and not validation_size:
+            chosen["early_stopping"] = False  # nothing to stop on
+        if augment is None and preset == "paper":
+            augment = False
+        chosen["augment"] = self._resolve_augment(augment)
+        self.module.set_input_dropout(chosen["input_dropout"])
+        self.training_settings_ = {"preset": preset, **chosen, "lr_decay": lr_decay}
+        plan = {
+            "lr": chosen["lr"],
+            "weight_decay": chosen["weight_decay"],
             "lr_decay": lr_decay,
             "lr_decay_every": lr_decay_every,
+            "label_smoothing": chosen["label_smoothing"],
+            "balance_classes": chosen["balance_classes"],
             **(plan_kwargs or {}),
         }
         n_genes, n_blocks = self.module.n_input, len(self.module.blocks)
         self._train_classifier(
-            max_epochs=max_epochs,
-            batch_size=batch_size,
+            max_epochs=int(chosen["max_epochs"]),
+            batch_size=int(chosen["batch_size"]),
             train_size=train_size,
             validation_size=validation_size,
-            early_stopping=early_stopping,
+            early_stopping=bool(chosen["early_stopping"]),
             early_stopping_patience=early_stopping_patience,
             accelerator=accelerator,
             devices=devices,
@@ -399,4 +476,5 @@ class NACT(ClassifierMixin, BaseModelClass):
             "n_model_genes": len(model_genes),
             "n_genes_known": int(known.sum()),
             "settings": {k: v for k, v in self.init_params_["non_kwargs"].items() if v is not None},
+            "training": dict(getattr(self, "training_settings_", {})),
         }

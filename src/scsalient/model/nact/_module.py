@@ -10,6 +10,7 @@ from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 
+from scsalient.model.base._augment import BatchShift
 from scsalient.model.base._components import (
     GeneMap,
     attention_softmax,
@@ -92,12 +93,21 @@ class NACTModule(BaseModuleClass):
     normalize_input
         If ``True``, the input holds counts and is turned into log1p(CP10k) first.
     input_dropout
-        Dropout on the (normalised) expression before the attention.
+        Dropout on the (normalised) expression before the attention (changed for training by
+        :meth:`set_input_dropout`).
     attention_init
         ``"zeros"`` starts from uniform attention (the attention weights start at zero);
         ``"xavier"`` draws them like every other layer, as in the authors' code.
     mask_unexpressed
         Restrict each cell's attention softmax to the genes it expresses (non-zero input).
+    class_weights
+        Weight of each class in the cross-entropy; ``None`` for equal weights.
+
+    Notes
+    -----
+    At training time, before the input dropout, each cell may be shifted by a batch-difference
+    vector (:class:`~scsalient.model.base._augment.BatchShift`, empty unless the model sets
+    vectors).
     """
 
     def __init__(
@@ -114,6 +124,7 @@ class NACTModule(BaseModuleClass):
         input_dropout: float = 0.0,
         attention_init: Literal["zeros", "xavier"] = "zeros",
         mask_unexpressed: bool = True,
+        class_weights: torch.Tensor | None = None,
     ):
         super().__init__()
         self.n_input = n_input
@@ -132,6 +143,15 @@ class NACTModule(BaseModuleClass):
         )
         self.classifier = nn.Linear(n_input, n_labels)
         xavier_init(self.classifier)
+        self.batch_shift = BatchShift(n_input)
+        weights = torch.ones(n_labels) if class_weights is None else torch.as_tensor(class_weights).float()
+        self.register_buffer("class_weights", weights)
+
+    def set_input_dropout(self, p: float) -> None:
+        """Dropout rate on the expression before the attention (used in training mode only)."""
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"input_dropout must be in [0, 1), got {p}.")
+        self.input_dropout.p = p
 
     @staticmethod
     def n_parameters(
@@ -168,7 +188,9 @@ class NACTModule(BaseModuleClass):
     @auto_move_data
     def inference(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Attention, gene scores and class logits for a minibatch of cells."""
-        x = self.input_dropout(self.prepare_input(x))
+        x = self.prepare_input(x)
+        if self.training:
+            x = self.input_dropout(self.batch_shift(x))
         # a gene the cell does not express scores a * 0 = 0 whatever its attention; keeping it
         # out of the softmax puts the cell's attention on the genes it expresses
         attention = attention_softmax(self.attention(x), x, self.mask_unexpressed)
@@ -187,11 +209,17 @@ class NACTModule(BaseModuleClass):
         inference_outputs: dict[str, torch.Tensor],
         generative_outputs: dict,
         label_smoothing: float = 0.0,
+        balance_classes: bool = False,
     ) -> LossOutput:
-        """Cross-entropy between the logits and the registered labels."""
+        """Cross-entropy between the logits and the registered labels.
+
+        With ``balance_classes`` each class is weighted by ``class_weights``; with
+        ``label_smoothing`` the targets are smoothed towards the uniform distribution.
+        """
         logits = inference_outputs["logits"]
         labels = tensors[REGISTRY_KEYS.LABELS_KEY].view(-1).long()
-        ce = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+        weight = self.class_weights if balance_classes else None
+        ce = F.cross_entropy(logits, labels, weight=weight, label_smoothing=label_smoothing)
         return LossOutput(
             loss=ce,
             n_obs_minibatch=labels.shape[0],

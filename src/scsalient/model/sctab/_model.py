@@ -7,9 +7,8 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy import sparse
-from scvi import REGISTRY_KEYS, settings
+from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField
 from scvi.model.base import BaseModelClass
@@ -17,9 +16,9 @@ from scvi.utils import setup_anndata_dsp
 
 from scsalient._constants import SCTABKeys
 from scsalient.model.base import ClassifierMixin, ExpressionLayerField, check_labels
+from scsalient.model.base._checks import check_batch_key
 from scsalient.model.base._memory import check_training_memory
 
-from ._augment import donor_difference_vectors
 from ._module import SCTABModule
 
 if TYPE_CHECKING:
@@ -135,8 +134,9 @@ class SCTAB(ClassifierMixin, BaseModelClass):
     0.01. After short training on small data the masks stay nearly dense; their mean over the
     cells of a type still concentrates on its markers.
 
-    **Augmentation.** With a ``donor_key``, training cells are shifted by differences between
-    donors of the same cell type (scTab's augmentation; see :meth:`train`).
+    **Augmentation.** With a ``batch_key`` (donors, samples), training cells are shifted by
+    differences between batches of the same cell type (scTab's donor-difference augmentation;
+    see :meth:`train`).
 
     **Uncertainty.** Predictions are the mean of the members' probabilities; the uncertainty is
     1 minus the largest mean probability, and the disagreement is the fraction of members whose
@@ -146,7 +146,7 @@ class SCTAB(ClassifierMixin, BaseModelClass):
     --------
     >>> import scsalient as ss
     >>> adata = ss.datasets.simulate(n_cells=1000, n_genes=300)
-    >>> ss.model.SCTAB.setup_anndata(adata, labels_key="cell_type", donor_key="donor")
+    >>> ss.model.SCTAB.setup_anndata(adata, labels_key="cell_type", batch_key="donor")
     >>> model = ss.model.SCTAB(adata, n_ensemble=3)
     >>> model.train(max_epochs=20)
     >>> model.annotate()
@@ -205,20 +205,10 @@ class SCTAB(ClassifierMixin, BaseModelClass):
         )
         self.init_params_ = self._get_init_params(locals())
 
-    def _class_weights(self) -> torch.Tensor:
-        codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).reshape(-1)
-        counts = np.bincount(codes, minlength=self.summary_stats.n_labels).astype(np.float64)
-        return torch.as_tensor(len(codes) / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
-
     @property
     def n_ensemble(self) -> int:
         """Number of ensemble members."""
         return self.module.n_members
-
-    @property
-    def donor_key(self) -> str | None:
-        """Column of ``obs`` with the donors (used for augmentation), if any."""
-        return self.registry_["setup_args"].get("donor_key")
 
     # ------------------------------------------------------------------ setup
     @classmethod
@@ -228,7 +218,7 @@ class SCTAB(ClassifierMixin, BaseModelClass):
         adata: AnnData,
         labels_key: str,
         layer: str | None = None,
-        donor_key: str | None = None,
+        batch_key: str | None = None,
         **kwargs,
     ) -> None:
         """Register an AnnData for scTab.
@@ -245,9 +235,9 @@ class SCTAB(ClassifierMixin, BaseModelClass):
             Column of ``adata.obs`` with the cell types to learn.
         layer
             Layer holding the expression; ``None`` for ``adata.X``.
-        donor_key
-            Column of ``adata.obs`` with the donor (or sample/batch) of each cell. Enables the
-            donor-difference augmentation in :meth:`~scsalient.model.SCTAB.train`; query data
+        batch_key
+            Column of ``adata.obs`` with the batch (donor, sample) of each cell. Enables the
+            batch-difference augmentation in :meth:`~scsalient.model.SCTAB.train`; query data
             do not need it.
         **kwargs
             Used by scvi-tools when it re-applies the setup (``load``, query data).
@@ -255,11 +245,7 @@ class SCTAB(ClassifierMixin, BaseModelClass):
         setup_method_args = cls._get_setup_method_args(**locals())
         if "source_registry" not in kwargs:
             check_labels(adata, labels_key)
-            if donor_key is not None:
-                if donor_key not in adata.obs:
-                    raise KeyError(f"donor_key '{donor_key}' is not a column of adata.obs.")
-                if adata.obs[donor_key].isna().any():
-                    raise ValueError(f"adata.obs['{donor_key}'] has missing (NaN) donors.")
+            check_batch_key(adata, batch_key)
         fields = [
             ExpressionLayerField(REGISTRY_KEYS.X_KEY, layer),
             CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
@@ -311,9 +297,9 @@ class SCTAB(ClassifierMixin, BaseModelClass):
         lr_decay
             Factor applied to the learning rate after every epoch (``None``: the preset's).
         augment
-            Add donor-difference vectors to the training cells. ``None`` (default): on when
-            ``donor_key`` was given to :meth:`setup_anndata`. The vectors are the differences
-            between the log1p(CP10k) centroids of two donors of the same cell type (training
+            Add batch-difference vectors to the training cells. ``None`` (default): on when
+            ``batch_key`` was given to :meth:`setup_anndata`. The vectors are the differences
+            between the log1p(CP10k) centroids of two batches of the same cell type (training
             cells only), entries below 0.25 in absolute value set to 0, clipped to
             ``[-1.5, 1.5]``, and kept if they fall in the larger k-means clusters; each
             training cell of each member gets a random vector added or subtracted, and the
@@ -354,11 +340,7 @@ class SCTAB(ClassifierMixin, BaseModelClass):
                             ("lr_decay", lr_decay)):  # fmt: skip
             if value is not None:
                 settings_[name] = value
-        if augment is None:
-            augment = self.donor_key is not None
-        if augment and self.donor_key is None:
-            raise ValueError("augment=True needs a donor_key: set it in SCTAB.setup_anndata.")
-        self._augment_requested = bool(augment)
+        augment = self._resolve_augment(augment)
         input_momentum, momentum = PAPER_MOMENTUM
         if preset == "auto":
             input_momentum, momentum = auto_momentum(
@@ -397,28 +379,6 @@ class SCTAB(ClassifierMixin, BaseModelClass):
             memory_hint="Use a smaller batch_size or fewer ensemble members.",
             **trainer_kwargs,
         )
-
-    def _prepare_training(self, train_indices: np.ndarray) -> None:
-        """Derive the augmentation vectors from the training cells (or switch augmentation off)."""
-        if not getattr(self, "_augment_requested", False):
-            self.module.set_augmentations(None)
-            return
-        donors = pd.Categorical(self.adata.obs[self.donor_key]).codes.astype(np.int64)
-        labels = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).reshape(-1)
-        vectors = donor_difference_vectors(
-            self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY),
-            train_indices,
-            labels,
-            donors,
-            normalize=self.input_kind == "counts",
-            seed=settings.seed,
-        )
-        if len(vectors) == 0:
-            logger.warning(
-                "No cell type has two donors with enough training cells: training without augmentation."
-            )
-        self.module.set_augmentations(torch.from_numpy(vectors))
-        self.training_settings_["n_augmentation_vectors"] = len(vectors)
 
     # ------------------------------------------------------------------ read-out
     def predict(

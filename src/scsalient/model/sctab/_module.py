@@ -11,10 +11,9 @@ from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 
+from scsalient.model.base._augment import BatchShift
 from scsalient.model.base._components import log1p_cp10k
 
-#: log1p(CP10k) range to which augmented expression is clamped (as in scTab)
-AUGMENT_CLAMP = (0.0, 9.0)
 #: above this many genes, 1.5-entmax partially sorts the top entries instead of sorting all
 _ENTMAX_FULL_SORT_MAX = 1024
 _ENTMAX_TOPK = 256
@@ -268,7 +267,7 @@ class SCTABModule(BaseModuleClass):
         self.head = MemberLinear(n_members, n_d, n_labels, gain=_non_glu_gain(n_d, n_labels))
         weights = torch.ones(n_labels) if class_weights is None else torch.as_tensor(class_weights).float()
         self.register_buffer("class_weights", weights)
-        self.register_buffer("augmentations", torch.zeros(0, n_input))
+        self.batch_shift = BatchShift(n_input)
 
     def set_batch_norm_momentum(self, input_momentum: float, momentum: float) -> None:
         """Momentum of the running statistics: of the input batch norm, and of the ghost batch norms."""
@@ -276,27 +275,6 @@ class SCTABModule(BaseModuleClass):
         for layer in self.modules():
             if isinstance(layer, MemberBatchNorm) and layer is not self.input_bn:
                 layer.bn.momentum = momentum
-
-    # ------------------------------------------------------------------ augmentation
-    def set_augmentations(self, vectors: torch.Tensor | None) -> None:
-        """Replace the donor-difference vectors added to training cells (``None`` or empty: none)."""
-        if vectors is None:
-            vectors = torch.zeros(0, self.n_input)
-        self.augmentations = torch.as_tensor(vectors, dtype=torch.float32).to(self.class_weights.device)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # the number of augmentation vectors is only known after training
-        key = prefix + "augmentations"
-        if key in state_dict:
-            self.augmentations = torch.empty_like(state_dict[key])
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        """Add or subtract a random donor-difference vector to each cell, for each member."""
-        n_vectors = self.augmentations.shape[0]
-        pick = torch.randint(0, n_vectors, (self.n_members, x.shape[0]), device=x.device)
-        sign = torch.randint(0, 2, (self.n_members, x.shape[0], 1), device=x.device) * 2.0 - 1.0
-        return (x.unsqueeze(0) + sign * self.augmentations[pick]).clamp(*AUGMENT_CLAMP)
 
     # ------------------------------------------------------------------ forward
     def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
@@ -321,8 +299,8 @@ class SCTABModule(BaseModuleClass):
         (:math:`\sum_g M \log M` averaged over cells and steps, per member, ``(E,)``).
         """
         x = self.prepare_input(x)
-        if self.training and self.augment and self.augmentations.shape[0] > 0:
-            x = self._augment(x)
+        if self.training and self.augment:
+            x = self.batch_shift(x, n_draws=self.n_members)
         else:
             x = x.unsqueeze(0).expand(self.n_members, *x.shape)
         x = self.input_bn(x)
