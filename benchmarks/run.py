@@ -10,10 +10,10 @@ Each (system, dataset, seed) runs in its own subprocess
 (``python benchmarks/run.py --one SYSTEM DATASET SEED --json OUT``), so its wall time and
 peak resident memory are its own. Results go to ``benchmarks/results/``:
 ``classification.json`` (every run, with per-class F1), ``classification.md`` (mean ± sd over
-seeds) and ``classification.png``. The other benchmarks (``EXTRA_BENCHMARKS``: the ablation of the training defaults, marker recovery
-on Kang and on simulated data, module recovery, RNA <-> ATAC translation, training from disk at
-scale) run afterwards with the same budget unless ``--no-markers`` is given; each writes its own
-tables into the results folder.
+seeds) and ``classification.png``. The other benchmarks (``EXTRA_BENCHMARKS``: the ablation of
+the training defaults, marker recovery on Kang and on simulated data, module recovery,
+RNA <-> ATAC translation, training from disk at scale) run afterwards with the same budget
+unless ``--no-markers`` is given; each writes its own tables into the results folder.
 """
 
 from __future__ import annotations
