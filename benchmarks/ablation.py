@@ -273,40 +273,41 @@ def main(argv: list[str] | None = None) -> None:
     seeds = args.seeds if args.seeds is not None else SEEDS[args.budget]
     started = dt.datetime.now().astimezone()
     clock = time.perf_counter()
+    path = args.out / "ablation.json"
+    kept, previous_seconds = [], 0.0
+    if args.merge and path.exists():
+        previous = json.loads(path.read_text())
+        kept, previous_seconds = previous["runs"], previous.get("total_seconds", 0.0)
+    args.out.mkdir(parents=True, exist_ok=True)
     runs = []
-    for model_name in args.models:
-        for step in STEPS[model_name]:
-            for dataset in args.datasets:
-                for seed in seeds:
-                    print(
-                        f"[ablation] {model_name} | {step[0]} | {dataset} | seed {seed} ...",
-                        end=" ",
-                        flush=True,
-                    )
+
+    def write() -> None:
+        # after every run, so that an interrupted ablation keeps what it measured
+        done = {(r["model"], r["step"], r["dataset"], r["seed"]) for r in runs}
+        merged = [r for r in kept if (r["model"], r["step"], r["dataset"], r["seed"]) not in done] + runs
+        record = {
+            "budget": args.budget,
+            "git": git_state(),
+            "started": started.isoformat(timespec="seconds"),
+            "total_seconds": previous_seconds + time.perf_counter() - clock,
+            "seeds": sorted({r["seed"] for r in merged}),
+            "summary": summarise(merged),
+            "runs": merged,
+        }
+        path.write_text(json.dumps(record, indent=1))
+        write_markdown(record, args.out / "ablation.md")
+
+    # seed-major order: a partial run has every step for the first seeds
+    for seed in seeds:
+        for model_name in args.models:
+            for step in STEPS[model_name]:
+                for dataset in args.datasets:
+                    label = f"[ablation] {model_name} | {step[0]} | {dataset} | seed {seed} ..."
+                    print(label, end=" ", flush=True)
                     record = train_and_score(model_name, step, dataset, seed)
                     runs.append(record)
                     print(f"macro-F1 {record['macro_f1']:.3f} ({record['epochs_run']} epochs)", flush=True)
-    path = args.out / "ablation.json"
-    previous_seconds = 0.0
-    if args.merge and path.exists():
-        previous = json.loads(path.read_text())
-        done = {(r["model"], r["step"], r["dataset"], r["seed"]) for r in runs}
-        runs = [
-            r for r in previous["runs"] if (r["model"], r["step"], r["dataset"], r["seed"]) not in done
-        ] + runs
-        previous_seconds = previous.get("total_seconds", 0.0)
-    record = {
-        "budget": args.budget,
-        "git": git_state(),
-        "started": started.isoformat(timespec="seconds"),
-        "total_seconds": previous_seconds + time.perf_counter() - clock,
-        "seeds": sorted({r["seed"] for r in runs}),
-        "summary": summarise(runs),
-        "runs": runs,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=1))
-    write_markdown(record, args.out / "ablation.md")
+                    write()
     print((args.out / "ablation.md").read_text())
 
 

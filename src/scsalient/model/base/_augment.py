@@ -18,18 +18,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._blocks import read_rows
+from ._moments import log1p_cp10k_block
 
 logger = logging.getLogger(__name__)
-
-
-def _log1p_cp10k(block) -> np.ndarray | sparse.csr_matrix:
-    totals = np.asarray(block.sum(axis=1)).ravel()
-    scale = 1e4 / np.maximum(totals, 1e-8)
-    if sparse.issparse(block):
-        out = sparse.csr_matrix(sparse.diags(scale.astype(np.float32)) @ block, dtype=np.float32)
-        out.data = np.log1p(out.data)
-        return out
-    return np.log1p(np.asarray(block, dtype=np.float32) * scale[:, None])
 
 
 def batch_difference_vectors(
@@ -98,7 +89,7 @@ def batch_difference_vectors(
         rows = cells[start : start + block_size]
         block = read_rows(x, rows)
         if normalize:
-            block = _log1p_cp10k(block)
+            block = log1p_cp10k_block(block)
         member = sparse.csr_matrix(
             (np.ones(len(rows)), (inverse[start : start + len(rows)], np.arange(len(rows)))),
             shape=(len(keys), len(rows)),

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
+import torch
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField
@@ -18,6 +19,7 @@ from scsalient._constants import ClusterKeys, NACTKeys
 from scsalient.model.base import ClassifierMixin, ExpressionLayerField, check_labels
 from scsalient.model.base._checks import check_batch_key
 from scsalient.model.base._memory import check_training_memory
+from scsalient.model.base._moments import expression_moments
 
 from ._module import NACTModule
 
@@ -86,6 +88,11 @@ class NACT(ClassifierMixin, BaseModelClass):
     mask_unexpressed
         Give each cell attention only over the genes it expresses (``True``, default); ``False``
         spreads the softmax over all genes, as published.
+    attention_input
+        ``"expression"`` (default, as published): the attention map reads the normalised
+        expression. ``"standardized"``: it reads each gene centred and scaled by its mean and
+        standard deviation over the training cells, without a bias, so it cannot prefer a gene
+        in every cell alike and must attend to what sets a cell apart (see Notes).
 
     Notes
     -----
@@ -116,6 +123,14 @@ class NACT(ClassifierMixin, BaseModelClass):
       genes per cell type were planted markers with Xavier and 84-85% with zero initialisation
       (two runs each; chance 8%), at equal or better accuracy. ``attention_init="xavier"`` restores the
       published behaviour.
+    * **Standardised attention input** (``attention_input="standardized"``, opt-in). A
+      classifier can read every cell type from the same few genes (the markers of all types,
+      attended in every cell), so mean attention per type then mixes the markers of all types.
+      With centred, scaled input and no bias the attention logits average to zero over the
+      cells, so a gene gets more attention only in the cells whose expression calls for it. On
+      simulated data with 25 planted markers per type (4 types, 500 genes, 30 epochs),
+      precision@25 of mean attention rose from 0.18 to 0.48, and to 0.75 with
+      ``input_dropout=0.8`` (0.58 with the published input), at training accuracy 1.0.
     * **Head.** A linear classifier on the last block's output. The authors' code applies a
       LeakyReLU to the logits, which we do not.
     * **Training.** Adam, learning rate 1e-4, 50 epochs, batch size 128, cross-entropy, Xavier
@@ -146,6 +161,7 @@ class NACT(ClassifierMixin, BaseModelClass):
         attention_rank: int | None = None,
         attention_init: Literal["zeros", "xavier"] = "zeros",
         mask_unexpressed: bool = True,
+        attention_input: Literal["expression", "standardized"] = "expression",
     ):
         super().__init__(adata, registry)
         if n_blocks < 0 or n_heads < 1 or n_hidden_ff < 1:
@@ -173,6 +189,7 @@ class NACT(ClassifierMixin, BaseModelClass):
             mask_unexpressed=mask_unexpressed,
             normalize_input=self.input_kind == "counts",
             class_weights=self._class_weights() if adata is not None else None,
+            attention_input=attention_input,
             **module_kwargs,
         )
         rank = "full" if attention_rank is None else f"rank {attention_rank}"
@@ -181,6 +198,17 @@ class NACT(ClassifierMixin, BaseModelClass):
             f"{rank} attention, {n_blocks} blocks x {n_heads} heads, {n_params:,} parameters"
         )
         self.init_params_ = self._get_init_params(locals())
+
+    def _prepare_training(self, train_indices: np.ndarray) -> None:
+        """Augmentation vectors, and the gene moments of a standardised attention input."""
+        super()._prepare_training(train_indices)
+        if self.module.attention_input == "standardized":
+            mean, sd = expression_moments(
+                self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY),
+                train_indices,
+                normalize=self.input_kind == "counts",
+            )
+            self.module.set_gene_moments(torch.from_numpy(mean), torch.from_numpy(sd))
 
     @staticmethod
     def _memory_hint(attention_rank: int | None) -> str:

@@ -102,6 +102,11 @@ class NACTModule(BaseModuleClass):
         Restrict each cell's attention softmax to the genes it expresses (non-zero input).
     class_weights
         Weight of each class in the cross-entropy; ``None`` for equal weights.
+    attention_input
+        What the attention map reads: ``"expression"`` (the normalised expression, as
+        published) or ``"standardized"`` (each gene centred and scaled by its mean and standard
+        deviation over the training cells, held in the buffers ``gene_mean`` and ``gene_scale``,
+        and no bias), so that no gene can be preferred in every cell alike.
 
     Notes
     -----
@@ -125,17 +130,29 @@ class NACTModule(BaseModuleClass):
         attention_init: Literal["zeros", "xavier"] = "zeros",
         mask_unexpressed: bool = True,
         class_weights: torch.Tensor | None = None,
+        attention_input: Literal["expression", "standardized"] = "expression",
     ):
         super().__init__()
+        if attention_input not in ("expression", "standardized"):
+            raise ValueError(
+                f"attention_input must be 'expression' or 'standardized', got {attention_input!r}."
+            )
+        self.attention_input = attention_input
         self.n_input = n_input
         self.n_labels = n_labels
         self.normalize_input = normalize_input
         self.attention = GeneMap(n_input, n_input, attention_rank)
         if attention_init not in ("zeros", "xavier"):
             raise ValueError(f"attention_init must be 'zeros' or 'xavier', got {attention_init!r}.")
+        last = self.attention.layers if attention_rank is None else self.attention.layers[-1]
         if attention_init == "zeros":
-            last = self.attention.layers if attention_rank is None else self.attention.layers[-1]
             nn.init.zeros_(last.weight)
+        if attention_input == "standardized":
+            # centred input and no bias: the attention logits average to zero over the cells
+            nn.init.zeros_(last.bias)
+            last.bias.requires_grad_(False)
+        self.register_buffer("gene_mean", torch.zeros(n_input))
+        self.register_buffer("gene_scale", torch.ones(n_input))
         self.input_dropout = nn.Dropout(input_dropout)
         self.mask_unexpressed = mask_unexpressed
         self.blocks = nn.ModuleList(
@@ -146,6 +163,14 @@ class NACTModule(BaseModuleClass):
         self.batch_shift = BatchShift(n_input)
         weights = torch.ones(n_labels) if class_weights is None else torch.as_tensor(class_weights).float()
         self.register_buffer("class_weights", weights)
+
+    def set_gene_moments(self, mean: torch.Tensor, sd: torch.Tensor) -> None:
+        """Per-gene mean and standard deviation used by the ``"standardized"`` attention input."""
+        device = self.gene_mean.device
+        self.gene_mean = torch.as_tensor(mean, dtype=torch.float32).to(device)
+        # genes constant over the training cells: scale 1 instead of dividing by ~0
+        sd = torch.as_tensor(sd, dtype=torch.float32).to(device)
+        self.gene_scale = torch.where(sd > 1e-3, sd, torch.ones_like(sd))
 
     def set_input_dropout(self, p: float) -> None:
         """Dropout rate on the expression before the attention (used in training mode only)."""
@@ -193,7 +218,8 @@ class NACTModule(BaseModuleClass):
             x = self.input_dropout(self.batch_shift(x))
         # a gene the cell does not express scores a * 0 = 0 whatever its attention; keeping it
         # out of the softmax puts the cell's attention on the genes it expresses
-        attention = attention_softmax(self.attention(x), x, self.mask_unexpressed)
+        query = (x - self.gene_mean) / self.gene_scale if self.attention_input == "standardized" else x
+        attention = attention_softmax(self.attention(query), x, self.mask_unexpressed)
         h = attention * x
         for block in self.blocks:
             h = block(h)

@@ -1,0 +1,59 @@
+"""Per-gene statistics of the expression a model sees, computed block by block."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import sparse
+
+from ._blocks import read_rows
+
+
+def log1p_cp10k_block(block) -> np.ndarray | sparse.csr_matrix:
+    """log1p(CP10k) of a block of counts (dense or CSR), in float32."""
+    totals = np.asarray(block.sum(axis=1)).ravel()
+    scale = 1e4 / np.maximum(totals, 1e-8)
+    if sparse.issparse(block):
+        out = sparse.csr_matrix(sparse.diags(scale.astype(np.float32)) @ block, dtype=np.float32)
+        out.data = np.log1p(out.data)
+        return out
+    return np.log1p(np.asarray(block, dtype=np.float32) * scale[:, None])
+
+
+def expression_moments(
+    x, cells: np.ndarray, *, normalize: bool, block_size: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of every gene over ``cells``, read ``block_size`` rows at a time.
+
+    Parameters
+    ----------
+    x
+        Expression matrix (dense, sparse or on-disk), all cells.
+    cells
+        Rows of ``x`` to use (e.g. the training cells).
+    normalize
+        ``x`` holds counts: take log1p(CP10k) first.
+    block_size
+        Rows read at once.
+
+    Returns
+    -------
+    Two float32 arrays of length ``x.shape[1]``: the means and the standard deviations.
+    """
+    cells = np.sort(np.asarray(cells))
+    total = np.zeros(x.shape[1], dtype=np.float64)
+    total_sq = np.zeros(x.shape[1], dtype=np.float64)
+    for start in range(0, len(cells), block_size):
+        block = read_rows(x, cells[start : start + block_size])
+        if normalize:
+            block = log1p_cp10k_block(block)
+        if sparse.issparse(block):
+            total += np.asarray(block.sum(axis=0)).ravel()
+            total_sq += np.asarray(block.multiply(block).sum(axis=0)).ravel()
+        else:
+            block = np.asarray(block, dtype=np.float64)
+            total += block.sum(axis=0)
+            total_sq += (block**2).sum(axis=0)
+    n = max(len(cells), 1)
+    mean = total / n
+    var = np.maximum(total_sq / n - mean**2, 0.0)
+    return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
