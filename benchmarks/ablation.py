@@ -46,10 +46,31 @@ MAX_EPOCHS = 30
 STEPS = {
     "nact": [
         ("paper preset (Adam 1e-4, batch 128, 50 epochs)", {}, {}, {"preset": "paper"}),
-        ("+ lr 1e-3, batch 256, early stopping on validation macro-F1", {}, {}, {"augment": False}),
+        (
+            "+ lr 1e-3, batch 256, early stopping on validation macro-F1",
+            {},
+            {},
+            {"augment": False},
+        ),
         ("+ batch augmentation (default)", {"batch_key": "BATCH"}, {}, {}),
-        ("default + input dropout 0.5 (not adopted)", {"batch_key": "BATCH"}, {}, {"input_dropout": 0.5}),
-        ("default + label smoothing 0.1 (not adopted)", {"batch_key": "BATCH"}, {}, {"label_smoothing": 0.1}),
+        (
+            "default + standardized attention input (not adopted)",
+            {"batch_key": "BATCH"},
+            {"attention_input": "standardized"},
+            {},
+        ),
+        (
+            "default + input dropout 0.5 (not adopted)",
+            {"batch_key": "BATCH"},
+            {},
+            {"input_dropout": 0.5},
+        ),
+        (
+            "default + label smoothing 0.1 (not adopted)",
+            {"batch_key": "BATCH"},
+            {},
+            {"label_smoothing": 0.1},
+        ),
     ],
     "sctab": [
         ("paper preset, 1 member", {}, {"n_ensemble": 1}, {"preset": "paper"}),
@@ -267,6 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 0 quick, 0 1 2 full)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
     parser.add_argument("--merge", action="store_true", help="keep the runs of an earlier ablation.json")
+    parser.add_argument("--steps", nargs="+", type=int, help="run only these steps (1-based) of each model")
     args = parser.parse_args(argv)
     from run import git_state
 
@@ -300,7 +322,9 @@ def main(argv: list[str] | None = None) -> None:
     # seed-major order: a partial run has every step for the first seeds
     for seed in seeds:
         for model_name in args.models:
-            for step in STEPS[model_name]:
+            for number, step in enumerate(STEPS[model_name], start=1):
+                if args.steps and number not in args.steps:
+                    continue
                 for dataset in args.datasets:
                     label = f"[ablation] {model_name} | {step[0]} | {dataset} | seed {seed} ..."
                     print(label, end=" ", flush=True)

@@ -19,6 +19,9 @@ from scsalient.model.base._components import (
     xavier_init,
 )
 
+#: what the attention map can read (see :class:`NACTModule`)
+ATTENTION_INPUTS = ("expression", "centered", "standardized")
+
 
 class ProjectionBlock(nn.Module):
     """One N-ACT projection block.
@@ -106,7 +109,8 @@ class NACTModule(BaseModuleClass):
         What the attention map reads: ``"expression"`` (the normalised expression, as
         published) or ``"standardized"`` (each gene centred and scaled by its mean and standard
         deviation over the training cells, held in the buffers ``gene_mean`` and ``gene_scale``,
-        and no bias), so that no gene can be preferred in every cell alike.
+        and no bias), so that no gene can be preferred in every cell alike; ``"centered"``
+        (centred only).
 
     Notes
     -----
@@ -130,13 +134,11 @@ class NACTModule(BaseModuleClass):
         attention_init: Literal["zeros", "xavier"] = "zeros",
         mask_unexpressed: bool = True,
         class_weights: torch.Tensor | None = None,
-        attention_input: Literal["expression", "standardized"] = "expression",
+        attention_input: Literal["expression", "centered", "standardized"] = "expression",
     ):
         super().__init__()
-        if attention_input not in ("expression", "standardized"):
-            raise ValueError(
-                f"attention_input must be 'expression' or 'standardized', got {attention_input!r}."
-            )
+        if attention_input not in ATTENTION_INPUTS:
+            raise ValueError(f"attention_input must be one of {ATTENTION_INPUTS}, got {attention_input!r}.")
         self.attention_input = attention_input
         self.n_input = n_input
         self.n_labels = n_labels
@@ -147,7 +149,7 @@ class NACTModule(BaseModuleClass):
         last = self.attention.layers if attention_rank is None else self.attention.layers[-1]
         if attention_init == "zeros":
             nn.init.zeros_(last.weight)
-        if attention_input == "standardized":
+        if attention_input != "expression":
             # centred input and no bias: the attention logits average to zero over the cells
             nn.init.zeros_(last.bias)
             last.bias.requires_grad_(False)
@@ -165,12 +167,16 @@ class NACTModule(BaseModuleClass):
         self.register_buffer("class_weights", weights)
 
     def set_gene_moments(self, mean: torch.Tensor, sd: torch.Tensor) -> None:
-        """Per-gene mean and standard deviation used by the ``"standardized"`` attention input."""
+        """Per-gene mean and standard deviation of the training cells, for the attention input.
+
+        ``"centered"`` uses the mean only; ``"standardized"`` also divides by the standard
+        deviation (1 for genes constant over the training cells).
+        """
         device = self.gene_mean.device
         self.gene_mean = torch.as_tensor(mean, dtype=torch.float32).to(device)
-        # genes constant over the training cells: scale 1 instead of dividing by ~0
-        sd = torch.as_tensor(sd, dtype=torch.float32).to(device)
-        self.gene_scale = torch.where(sd > 1e-3, sd, torch.ones_like(sd))
+        if self.attention_input == "standardized":
+            sd = torch.as_tensor(sd, dtype=torch.float32).to(device)
+            self.gene_scale = torch.where(sd > 1e-3, sd, torch.ones_like(sd))
 
     def set_input_dropout(self, p: float) -> None:
         """Dropout rate on the expression before the attention (used in training mode only)."""
@@ -218,7 +224,7 @@ class NACTModule(BaseModuleClass):
             x = self.input_dropout(self.batch_shift(x))
         # a gene the cell does not express scores a * 0 = 0 whatever its attention; keeping it
         # out of the softmax puts the cell's attention on the genes it expresses
-        query = (x - self.gene_mean) / self.gene_scale if self.attention_input == "standardized" else x
+        query = x if self.attention_input == "expression" else (x - self.gene_mean) / self.gene_scale
         attention = attention_softmax(self.attention(query), x, self.mask_unexpressed)
         h = attention * x
         for block in self.blocks:
