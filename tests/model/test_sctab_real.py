@@ -28,7 +28,7 @@ def test_kang_heldout_donors_ensemble(kang):
     rng = np.random.default_rng(0)
     train_rows = rng.choice(np.flatnonzero(~held_out), 2500, replace=False)
     train, test = kang[np.sort(train_rows)].copy(), kang[held_out].copy()
-    ss.model.SCTAB.setup_anndata(train, labels_key="cell_type", donor_key="donor_id")
+    ss.model.SCTAB.setup_anndata(train, labels_key="cell_type", batch_key="donor_id")
     model = ss.model.SCTAB(train, n_ensemble=2)
     model.train(max_epochs=5, enable_progress_bar=False)
     assert model.training_settings_["n_augmentation_vectors"] > 0  # 3 donors x 4 types
