@@ -7,12 +7,13 @@ from ._expression import ExpressionModelMixin, TrainingMixin
 from ._fields import AccessibilityLayerField, ExpressionLayerField, check_accessibility
 from ._memory import check_training_memory
 from ._query import align_genes
-from ._training_plan import ClassifierTrainingPlan, RestoreBestState
+from ._training_plan import ClassifierTrainingPlan, EpochTrainingPlan, RestoreBestState
 
 __all__ = [
     "AccessibilityLayerField",
     "ClassifierMixin",
     "ClassifierTrainingPlan",
+    "EpochTrainingPlan",
     "ExpressionLayerField",
     "ExpressionModelMixin",
     "GeneMap",

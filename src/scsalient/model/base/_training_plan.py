@@ -18,7 +18,45 @@ if TYPE_CHECKING:
 MODES = ("train", "validation")
 
 
-class ClassifierTrainingPlan(TrainingPlan):
+class EpochTrainingPlan(TrainingPlan):
+    """:class:`~scvi.train.TrainingPlan` base of scsalient's plans.
+
+    Fixes a trap of scvi-tools 1.4.2 with Lightning >= 2.6 (the module is put in training mode
+    when a fit starts; a second ``train()`` would otherwise run with dropout off) and logs
+    per-epoch values with :meth:`log_epoch` rather than through ``LossOutput.extra_metrics``
+    (which crashes under DDP).
+
+    Parameters
+    ----------
+    module
+        The module to train.
+    **kwargs
+        Passed to :class:`~scvi.train.TrainingPlan` (learning rate, optimiser, loss arguments).
+    """
+
+    def __init__(self, module: BaseModuleClass, **kwargs):
+        super().__init__(module, **kwargs)
+
+    def on_train_start(self) -> None:
+        """Put the module in training mode (Lightning >= 2.6 no longer does)."""
+        self.module.train()
+
+    def log_epoch(self, name: str, value, n_obs: int) -> None:
+        """Log ``value`` as the epoch mean of ``name``, weighted by the cells of each minibatch.
+
+        Parameters
+        ----------
+        name
+            Metric name, e.g. ``"ce_validation"``.
+        value
+            This minibatch's value (a scalar tensor, detached).
+        n_obs
+            Cells in the minibatch, the weight of ``value`` in the epoch mean.
+        """
+        self.log(name, value, on_step=False, on_epoch=True, batch_size=n_obs, sync_dist=self.use_sync_dist)
+
+
+class ClassifierTrainingPlan(EpochTrainingPlan):
     """:class:`~scvi.train.TrainingPlan` for modules whose loss is a classification loss.
 
     Logs ``ce_{mode}``, ``accuracy_{mode}`` and ``f1_macro_{mode}`` (mode ``train`` or
@@ -83,10 +121,6 @@ class ClassifierTrainingPlan(TrainingPlan):
                 num_classes=n_classes, average="micro"
             )
 
-    def on_train_start(self) -> None:
-        """Put the module in training mode (Lightning >= 2.6 no longer does)."""
-        self.module.train()
-
     def compute_and_log_metrics(self, loss_output: LossOutput, metrics: dict, mode: str) -> None:
         """Log cross-entropy, accuracy and macro-F1 for ``mode``.
 
@@ -105,8 +139,7 @@ class ClassifierTrainingPlan(TrainingPlan):
         f1, accuracy = self.epoch_metrics[f"{mode}_f1"], self.epoch_metrics[f"{mode}_accuracy"]
         f1.update(predictions, truth)
         accuracy.update(predictions, truth)
-        log = {"on_step": False, "on_epoch": True, "batch_size": n_obs, "sync_dist": self.use_sync_dist}
-        self.log(f"ce_{mode}", loss_output.classification_loss.detach(), **log)
+        self.log_epoch(f"ce_{mode}", loss_output.classification_loss.detach(), n_obs)
         self.log(f"f1_macro_{mode}", f1, on_step=False, on_epoch=True, batch_size=n_obs)
         self.log(f"accuracy_{mode}", accuracy, on_step=False, on_epoch=True, batch_size=n_obs)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 import torch
-from scvi.train import TrainingPlan
+
+from scsalient.model.base._training_plan import EpochTrainingPlan
 
 if TYPE_CHECKING:
     from scvi.module.base import LossOutput
@@ -13,7 +14,7 @@ if TYPE_CHECKING:
     from ._module import ModuleAEModule
 
 
-class ModuleAETrainingPlan(TrainingPlan):
+class ModuleAETrainingPlan(EpochTrainingPlan):
     r""":class:`~scvi.train.TrainingPlan` for :class:`~scsalient.model.moduleae.ModuleAEModule`.
 
     Logs, once per epoch and for ``train`` and ``validation``, ``reconstruction_loss_{mode}``
@@ -81,6 +82,7 @@ class ModuleAETrainingPlan(TrainingPlan):
             ``"train"`` or ``"validation"``.
         """
         n_obs = loss_output.n_obs_minibatch
-        log = {"on_step": False, "on_epoch": True, "batch_size": n_obs, "sync_dist": self.use_sync_dist}
-        self.log(f"reconstruction_loss_{mode}", loss_output.reconstruction_loss_sum.detach() / n_obs, **log)
-        self.log(f"orthogonality_error_{mode}", self.module.orthogonality_error().detach(), **log)
+        self.log_epoch(
+            f"reconstruction_loss_{mode}", loss_output.reconstruction_loss_sum.detach() / n_obs, n_obs
+        )
+        self.log_epoch(f"orthogonality_error_{mode}", self.module.orthogonality_error().detach(), n_obs)

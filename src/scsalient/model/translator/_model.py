@@ -15,12 +15,12 @@ from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import MuDataCategoricalObsField, MuDataWrapper
 from scvi.model.base import BaseModelClass
-from scvi.train import TrainingPlan
 from scvi.utils import setup_anndata_dsp
 from tqdm.auto import tqdm
 
 from scsalient.model.base import (
     AccessibilityLayerField,
+    EpochTrainingPlan,
     ExpressionLayerField,
     TrainingMixin,
     align_genes,
@@ -51,7 +51,7 @@ _LAYER_ARG = {"rna": "rna_layer", "atac": "atac_layer"}
 _WHAT = {"rna": "genes", "atac": "peaks"}
 
 
-class TranslatorTrainingPlan(TrainingPlan):
+class TranslatorTrainingPlan(EpochTrainingPlan):
     """Training plan logging each loss term of the Translator network.
 
     Logs ``rna_from_rna``, ``rna_from_atac``, ``atac_from_atac``, ``atac_from_atac`` and
@@ -79,10 +79,6 @@ class TranslatorTrainingPlan(TrainingPlan):
             module, lr=lr, weight_decay=weight_decay, eps=eps, optimizer=optimizer, **loss_kwargs
         )
 
-    def on_train_start(self) -> None:
-        """Put the module in training mode (Lightning >= 2.6 no longer does)."""
-        self.module.train()
-
     def compute_and_log_metrics(self, loss_output: LossOutput, metrics: dict, mode: str) -> None:
         """Log the mean of every loss term for ``mode``.
 
@@ -98,14 +94,7 @@ class TranslatorTrainingPlan(TrainingPlan):
         n_obs = loss_output.n_obs_minibatch
         terms = {**loss_output.reconstruction_loss, **loss_output.kl_local}
         for key, value in terms.items():
-            self.log(
-                f"{key}_{mode}",
-                value.detach().mean(),
-                on_step=False,
-                on_epoch=True,
-                batch_size=n_obs,
-                sync_dist=self.use_sync_dist,
-            )
+            self.log_epoch(f"{key}_{mode}", value.detach().mean(), n_obs)
 
 
 class Translator(TrainingMixin, BaseModelClass):
