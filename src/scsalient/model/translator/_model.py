@@ -54,7 +54,7 @@ _WHAT = {"rna": "genes", "atac": "peaks"}
 class TranslatorTrainingPlan(EpochTrainingPlan):
     """Training plan logging each loss term of the Translator network.
 
-    Logs ``rna_from_rna``, ``rna_from_atac``, ``atac_from_atac``, ``atac_from_atac`` and
+    Logs ``rna_from_rna``, ``rna_from_atac``, ``atac_from_rna``, ``atac_from_atac`` and
     ``alignment`` (means per cell) with the suffix ``_train`` / ``_validation``, plus
     ``train_loss`` / ``validation_loss``. Puts the module in training mode when a fit starts.
 
