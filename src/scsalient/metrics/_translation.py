@@ -10,6 +10,8 @@ from anndata import AnnData
 from scipy import sparse
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from scsalient._utils import log1p_cp10k_block
+
 Modality = Literal["rna", "atac"]
 
 
@@ -66,7 +68,7 @@ def translation_scores(
         if not (true.obs_names.equals(pred.obs_names) and true.var_names.equals(pred.var_names)):
             raise ValueError("true and pred AnnData differ in obs_names or var_names (order included).")
     if modality == "rna":
-        y = _log1p_cp10k(y)
+        y = log1p_cp10k_block(y)
         return {
             "rmse": float(np.sqrt(np.mean((y - p) ** 2))),
             "pearson_per_cell": _mean_pearson(y, p, axis=1),
@@ -152,17 +154,10 @@ def feature_means(data, modality: Modality = "atac", *, layer: str | None = None
     total, n = None, 0
     for start in range(0, x.shape[0], 4096):
         block = _to_dense(x[start : start + 4096])
-        s = _log1p_cp10k(block).sum(axis=0)
+        s = log1p_cp10k_block(block).sum(axis=0)
         total = s if total is None else total + s
         n += block.shape[0]
     return (total / n).astype(np.float32)
-
-
-def _log1p_cp10k(counts: np.ndarray) -> np.ndarray:
-    """log1p of counts per 10,000 per cell (all-zero cells stay zero)."""
-    counts = np.asarray(counts, dtype=np.float32)
-    library = counts.sum(axis=1, keepdims=True)
-    return np.log1p(counts * (1e4 / np.maximum(library, 1e-8)))
 
 
 def _matrix(data, layer: str | None):

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from scipy import sparse
 
 from scsalient._constants import TranslatorKeys
+from scsalient._utils import log1p_cp10k_block
 from scsalient.metrics import feature_means
 
 from ._utils import finish_plot, panel_grid
@@ -93,9 +94,10 @@ def translation_scatter(
     if missing:
         raise KeyError(f"Features {missing[:5]} are not in both true and pred.")
     figure, axes = panel_grid(len(features), ncols=ncols, panel_size=(3.0, 2.8))
-    observed = _dense(true[:, features].X)
-    if modality == "rna":
-        observed = np.log1p(observed / np.maximum(_dense(true.X).sum(1, keepdims=True), 1e-8) * 1e4)
+    if modality == "rna":  # normalised by each cell's library over all genes
+        observed = log1p_cp10k_block(_dense(true.X))[:, true.var_names.get_indexer(features)]
+    else:
+        observed = _dense(true[:, features].X)
     predicted = np.asarray(pred[:, features].X, dtype=np.float32)
     for i, (feature, panel) in enumerate(zip(features, axes)):
         if modality == "rna":

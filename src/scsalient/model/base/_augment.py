@@ -17,8 +17,9 @@ from sklearn.cluster import KMeans
 from torch import nn
 from tqdm.auto import tqdm
 
+from scsalient._utils import log1p_cp10k_block
+
 from ._blocks import read_rows
-from ._moments import log1p_cp10k_block
 
 logger = logging.getLogger(__name__)
 

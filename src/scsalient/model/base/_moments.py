@@ -5,18 +5,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
+from scsalient._utils import log1p_cp10k_block
+
 from ._blocks import read_rows
-
-
-def log1p_cp10k_block(block) -> np.ndarray | sparse.csr_matrix:
-    """log1p(CP10k) of a block of counts (dense or CSR), in float32."""
-    totals = np.asarray(block.sum(axis=1)).ravel()
-    scale = 1e4 / np.maximum(totals, 1e-8)
-    if sparse.issparse(block):
-        out = sparse.csr_matrix(sparse.diags(scale.astype(np.float32)) @ block, dtype=np.float32)
-        out.data = np.log1p(out.data)
-        return out
-    return np.log1p(np.asarray(block, dtype=np.float32) * scale[:, None])
 
 
 def expression_moments(
