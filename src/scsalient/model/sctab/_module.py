@@ -249,7 +249,6 @@ class SCTABModule(BaseModuleClass):
         self.n_d, self.n_a, self.n_steps, self.gamma = n_d, n_a, n_steps, gamma
         self.lambda_sparse = lambda_sparse
         self.normalize_input = normalize_input
-        self.augment = True
         width = n_d + n_a
         self.input_bn = MemberBatchNorm(n_members, n_input, None, momentum=0.01)
         shared = nn.ModuleList(
@@ -299,7 +298,7 @@ class SCTABModule(BaseModuleClass):
         (:math:`\sum_g M \log M` averaged over cells and steps, per member, ``(E,)``).
         """
         x = self.prepare_input(x)
-        if self.training and self.augment:
+        if self.training:  # each member its own batch-difference draws (none without vectors)
             x = self.batch_shift(x, n_draws=self.n_members)
         else:
             x = x.unsqueeze(0).expand(self.n_members, *x.shape)
