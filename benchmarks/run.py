@@ -44,8 +44,9 @@ from systems import SYSTEMS  # noqa: E402
 
 BUDGET_DATASETS = {"quick": ["kang", "mop"], "full": ["kang", "mop", "spectra"]}
 BUDGET_SEEDS = {"quick": [0], "full": [0, 1, 2]}
-#: scripts run after the classification benchmark, each as ``script --budget B --out DIR``
+#: scripts run after the classification benchmark, each as ``script [args] --budget B --out DIR``
 EXTRA_BENCHMARKS = [
+    "ablation.py --split inner",
     "ablation.py",
     "markers.py",
     "markers_simulated.py",
@@ -433,7 +434,9 @@ def main_suite(args: argparse.Namespace) -> None:
 
     if not args.no_markers:
         for script in EXTRA_BENCHMARKS:
-            command = [sys.executable, str(BENCH_DIR / script), "--budget", budget, "--out", str(args.out)]
+            name, *extra = script.split()
+            command = [sys.executable, str(BENCH_DIR / name), *extra]
+            command += ["--budget", budget, "--out", str(args.out)]
             print(f"[run] {script} ...", flush=True)
             returncode = subprocess.run(command, check=False).returncode
             if returncode:
