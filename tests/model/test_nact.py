@@ -231,8 +231,8 @@ def test_bad_hyperparameters_raise(sim):
 
 
 def test_parameter_count_formula():
-    for rank in (None, 16):
-        kwargs = {"n_blocks": 2, "n_heads": 3, "n_hidden_ff": 7, "attention_rank": rank}
+    for rank, members in ((None, 1), (16, 1), (None, 3)):
+        kwargs = {"n_blocks": 2, "n_heads": 3, "n_hidden_ff": 7, "attention_rank": rank, "n_members": members}
         module = NACTModule(50, 4, **kwargs)
         actual = sum(p.numel() for p in module.parameters())
         assert NACTModule.n_parameters(50, 4, **kwargs) == actual
@@ -362,7 +362,7 @@ def test_standardized_attention_input_uses_training_moments_and_finds_own_marker
     published, _, _ = _own_marker_precision("expression")
     precision, model, adata = _own_marker_precision("standardized")
     assert precision >= 0.45 and precision > published + 0.05
-    assert not model.module.attention.layers.bias.requires_grad
+    assert not model.module.members[0].attention.layers.bias.requires_grad
     # the buffers hold the per-gene moments of log1p(CP10k) over the training cells ...
     x = adata.X.toarray()
     lognorm = np.log1p(x / x.sum(axis=1, keepdims=True) * 1e4)
@@ -371,7 +371,47 @@ def test_standardized_attention_input_uses_training_moments_and_finds_own_marker
     # ... so the attention logits of every gene average to zero over those cells
     with torch.no_grad():
         query = (torch.from_numpy(lognorm).float() - model.module.gene_mean) / model.module.gene_scale
-        logits = model.module.attention(query)
+        logits = model.module.members[0].attention(query)
     assert float(logits.mean(dim=0).abs().max()) < 1e-3 * float(logits.abs().mean())
     with pytest.raises(ValueError, match="attention_input"):
         ss.model.NACT(adata, attention_input="zscore")
+
+
+def test_ensemble_averages_its_members(sim, tmp_path):
+    adata = sim.copy()
+    ss.model.NACT.setup_anndata(adata, labels_key="cell_type", batch_key="donor")
+    model = ss.model.NACT(adata, n_ensemble=3)
+    assert "3 ensemble members" in model._model_summary_string
+    model.train(max_epochs=10, early_stopping=False, enable_progress_bar=False)
+    module = model.module
+    assert module.n_members == 3
+    # independently initialised and trained: the members' weights differ
+    classifiers = [member.classifier.weight.detach() for member in module.members]
+    assert not torch.allclose(classifiers[0], classifiers[1])
+    held_out = model.validation_indices
+    truth = adata.obs["cell_type"].to_numpy()[held_out]
+    assert f1_score(truth, model.predict(indices=held_out), average="macro") >= 0.95
+    # probabilities and attention are the members' means
+    x = torch.from_numpy(adata.X[held_out[:50]].toarray()).float()
+    module.eval()
+    with torch.no_grad():
+        out = module.inference(x)
+        members = [m(module.prepare_input(x), module.prepare_input(x), True) for m in module.members]
+    mean_probs = torch.stack([torch.softmax(logits, -1) for logits, _ in members]).mean(0)
+    mean_attention = torch.stack([attention for _, attention in members]).mean(0)
+    np.testing.assert_allclose(torch.softmax(out["logits"], -1).numpy(), mean_probs.numpy(), atol=1e-6)
+    np.testing.assert_allclose(out["attention"].numpy(), mean_attention.numpy(), atol=1e-6)
+    soft = model.predict(indices=held_out[:50], soft=True)
+    np.testing.assert_allclose(soft.to_numpy(), mean_probs.numpy(), atol=1e-5)
+    attention = model.get_attention(indices=held_out[:50])
+    np.testing.assert_allclose(attention.sum(axis=1), 1.0, atol=1e-5)
+    # each member learned on its own: every member alone classifies the held-out cells
+    for logits, _ in members:
+        assert (logits.argmax(-1).numpy() == soft.to_numpy().argmax(1)).mean() >= 0.9
+    model.save(tmp_path / "ensemble")
+    loaded = ss.model.NACT.load(tmp_path / "ensemble", adata=adata)
+    assert loaded.module.n_members == 3
+    reloaded = loaded.predict(indices=held_out[:50], soft=True)
+    np.testing.assert_allclose(reloaded.to_numpy(), soft.to_numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="n_ensemble"):
+        ss.model.NACT(adata, n_ensemble=0)

@@ -94,6 +94,12 @@ class NACT(ClassifierMixin, BaseModelClass):
         standard deviation over the training cells, without a bias, so it cannot prefer a gene
         in every cell alike and must attend to what sets a cell apart (see Notes);
         ``"centered"``: centred only.
+    n_ensemble
+        Number of N-ACT networks in a deep ensemble :cite:p:`Lakshminarayanan2017`, trained
+        together from independent initialisations (each on its own cross-entropy, batch shifts
+        and input dropout). Predictions are the mean of the members' class probabilities and
+        the attention is the mean of their attention. Training time and memory grow with the
+        number of members (see Notes).
 
     Notes
     -----
@@ -164,8 +170,11 @@ class NACT(ClassifierMixin, BaseModelClass):
         attention_init: Literal["zeros", "xavier"] = "zeros",
         mask_unexpressed: bool = True,
         attention_input: Literal["expression", "centered", "standardized"] = "expression",
+        n_ensemble: int = 1,
     ):
         super().__init__(adata, registry)
+        if int(n_ensemble) != n_ensemble or n_ensemble < 1:
+            raise ValueError(f"n_ensemble must be a positive integer, got {n_ensemble!r}.")
         if n_blocks < 0 or n_heads < 1 or n_hidden_ff < 1:
             raise ValueError("n_blocks must be >= 0, n_heads and n_hidden_ff >= 1.")
         if not 0.0 <= dropout < 1.0:
@@ -180,6 +189,7 @@ class NACT(ClassifierMixin, BaseModelClass):
             "n_heads": n_heads,
             "n_hidden_ff": n_hidden_ff,
             "attention_rank": attention_rank,
+            "n_members": int(n_ensemble),
         }
         n_params = NACTModule.n_parameters(n_genes, self.summary_stats.n_labels, **module_kwargs)
         check_training_memory(n_params, 0, device="cpu", hint=self._memory_hint(attention_rank))
@@ -197,7 +207,9 @@ class NACT(ClassifierMixin, BaseModelClass):
         rank = "full" if attention_rank is None else f"rank {attention_rank}"
         self._model_summary_string = (
             f"NACT: {n_genes} genes ({self.input_kind}), {self.summary_stats.n_labels} classes, "
-            f"{rank} attention, {n_blocks} blocks x {n_heads} heads, {n_params:,} parameters"
+            f"{rank} attention, {n_blocks} blocks x {n_heads} heads"
+            + (f", {n_ensemble} ensemble members" if n_ensemble > 1 else "")
+            + f", {n_params:,} parameters"
         )
         self.init_params_ = self._get_init_params(locals())
 
@@ -216,7 +228,8 @@ class NACT(ClassifierMixin, BaseModelClass):
     def _memory_hint(attention_rank: int | None) -> str:
         if attention_rank is None:
             return (
-                "Use a low-rank attention (e.g. attention_rank=256) or fewer genes (highly variable genes)."
+                "Use a low-rank attention (e.g. attention_rank=256), fewer genes (highly variable genes) "
+                "or fewer ensemble members."
             )
         return "Lower attention_rank, the batch size, or the number of genes."
 
@@ -386,7 +399,7 @@ class NACT(ClassifierMixin, BaseModelClass):
             "balance_classes": chosen["balance_classes"],
             **(plan_kwargs or {}),
         }
-        n_genes, n_blocks = self.module.n_input, len(self.module.blocks)
+        n_genes, n_blocks = self.module.n_input, self.module.n_blocks
         self._train_classifier(
             max_epochs=int(chosen["max_epochs"]),
             batch_size=int(chosen["batch_size"]),
@@ -398,7 +411,7 @@ class NACT(ClassifierMixin, BaseModelClass):
             devices=devices,
             plan_kwargs=plan,
             datasplitter_kwargs=datasplitter_kwargs,
-            activation_floats_per_cell=n_genes * (4 + 8 * n_blocks),
+            activation_floats_per_cell=self.module.n_members * n_genes * (4 + 8 * n_blocks),
             memory_hint=self._memory_hint(self.init_params_["non_kwargs"]["attention_rank"]),
             **trainer_kwargs,
         )

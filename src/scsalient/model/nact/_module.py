@@ -66,6 +66,52 @@ class ProjectionBlock(nn.Module):
         return self.norm_feed_forward(z + self.dropout(self.feed_forward(z)))
 
 
+class NACTNetwork(nn.Module):
+    """One N-ACT network: gene attention map, projection blocks and classification head.
+
+    Parameters are those of :class:`NACTModule`; ``fixed_bias`` freezes the attention bias at 0
+    (for centred attention inputs).
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        n_labels: int,
+        *,
+        n_blocks: int,
+        n_heads: int,
+        n_hidden_ff: int,
+        dropout: float,
+        attention_rank: int | None,
+        attention_init: Literal["zeros", "xavier"],
+        fixed_bias: bool,
+    ):
+        super().__init__()
+        self.attention = GeneMap(n_input, n_input, attention_rank)
+        last = self.attention.layers if attention_rank is None else self.attention.layers[-1]
+        if attention_init == "zeros":
+            nn.init.zeros_(last.weight)
+        if fixed_bias:
+            # centred input and no bias: the attention logits average to zero over the cells
+            nn.init.zeros_(last.bias)
+            last.bias.requires_grad_(False)
+        self.blocks = nn.ModuleList(
+            ProjectionBlock(n_input, n_heads, n_hidden_ff, dropout, attention_rank) for _ in range(n_blocks)
+        )
+        self.classifier = nn.Linear(n_input, n_labels)
+        xavier_init(self.classifier)
+
+    def forward(
+        self, x: torch.Tensor, query: torch.Tensor, mask_unexpressed: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class logits and attention of cells ``x`` whose attention map reads ``query``."""
+        attention = attention_softmax(self.attention(query), x, mask_unexpressed)
+        h = attention * x
+        for block in self.blocks:
+            h = block(h)
+        return self.classifier(h), attention
+
+
 class NACTModule(BaseModuleClass):
     r"""Torch module of :class:`~scsalient.model.NACT`.
 
@@ -111,12 +157,17 @@ class NACTModule(BaseModuleClass):
         deviation over the training cells, held in the buffers ``gene_mean`` and ``gene_scale``,
         and no bias), so that no gene can be preferred in every cell alike; ``"centered"``
         (centred only).
+    n_members
+        Networks in the deep ensemble :cite:p:`Lakshminarayanan2017` (``members``), trained
+        together on the same minibatches from independent initialisations, each on its own
+        cross-entropy. The class probabilities are the mean of the members' probabilities and
+        the attention is the mean of their attention (rows still sum to 1).
 
     Notes
     -----
     At training time, before the input dropout, each cell may be shifted by a batch-difference
     vector (:class:`~scsalient.model.base._augment.BatchShift`, empty unless the model sets
-    vectors).
+    vectors); each member draws its own shifts and input dropout.
     """
 
     def __init__(
@@ -135,36 +186,46 @@ class NACTModule(BaseModuleClass):
         mask_unexpressed: bool = True,
         class_weights: torch.Tensor | None = None,
         attention_input: Literal["expression", "centered", "standardized"] = "expression",
+        n_members: int = 1,
     ):
         super().__init__()
         if attention_input not in ATTENTION_INPUTS:
             raise ValueError(f"attention_input must be one of {ATTENTION_INPUTS}, got {attention_input!r}.")
+        if attention_init not in ("zeros", "xavier"):
+            raise ValueError(f"attention_init must be 'zeros' or 'xavier', got {attention_init!r}.")
+        if int(n_members) != n_members or n_members < 1:
+            raise ValueError(f"n_members must be a positive integer, got {n_members!r}.")
         self.attention_input = attention_input
         self.n_input = n_input
         self.n_labels = n_labels
+        self.n_members = int(n_members)
         self.normalize_input = normalize_input
-        self.attention = GeneMap(n_input, n_input, attention_rank)
-        if attention_init not in ("zeros", "xavier"):
-            raise ValueError(f"attention_init must be 'zeros' or 'xavier', got {attention_init!r}.")
-        last = self.attention.layers if attention_rank is None else self.attention.layers[-1]
-        if attention_init == "zeros":
-            nn.init.zeros_(last.weight)
-        if attention_input != "expression":
-            # centred input and no bias: the attention logits average to zero over the cells
-            nn.init.zeros_(last.bias)
-            last.bias.requires_grad_(False)
+        self.members = nn.ModuleList(
+            NACTNetwork(
+                n_input,
+                n_labels,
+                n_blocks=n_blocks,
+                n_heads=n_heads,
+                n_hidden_ff=n_hidden_ff,
+                dropout=dropout,
+                attention_rank=attention_rank,
+                attention_init=attention_init,
+                fixed_bias=attention_input != "expression",
+            )
+            for _ in range(self.n_members)
+        )
         self.register_buffer("gene_mean", torch.zeros(n_input))
         self.register_buffer("gene_scale", torch.ones(n_input))
         self.input_dropout = nn.Dropout(input_dropout)
         self.mask_unexpressed = mask_unexpressed
-        self.blocks = nn.ModuleList(
-            ProjectionBlock(n_input, n_heads, n_hidden_ff, dropout, attention_rank) for _ in range(n_blocks)
-        )
-        self.classifier = nn.Linear(n_input, n_labels)
-        xavier_init(self.classifier)
         self.batch_shift = BatchShift(n_input)
         weights = torch.ones(n_labels) if class_weights is None else torch.as_tensor(class_weights).float()
         self.register_buffer("class_weights", weights)
+
+    @property
+    def n_blocks(self) -> int:
+        """Projection blocks per member."""
+        return len(self.members[0].blocks)
 
     def set_gene_moments(self, mean: torch.Tensor, sd: torch.Tensor) -> None:
         """Per-gene mean and standard deviation of the training cells, for the attention input.
@@ -193,6 +254,7 @@ class NACTModule(BaseModuleClass):
         n_heads: int = 8,
         n_hidden_ff: int = 128,
         attention_rank: int | None = None,
+        n_members: int = 1,
         **_,
     ) -> int:
         """Number of trainable parameters, computed without building the network."""
@@ -204,7 +266,8 @@ class NACTModule(BaseModuleClass):
         head_rank = None if attention_rank is None else max(1, attention_rank // n_heads)
         block = sum(gene_map(size, head_rank) for size in split_sizes(g, n_heads))
         block += 2 * g * n_hidden_ff + n_hidden_ff + g + 4 * g  # feed-forward + two LayerNorms
-        return gene_map(g, attention_rank) + n_blocks * block + g * n_labels + n_labels
+        member = gene_map(g, attention_rank) + n_blocks * block + g * n_labels + n_labels
+        return n_members * member
 
     def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
         return {"x": tensors[REGISTRY_KEYS.X_KEY]}
@@ -218,18 +281,36 @@ class NACTModule(BaseModuleClass):
 
     @auto_move_data
     def inference(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Attention, gene scores and class logits for a minibatch of cells."""
+        """Attention and class logits for a minibatch of cells.
+
+        Returns ``member_logits`` ``(E, B, C)``, ``logits`` (log of the mean member
+        probabilities, ``(B, C)``) and ``attention`` (the members' mean, ``(B, G)``).
+        """
         x = self.prepare_input(x)
-        if self.training:
-            x = self.input_dropout(self.batch_shift(x))
-        # a gene the cell does not express scores a * 0 = 0 whatever its attention; keeping it
-        # out of the softmax puts the cell's attention on the genes it expresses
-        query = x if self.attention_input == "expression" else (x - self.gene_mean) / self.gene_scale
-        attention = attention_softmax(self.attention(query), x, self.mask_unexpressed)
-        h = attention * x
-        for block in self.blocks:
-            h = block(h)
-        return {"logits": self.classifier(h), "attention": attention}
+        if self.training:  # each member its own batch-difference draws (none without vectors)
+            xs = self.batch_shift(x, n_draws=self.n_members)
+        else:
+            xs = x.unsqueeze(0).expand(self.n_members, *x.shape)
+        member_logits, attention = [], 0.0
+        for member, x_member in zip(self.members, xs):
+            if self.training:
+                x_member = self.input_dropout(x_member)
+            # a gene the cell does not express scores a * 0 = 0 whatever its attention; keeping it
+            # out of the softmax puts the cell's attention on the genes it expresses
+            query = (
+                x_member
+                if self.attention_input == "expression"
+                else (x_member - self.gene_mean) / self.gene_scale
+            )
+            logits, member_attention = member(x_member, query, self.mask_unexpressed)
+            member_logits.append(logits)
+            attention = attention + member_attention / self.n_members
+        member_logits = torch.stack(member_logits)
+        if self.n_members == 1:
+            logits = member_logits[0]
+        else:
+            logits = torch.log(torch.softmax(member_logits, dim=-1).mean(0).clamp_min(1e-12))
+        return {"member_logits": member_logits, "logits": logits, "attention": attention}
 
     def generative(self, **kwargs) -> dict:
         """N-ACT is discriminative: nothing to generate."""
@@ -243,20 +324,25 @@ class NACTModule(BaseModuleClass):
         label_smoothing: float = 0.0,
         balance_classes: bool = False,
     ) -> LossOutput:
-        """Cross-entropy between the logits and the registered labels.
+        """Cross-entropy between each member's logits and the registered labels, summed over members.
 
         With ``balance_classes`` each class is weighted by ``class_weights``; with
         ``label_smoothing`` the targets are smoothed towards the uniform distribution.
         """
-        logits = inference_outputs["logits"]
         labels = tensors[REGISTRY_KEYS.LABELS_KEY].view(-1).long()
         weight = self.class_weights if balance_classes else None
-        ce = F.cross_entropy(logits, labels, weight=weight, label_smoothing=label_smoothing)
+        # each member is trained on its own cross-entropy, as if it were trained alone
+        ce = torch.stack(
+            [
+                F.cross_entropy(logits, labels, weight=weight, label_smoothing=label_smoothing)
+                for logits in inference_outputs["member_logits"]
+            ]
+        )
         return LossOutput(
-            loss=ce,
+            loss=ce.sum(),
             n_obs_minibatch=labels.shape[0],
-            classification_loss=ce,
-            logits=logits,
+            classification_loss=ce.mean(),
+            logits=inference_outputs["logits"],
             true_labels=labels,
         )
 
