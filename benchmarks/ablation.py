@@ -76,6 +76,7 @@ STEPS = {
             {},
             {"label_smoothing": 0.1},
         ),
+        ("default + 5-member ensemble (n_ensemble=5)", {"batch_key": "BATCH"}, {"n_ensemble": 5}, {}),
     ],
     "sctab": [
         ("paper preset, 1 member", {}, {"n_ensemble": 1}, {"preset": "paper"}),
