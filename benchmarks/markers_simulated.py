@@ -72,6 +72,24 @@ N_TOPS = (100, 25)
 SEEDS = {"quick": [0], "full": [0, 1, 2]}
 
 
+def salient_rankings(
+    adata, label: str, plain: str, attention_key: str = "nact_attention"
+) -> dict[str, dict[str, list[str]]]:
+    """Salient genes per type at each ``n_top``, with TF-IDF and plain (named ``plain``)."""
+    import scsalient as ss
+
+    rankings = {}
+    for n_top in N_TOPS:
+        for tfidf in (True, False):
+            record = ss.tl.salient_genes(
+                adata, "cell_type", attention_key=attention_key, n_top=n_top, tfidf=tfidf, inplace=False
+            )
+            names = record["names"]
+            name = f"{label}, {'TF-IDF' if tfidf else plain}, n_top={n_top}"
+            rankings[name] = {str(c): list(pd.DataFrame(names)[c]) for c in names.dtype.names}
+    return rankings
+
+
 def rank_one_seed(seed: int) -> dict[str, dict[str, list[str]]]:
     import scanpy as sc
     import scvi
@@ -87,27 +105,14 @@ def rank_one_seed(seed: int) -> dict[str, dict[str, list[str]]]:
         model = ss.model.NACT(data, **model_kwargs)
         model.train(max_epochs=30, train_size=1.0, enable_progress_bar=False, **train_kwargs)
         model.annotate()
-        for n_top in N_TOPS:
-            for tfidf in (True, False):
-                record = ss.tl.salient_genes(data, "cell_type", n_top=n_top, tfidf=tfidf, inplace=False)
-                name = f"NACT {setting}, {'TF-IDF' if tfidf else 'mean attention'}, n_top={n_top}"
-                rankings[name] = {
-                    str(c): list(pd.DataFrame(record["names"])[c]) for c in record["names"].dtype.names
-                }
+        rankings.update(salient_rankings(data, f"NACT {setting}", "mean attention"))
     # control: "attention" spread evenly over each cell's detected genes, read out the same way;
     # a learned attention has to beat what detection rates alone give
     detected = (adata.X > 0).astype(np.float32)
     detected = np.asarray(detected.todense()) if hasattr(detected, "todense") else detected
     control = adata.copy()
     control.obsm["detected"] = detected / np.maximum(detected.sum(axis=1, keepdims=True), 1)
-    for n_top in N_TOPS:
-        for tfidf in (True, False):
-            record = ss.tl.salient_genes(
-                control, "cell_type", attention_key="detected", n_top=n_top, tfidf=tfidf, inplace=False
-            )
-            name = f"control: uniform over detected genes, {'TF-IDF' if tfidf else 'mean'}, n_top={n_top}"
-            names = record["names"]
-            rankings[name] = {str(c): list(pd.DataFrame(names)[c]) for c in names.dtype.names}
+    rankings.update(salient_rankings(control, "control: uniform over detected genes", "mean", "detected"))
     lognorm = adata.copy()
     sc.pp.normalize_total(lognorm, target_sum=1e4)
     sc.pp.log1p(lognorm)

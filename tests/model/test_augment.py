@@ -47,6 +47,11 @@ def test_batch_shift_adds_a_signed_vector_and_clamps():
     assert float(out.min()) >= AUGMENT_CLAMP[0]
     members = shift(x, n_draws=4)
     assert members.shape == (4, 500, 3) and not torch.equal(members[0], members[1])
+    # outside training the cells pass through unchanged (repeated per member)
+    shift.eval()
+    assert torch.equal(shift(x), x)
+    assert torch.equal(shift(x, n_draws=4), x.expand(4, *x.shape))
+    shift.train()
     # the vectors are saved with the module and restored whatever their number
     fresh = BatchShift(3)
     fresh.load_state_dict(shift.state_dict())

@@ -129,7 +129,7 @@ class BatchShift(nn.Module):
     """Adds a random batch-difference vector, with a random sign, to each training cell.
 
     Holds the vectors of :func:`batch_difference_vectors` as a buffer (saved with the model);
-    with no vectors it returns its input unchanged. Expression is clamped to
+    with no vectors, or in evaluation mode, it returns its input unchanged. Expression is clamped to
     ``AUGMENT_CLAMP`` (the log1p(CP10k) range) after the shift.
 
     Parameters
@@ -165,10 +165,11 @@ class BatchShift(nn.Module):
         """Shift the cells ``x`` (cells x genes).
 
         With ``n_draws`` (an ensemble's members), returns ``n_draws x cells x genes``, each
-        draw with its own vectors and signs; without, ``cells x genes``.
+        draw with its own vectors and signs (the unchanged cells, repeated, when there is nothing
+        to add); without, ``cells x genes``.
         """
         shape = (x.shape[0],) if n_draws is None else (n_draws, x.shape[0])
-        if not self.active:
+        if not (self.active and self.training):
             return x if n_draws is None else x.unsqueeze(0).expand(n_draws, *x.shape)
         pick = torch.randint(0, self.vectors.shape[0], shape, device=x.device)
         sign = torch.randint(0, 2, (*shape, 1), device=x.device, dtype=x.dtype) * 2.0 - 1.0

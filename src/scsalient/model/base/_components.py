@@ -63,6 +63,11 @@ class GeneMap(nn.Module):
         return self.layers(x)
 
 
+def mean_probability_logits(member_logits: torch.Tensor) -> torch.Tensor:
+    """Log of the mean of an ensemble's class probabilities: ``(E, B, C)`` logits -> ``(B, C)``."""
+    return torch.log(torch.softmax(member_logits, dim=-1).mean(0).clamp_min(1e-12))
+
+
 def xavier_init(module: nn.Module) -> None:
     """Xavier-uniform weights and zero biases for every linear layer in ``module``."""
     for layer in module.modules():

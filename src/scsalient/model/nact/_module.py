@@ -15,6 +15,7 @@ from scsalient.model.base._components import (
     GeneMap,
     attention_softmax,
     log1p_cp10k,
+    mean_probability_logits,
     split_sizes,
     xavier_init,
 )
@@ -287,10 +288,8 @@ class NACTModule(BaseModuleClass):
         probabilities, ``(B, C)``) and ``attention`` (the members' mean, ``(B, G)``).
         """
         x = self.prepare_input(x)
-        if self.training:  # each member its own batch-difference draws (none without vectors)
-            xs = self.batch_shift(x, n_draws=self.n_members)
-        else:
-            xs = x.unsqueeze(0).expand(self.n_members, *x.shape)
+        # each member its own batch-difference draws (none without vectors or outside training)
+        xs = self.batch_shift(x, n_draws=self.n_members)
         member_logits, attention = [], 0.0
         for member, x_member in zip(self.members, xs):
             if self.training:
@@ -306,11 +305,11 @@ class NACTModule(BaseModuleClass):
             member_logits.append(logits)
             attention = attention + member_attention / self.n_members
         member_logits = torch.stack(member_logits)
-        if self.n_members == 1:
-            logits = member_logits[0]
-        else:
-            logits = torch.log(torch.softmax(member_logits, dim=-1).mean(0).clamp_min(1e-12))
-        return {"member_logits": member_logits, "logits": logits, "attention": attention}
+        return {
+            "member_logits": member_logits,
+            "logits": mean_probability_logits(member_logits),
+            "attention": attention,
+        }
 
     def generative(self, **kwargs) -> dict:
         """N-ACT is discriminative: nothing to generate."""

@@ -12,7 +12,7 @@ from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 
 from scsalient.model.base._augment import BatchShift
-from scsalient.model.base._components import log1p_cp10k
+from scsalient.model.base._components import log1p_cp10k, mean_probability_logits
 
 #: above this many genes, 1.5-entmax partially sorts the top entries instead of sorting all
 _ENTMAX_FULL_SORT_MAX = 1024
@@ -298,10 +298,8 @@ class SCTABModule(BaseModuleClass):
         (:math:`\sum_g M \log M` averaged over cells and steps, per member, ``(E,)``).
         """
         x = self.prepare_input(x)
-        if self.training:  # each member its own batch-difference draws (none without vectors)
-            x = self.batch_shift(x, n_draws=self.n_members)
-        else:
-            x = x.unsqueeze(0).expand(self.n_members, *x.shape)
+        # each member its own batch-difference draws (none without vectors or outside training)
+        x = self.batch_shift(x, n_draws=self.n_members)
         x = self.input_bn(x)
         a = self.initial_transformer(x)[..., self.n_d :]
         prior = torch.ones_like(x)
@@ -322,10 +320,9 @@ class SCTABModule(BaseModuleClass):
         if importance is not None:
             mask = importance / importance.sum(-1, keepdim=True).clamp_min(1e-12)
         member_logits = self.head(embedding)
-        mean_probs = torch.softmax(member_logits, dim=-1).mean(0)
         return {
             "member_logits": member_logits,
-            "logits": torch.log(mean_probs.clamp_min(1e-12)),
+            "logits": mean_probability_logits(member_logits),
             "embedding": embedding,
             "mask": mask,
             "mask_entropy": entropy / self.n_steps,
