@@ -8,11 +8,18 @@ region's ``linked_gene``, against a gene-peak correlation ranking and chance.
 
     python benchmarks/translation.py --budget quick     # minutes on 2 cores
     python benchmarks/translation.py --budget full
+    python benchmarks/translation.py --split inner --systems translator --dropout 0.5
+
+``--split inner`` uses no test cell: the training sub-libraries 09G, 09H and 09I are held out
+and scored, the models train on the other six, and results go to ``translation_inner.{json,md}``
+(with ``--merge``, rows of earlier runs with other systems or Translator settings are kept).
+The Translator's settings are chosen on that table.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import time
@@ -32,6 +39,8 @@ import scsalient as ss
 from scsalient.metrics import feature_means, translation_scores
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: training sub-libraries held out by ``--split inner``
+INNER_SUFFIXES = ("09G", "09H", "09I")
 BUDGETS = {
     "quick": {"translator_epochs": 10, "multivi_epochs": 10, "n_link_peaks": 200},
     "full": {"translator_epochs": 60, "multivi_epochs": 40, "n_link_peaks": 500},
@@ -43,8 +52,12 @@ logger = logging.getLogger("translation")
 # ---------------------------------------------------------------------------------- data
 
 
-def load(n_peaks: int) -> tuple[md.MuData, np.ndarray, np.ndarray]:
-    """Paired MOp data with the ``n_peaks`` peaks most often accessible in training cells."""
+def load(n_peaks: int, split: str = "test") -> tuple[md.MuData, np.ndarray, np.ndarray]:
+    """Paired MOp data with the ``n_peaks`` peaks most often accessible in training cells.
+
+    ``split="inner"`` then holds out the training sub-libraries ``INNER_SUFFIXES`` instead of
+    the test ones (the peaks stay those of the whole training set; no test cell is used).
+    """
     with md.set_options(pull_on_update=False):
         mdata = md.read_h5mu(DATA_DIR / "mop_snareseq2_multiome_10k.h5mu")
     batch = mdata.obs["batch"].astype(str)
@@ -55,6 +68,9 @@ def load(n_peaks: int) -> tuple[md.MuData, np.ndarray, np.ndarray]:
     keep = np.sort(np.argsort(-n_open, kind="stable")[:n_peaks])
     with md.set_options(pull_on_update=False):
         mdata = md.MuData({"rna": mdata["rna"].copy(), "atac": atac[:, keep].copy()}, obs=mdata.obs.copy())
+    if split == "inner":
+        inner = batch.iloc[train].str.endswith(INNER_SUFFIXES).to_numpy()
+        train, test = train[~inner], train[inner]
     return mdata, train, test
 
 
@@ -120,7 +136,7 @@ def translator(mdata, train, budget) -> ss.model.Translator:
         with md.set_options(pull_on_update=False):
             paired = md.MuData({"rna": mdata["rna"][train].copy(), "atac": mdata["atac"][train].copy()})
         ss.model.Translator.setup_mudata(paired)
-        model = ss.model.Translator(paired)
+        model = ss.model.Translator(paired, **budget.get("translator", {}))
         model.train(
             max_epochs=budget["translator_epochs"], lr=1e-3, enable_progress_bar=False, early_stopping=True
         )
@@ -189,10 +205,12 @@ def link_recovery(mdata, train, budget, seed: int = 0) -> dict:
 
 
 def render(results: dict) -> str:
+    inner = results.get("split") == "inner"
     lines = [
-        "# RNA <-> ATAC translation on MOp SNARE-seq2",
+        "# RNA <-> ATAC translation on MOp SNARE-seq2" + (" (inner split)" if inner else ""),
         "",
-        f"Held-out sub-libraries {', '.join(MOP_TEST_SUFFIXES)} ({results['n_test']} test / "
+        f"Held-out sub-libraries {', '.join(INNER_SUFFIXES if inner else MOP_TEST_SUFFIXES)} "
+        f"({results['n_test']} {'held-out training' if inner else 'test'} / "
         f"{results['n_train']} training cells); {results['n_genes']} genes, the {results['n_peaks']} peaks "
         f"most often accessible in training cells. Budget `{results['budget']}` ({results['settings']}).",
         "",
@@ -218,11 +236,25 @@ def render(results: dict) -> str:
     for row in results["rows"]:
         if row["direction"] == "rna_to_atac":
             lines.append(
-                f"| {row['system']} | {row['auroc']:.3f} | {row['auprc']:.3f} | "
+                f"| {row['system']} | {row['auroc']:.3f} | {row['auprc']:.4f} | "
                 f"{row['auroc_per_cell']:.3f} | "
-                f"{row['auprc_per_cell']:.3f} | {row['rmse']:.4f} | {row['pearson_per_cell']:.3f} | "
+                f"{row['auprc_per_cell']:.4f} | {row['rmse']:.4f} | {row['pearson_per_cell']:.3f} | "
                 f"{row['seconds']:.0f} |"
             )
+    if inner:
+        lines += [
+            "",
+            "No test cell is used here: the Translator's settings are chosen on this table.",
+        ]
+    elif any(row["system"].startswith("translator (") for row in results["rows"]):
+        lines += [
+            "",
+            "`translator` is the default model; rows with a dropout in brackets are the same model "
+            "at another dropout, run for comparison (the dropout is chosen on the inner split, "
+            "`translation_inner.md`).",
+        ]
+    if "threads" in results:
+        lines += ["", f"Times: {results['threads']} CPU thread(s) per benchmark process."]
     zeros = results.get("all_zeros_rmse_atac")
     if zeros is not None:
         lines += [
@@ -256,14 +288,16 @@ def main() -> None:
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="quick")
     parser.add_argument("--systems", nargs="+", choices=sorted(SYSTEMS), default=list(SYSTEMS))
     parser.add_argument("--epochs", type=int, help="override the Translator's epochs of the budget")
-    parser.add_argument("--n-peaks", type=int, default=20_000)
+    parser.add_argument("--n-peaks", type=int, default=10_000)
+    parser.add_argument("--split", choices=["test", "inner"], default="test")
+    parser.add_argument("--dropout", type=float, help="Translator dropout (default: the model's)")
     parser.add_argument("--no-links", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--merge",
         action="store_true",
-        help="keep the rows of systems not run now from an existing translation.json of the same settings",
+        help="keep the rows of systems not run now from an existing results file of the same settings",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -274,24 +308,35 @@ def main() -> None:
     budget = dict(BUDGETS[args.budget])
     if args.epochs:
         budget["translator_epochs"] = args.epochs
-    mdata, train, test = load(args.n_peaks)
+    settings = ", ".join(f"{k} {v}" for k, v in budget.items())
+    label = {system: system for system in args.systems}
+    default_dropout = inspect.signature(ss.model.Translator).parameters["dropout"].default
+    if args.dropout is not None:
+        budget["translator"] = {"dropout": args.dropout}
+    if args.dropout is not None or args.split == "inner":
+        dropout = default_dropout if args.dropout is None else args.dropout
+        default = ", default" if dropout == default_dropout else ""
+        label["translator"] = f"translator (dropout {dropout:g}{default})"
+    mdata, train, test = load(args.n_peaks, args.split)
     results = {
+        "split": args.split,
+        "threads": args.threads,
         "budget": args.budget,
-        "settings": ", ".join(f"{k} {v}" for k, v in budget.items()),
+        "settings": settings,
         "n_train": int(len(train)),
         "n_test": int(len(test)),
         "n_genes": int(mdata["rna"].n_vars),
         "n_peaks": int(mdata["atac"].n_vars),
         "rows": [],
     }
-    previous = args.out / "translation.json"
+    previous = args.out / f"{stem(results)}.json"
     if args.merge and previous.exists():
         old = json.loads(previous.read_text())
         same = ("budget", "settings", "n_train", "n_test", "n_genes", "n_peaks")
         if any(old.get(key) != results[key] for key in same):
             raise SystemExit(f"--merge: {previous} was run with other settings; run without --merge")
-        results["rows"] = [row for row in old["rows"] if row["system"] not in args.systems]
-        if "links" in old and "translator" not in args.systems:
+        results["rows"] = [row for row in old["rows"] if row["system"] not in label.values()]
+        if "links" in old and ("translator" not in args.systems or args.no_links):
             results["links"] = old["links"]
     truth = {"rna": mdata["rna"].X[test], "atac": mdata["atac"].X[test]}
     zeros = translation_scores(truth["atac"], np.zeros(truth["atac"].shape, np.float32), "atac")
@@ -303,7 +348,8 @@ def main() -> None:
             pred = SYSTEMS[system](mdata, train, test, source, target, budget)
             seconds = time.perf_counter() - start
             scores = translation_scores(truth[target], np.asarray(pred, np.float32), target)
-            results["rows"].append({"system": system, "direction": direction, "seconds": seconds, **scores})
+            row = {"system": label[system], "direction": direction, "seconds": seconds, **scores}
+            results["rows"].append(row)
             logger.info("%s", {k: round(v, 4) for k, v in scores.items()})
             write(results, args.out)  # partial results survive an interrupted run
         if system == "translator" and not args.no_links:
@@ -313,10 +359,15 @@ def main() -> None:
     print(render(results))
 
 
+def stem(results: dict) -> str:
+    """File name of the results: ``translation`` or ``translation_inner``."""
+    return "translation_inner" if results.get("split") == "inner" else "translation"
+
+
 def write(results: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "translation.json").write_text(json.dumps(results, indent=2))
-    (out / "translation.md").write_text(render(results))
+    (out / f"{stem(results)}.json").write_text(json.dumps(results, indent=2))
+    (out / f"{stem(results)}.md").write_text(render(results))
 
 
 if __name__ == "__main__":
