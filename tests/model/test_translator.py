@@ -30,7 +30,7 @@ def trained(sim):
     scvi.settings.seed = 0  # module fixtures run before the autouse seed fixture
     mdata = sim.copy()
     ss.model.Translator.setup_mudata(mdata)
-    model = ss.model.Translator(mdata, dropout=0.2)
+    model = ss.model.Translator(mdata)  # the defaults: dropout 0.3 keeps the planted links
     model.train(max_epochs=60, lr=3e-3, enable_progress_bar=False)
     return model, mdata
 

@@ -106,7 +106,7 @@ class TranslatorModule(BaseModuleClass):
         n_latent: int = 64,
         n_hidden: int = 256,
         n_layers: int = 1,
-        dropout: float = 0.7,
+        dropout: float = 0.3,
         rna_attention_rank: int | None = None,
         atac_attention_rank: int | None = 64,
         binarize_atac: bool = True,
