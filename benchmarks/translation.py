@@ -13,7 +13,7 @@ region's ``linked_gene``, against a gene-peak correlation ranking and chance.
 ``--split inner`` uses no test cell: the training sub-libraries 09G, 09H and 09I are held out
 and scored, the models train on the other six, and results go to ``translation_inner.{json,md}``
 (with ``--merge``, rows of earlier runs with other systems or Translator settings are kept).
-The Translator's settings are chosen on that table.
+The Translator's settings are compared on that table.
 """
 
 from __future__ import annotations
@@ -244,14 +244,15 @@ def render(results: dict) -> str:
     if inner:
         lines += [
             "",
-            "No test cell is used here: the Translator's settings are chosen on this table.",
+            "No test cell is used here: the Translator's settings are compared on this table.",
         ]
     elif any(row["system"].startswith("translator (") for row in results["rows"]):
         lines += [
             "",
             "`translator` is the default model; rows with a dropout in brackets are the same model "
-            "at another dropout, run for comparison (the dropout is chosen on the inner split, "
-            "`translation_inner.md`).",
+            "at another dropout. Dropout trades translation scores against gene-peak links (see "
+            "the Translator user guide); the inner split (`translation_inner.md`) makes the same "
+            "comparison without test nuclei.",
         ]
     if "threads" in results:
         lines += ["", f"Times: {results['threads']} CPU thread(s) per benchmark process."]
