@@ -39,7 +39,7 @@ RESULTS = BENCH_DIR / "results"
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
-from datasets import LABEL_KEY, load_split  # noqa: E402
+from datasets import LABEL_KEY, inner_held_out, load_split  # noqa: E402
 from systems import BATCH_KEYS, _quiet_lightning  # noqa: E402
 
 SEEDS = {"quick": [0], "full": [0, 1, 2]}
@@ -118,9 +118,7 @@ def load_data(dataset: str, split: str):
     if split == "test":
         return train, test
     key = next(k for k in BATCH_KEYS if k in train.obs)
-    batches = sorted(train.obs[key].astype(str).unique())
-    held_out = batches[len(batches) - int(np.ceil(len(batches) / 3)) :]
-    inner = train.obs[key].astype(str).isin(held_out).to_numpy()
+    inner = train.obs[key].astype(str).isin(inner_held_out(train.obs[key])).to_numpy()
     fit, score = train[~inner].copy(), train[inner].copy()
     for part in (fit, score):
         part.obs[LABEL_KEY] = part.obs[LABEL_KEY].cat.remove_unused_categories()

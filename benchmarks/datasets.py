@@ -85,6 +85,16 @@ KANG_TEST_DONORS = ("1256", "1488")
 MOP_TEST_SUFFIXES = ("09J", "09K", "09L")
 
 
+def inner_held_out(batches) -> list[str]:
+    """Training batches the inner split holds out: the last third, sorted by name.
+
+    The inner split scores settings without any test cell (MOp: sub-libraries 09G, 09H, 09I;
+    Kang: donor 1244); the ablation and translation benchmarks both use it.
+    """
+    names = sorted(set(np.asarray(batches).astype(str).tolist()))
+    return names[len(names) - int(np.ceil(len(names) / 3)) :]
+
+
 def _split_kang(adata: ad.AnnData) -> tuple[np.ndarray, np.ndarray]:
     donors = adata.obs["donor_id"].astype(str).to_numpy()
     unknown = set(donors) - set(KANG_TRAIN_DONORS) - set(KANG_TEST_DONORS)

@@ -30,7 +30,7 @@ import mudata as md
 import numpy as np
 import pandas as pd
 import torch
-from datasets import DATA_DIR, MOP_TEST_SUFFIXES
+from datasets import DATA_DIR, MOP_TEST_SUFFIXES, inner_held_out
 from scipy import sparse
 from sklearn.decomposition import TruncatedSVD
 from sklearn.kernel_ridge import KernelRidge
@@ -39,8 +39,6 @@ import scsalient as ss
 from scsalient.metrics import feature_means, translation_scores
 
 RESULTS = Path(__file__).resolve().parent / "results"
-#: training sub-libraries held out by ``--split inner``
-INNER_SUFFIXES = ("09G", "09H", "09I")
 BUDGETS = {
     "quick": {"translator_epochs": 10, "multivi_epochs": 10, "n_link_peaks": 200},
     "full": {"translator_epochs": 60, "multivi_epochs": 40, "n_link_peaks": 500},
@@ -55,8 +53,9 @@ logger = logging.getLogger("translation")
 def load(n_peaks: int, split: str = "test") -> tuple[md.MuData, np.ndarray, np.ndarray]:
     """Paired MOp data with the ``n_peaks`` peaks most often accessible in training cells.
 
-    ``split="inner"`` then holds out the training sub-libraries ``INNER_SUFFIXES`` instead of
-    the test ones (the peaks stay those of the whole training set; no test cell is used).
+    ``split="inner"`` then holds out the training sub-libraries of
+    :func:`datasets.inner_held_out` instead of the test ones (the peaks stay those of the whole
+    training set; no test cell is used).
     """
     with md.set_options(pull_on_update=False):
         mdata = md.read_h5mu(DATA_DIR / "mop_snareseq2_multiome_10k.h5mu")
@@ -69,7 +68,7 @@ def load(n_peaks: int, split: str = "test") -> tuple[md.MuData, np.ndarray, np.n
     with md.set_options(pull_on_update=False):
         mdata = md.MuData({"rna": mdata["rna"].copy(), "atac": atac[:, keep].copy()}, obs=mdata.obs.copy())
     if split == "inner":
-        inner = batch.iloc[train].str.endswith(INNER_SUFFIXES).to_numpy()
+        inner = batch.iloc[train].isin(inner_held_out(batch.iloc[train])).to_numpy()
         train, test = train[~inner], train[inner]
     return mdata, train, test
 
@@ -209,7 +208,7 @@ def render(results: dict) -> str:
     lines = [
         "# RNA <-> ATAC translation on MOp SNARE-seq2" + (" (inner split)" if inner else ""),
         "",
-        f"Held-out sub-libraries {', '.join(INNER_SUFFIXES if inner else MOP_TEST_SUFFIXES)} "
+        f"Held-out sub-libraries {', '.join(results.get('held_out', MOP_TEST_SUFFIXES))} "
         f"({results['n_test']} {'held-out training' if inner else 'test'} / "
         f"{results['n_train']} training cells); {results['n_genes']} genes, the {results['n_peaks']} peaks "
         f"most often accessible in training cells. Budget `{results['budget']}` ({results['settings']}).",
@@ -321,6 +320,7 @@ def main() -> None:
     mdata, train, test = load(args.n_peaks, args.split)
     results = {
         "split": args.split,
+        "held_out": sorted(mdata.obs["batch"].iloc[test].astype(str).unique()),
         "threads": args.threads,
         "budget": args.budget,
         "settings": settings,
