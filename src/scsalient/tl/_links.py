@@ -50,8 +50,9 @@ def peak_gene_links(
         \frac{\partial f_p(b + \alpha (x - b))}{\partial x_g}\, d\alpha .
 
     ``"atac_to_rna"``: the same for the predicted log normalised expression of each gene with
-    respect to the input peaks (0/1). The attributions of one cell sum to
-    :math:`f(x) - f(b)`. The score of a (source, target) pair is the mean absolute attribution
+    respect to the input peaks (0/1). For an ensemble (``n_ensemble > 1``), :math:`f` is the
+    members' mean logit (or log expression), so a cell's attributions are the mean of the
+    members'. The attributions of one cell sum to :math:`f(x) - f(b)`. The score of a (source, target) pair is the mean absolute attribution
     over cells, so it measures how much the source moves the prediction from cell to cell;
     ``sign`` says in which direction (the sign of the mean of :math:`\mathrm{IG}_g (x_g - b_g)`,
     +1 when more of the source raises the target).
@@ -204,10 +205,11 @@ def _integrated_gradients(
             selected = targets[start : start + chunk].to(device)
             with torch.enable_grad():
                 z, _ = module.encode(source, path)
+                # an ensemble's members' mean: the attributions are the mean of the members'
                 if source == "rna":
-                    out = module.decode_atac(z, batch_index, selected)
+                    out = module.decode_atac(z, batch_index, selected).mean(0)
                 else:
-                    out = module.decode_rna(z, batch_index, selected)[0]
+                    out = module.decode_rna(z, batch_index, selected)[0].mean(0)
                 k = out.shape[1]
                 one_hot = torch.eye(k, device=device)[:, None, :].expand(k, out.shape[0], k)
                 (grads,) = torch.autograd.grad(out, path, grad_outputs=one_hot, is_grads_batched=True)

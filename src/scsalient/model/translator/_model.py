@@ -135,6 +135,15 @@ class Translator(TrainingMixin, BaseModelClass):
         one the NeurIPS 2021 metrics use).
     alignment_weight
         Weight of the squared distance between a cell's RNA and ATAC encodings.
+    n_ensemble
+        Networks in a deep ensemble :cite:p:`Lakshminarayanan2017`, trained together on the
+        same minibatches from independent initialisations. Translations are the members' mean
+        prediction, attention their mean attention, and gene-peak attributions those of the
+        mean prediction. Averaging removes the variance of single networks without the extra
+        dropout that erases the links: on held-out MOp sub-libraries five members raise
+        RNA -> ATAC AUPRC from 0.0337 to 0.0363, and on simulated data they find more planted
+        links than any of their members. Training takes ``n_ensemble`` times as long; pass
+        ``n_ensemble=1`` for a quick look.
 
     Notes
     -----
@@ -160,6 +169,10 @@ class Translator(TrainingMixin, BaseModelClass):
     * **Training.** Every minibatch trains both self-reconstructions and both translations
       (RNA decoded from the ATAC encoding and vice versa), so each decoder learns to work from
       either encoder. AdamW, learning rate 1e-3.
+    * **Ensemble.** Five networks by default, each with its own attention, encoders and
+      decoders, trained side by side on the sum of their losses; every read-out is their mean.
+      Dropout above 0.3 regularises a single network too, but from 0.5 on its attributions
+      no longer find planted links; averaging members reduces variance without that cost.
     * **Outputs.** ATAC: accessibility probabilities. RNA: by default the model's expectation of
       log1p(CP10k) (under the negative binomial at the predicted library size), the
       scale on which expression is usually compared; or normalised expression (CP10k).
@@ -189,8 +202,11 @@ class Translator(TrainingMixin, BaseModelClass):
         atac_attention_rank: int | Literal["auto"] | None = "auto",
         binarize_atac: bool = True,
         alignment_weight: float = 1.0,
+        n_ensemble: int = 5,
     ):
         super().__init__(mdata, registry)
+        if isinstance(n_ensemble, bool) or int(n_ensemble) != n_ensemble or n_ensemble < 1:
+            raise ValueError(f"n_ensemble must be a positive integer, got {n_ensemble!r}.")
         if min(n_latent, n_hidden, n_layers) < 1:
             raise ValueError("n_latent, n_hidden and n_layers must be positive.")
         if not 0.0 <= dropout < 1.0:
@@ -212,6 +228,7 @@ class Translator(TrainingMixin, BaseModelClass):
             atac_attention_rank=ranks["atac"],
             binarize_atac=binarize_atac,
             alignment_weight=alignment_weight,
+            n_members=int(n_ensemble),
         )
         if self.adata is not None:
             self.module.init_output_biases(*self._feature_fractions())
@@ -220,9 +237,16 @@ class Translator(TrainingMixin, BaseModelClass):
         rank_text = {m: "full" if r is None else f"rank {r}" for m, r in ranks.items()}
         self._model_summary_string = (
             f"Translator: {n_genes} genes ({rank_text['rna']} attention), {n_peaks} peaks "
-            f"({rank_text['atac']} attention), latent {n_latent}, {n_params:,} parameters"
+            f"({rank_text['atac']} attention), latent {n_latent}, "
+            + (f"{n_ensemble} ensemble members, " if n_ensemble > 1 else "")
+            + f"{n_params:,} parameters"
         )
         self.init_params_ = self._get_init_params(locals())
+
+    @property
+    def n_ensemble(self) -> int:
+        """Number of networks in the ensemble."""
+        return self.module.n_members
 
     def _feature_fractions(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean share of each gene in a cell's counts and accessible fraction of each peak."""
@@ -418,7 +442,7 @@ class Translator(TrainingMixin, BaseModelClass):
             accelerator=accelerator,
             devices=devices,
             datasplitter_kwargs=datasplitter_kwargs,
-            activation_floats_per_cell=6 * (self.module.n_genes + self.module.n_peaks),
+            activation_floats_per_cell=6 * self.n_ensemble * (self.module.n_genes + self.module.n_peaks),
             memory_hint="Lower the batch size or the attention ranks, or use fewer peaks.",
             **trainer_kwargs,
         )
@@ -482,7 +506,10 @@ class Translator(TrainingMixin, BaseModelClass):
     def _iter_encoded(
         self, x, batch_codes: np.ndarray | None, modality: Modality, batch_size: int, desc: str
     ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-        """Yield ``(start, latent, attention, batch_index)`` per block of cells, without gradients."""
+        """Yield ``(start, latents, attention, batch_index)`` per block of cells, without gradients.
+
+        ``latents`` is ``(n_members, cells, n_latent)``, ``attention`` the members' mean.
+        """
         self.module.eval()
         device = self.device
         n_blocks = -(-x.shape[0] // batch_size)
@@ -551,7 +578,7 @@ class Translator(TrainingMixin, BaseModelClass):
         -------
         AnnData with the query's ``obs``, the target features as ``var`` and float32 ``X``:
         accessibility probabilities (``to="atac"``) or expression on the ``rna_scale``
-        (``to="rna"``).
+        (``to="rna"``); with an ensemble, the members' mean.
         """
         self._check_if_trained(warn=True)
         to = _check_modality(to)
@@ -565,15 +592,18 @@ class Translator(TrainingMixin, BaseModelClass):
         out = np.empty((adata.n_obs, len(names)), dtype=np.float32)
         for start, z, _, batch_index in self._iter_encoded(x, codes, source, batch_size, f"to {to}"):
             if to == "atac":
-                pred = torch.sigmoid(self.module.decode_atac(z, batch_index, target))
+                pred = torch.sigmoid(self.module.decode_atac(z, batch_index, target)).mean(0)
             else:
                 log_rho, log_library = self.module.decode_rna(z, batch_index, target)
                 if rna_scale == "cp10k":
-                    pred = log_rho.exp() * 1e4
+                    pred = log_rho.exp().mean(0) * 1e4
                 else:
                     theta = self.module.log_theta_for(target).exp()
-                    pred = expected_log1p_cp10k(log_rho, log_library, theta)
-            out[start : start + len(z)] = pred.float().cpu().numpy()
+                    pred = sum(
+                        expected_log1p_cp10k(*member, th)
+                        for *member, th in zip(log_rho, log_library, theta, strict=True)
+                    ) / len(theta)
+            out[start : start + pred.shape[0]] = pred.float().cpu().numpy()
         return AnnData(X=out, obs=adata.obs.copy(), var=pd.DataFrame(index=pd.Index(names, dtype=str)))
 
     def get_latent_representation(
@@ -592,12 +622,14 @@ class Translator(TrainingMixin, BaseModelClass):
 
         Returns
         -------
-        float32 array, cells x ``n_latent``.
+        float32 array, cells x ``n_latent`` (x ``n_ensemble``: the members' latents side by
+        side, as each member has its own latent space).
         """
         modality = _check_modality(modality)
         _, x = self._aligned(data, modality)
         blocks = [
-            z.cpu().numpy() for _, z, _, _ in self._iter_encoded(x, None, modality, batch_size, "latent")
+            torch.cat(list(z), dim=1).cpu().numpy()
+            for _, z, _, _ in self._iter_encoded(x, None, modality, batch_size, "latent")
         ]
         return np.concatenate(blocks).astype(np.float32)
 
@@ -624,7 +656,7 @@ class Translator(TrainingMixin, BaseModelClass):
         Returns
         -------
         DataFrame cells x features (indexed by ``obs_names``); over all features each row sums
-        to 1, and features a cell lacks get 0.
+        to 1, and features a cell lacks get 0. With an ensemble, the members' mean.
         """
         modality = _check_modality(modality)
         adata, x = self._aligned(data, modality)

@@ -54,68 +54,27 @@ class FeatureAttention(nn.Module):
         return x * attention * n_expressed, attention
 
 
-class TranslatorModule(BaseModuleClass):
-    r"""Torch module of :class:`~scsalient.model.Translator`.
+class TranslatorNetwork(nn.Module):
+    """One member of the Translator: attention, encoders and decoders of both modalities.
 
-    ``encode(m, h)`` maps a prepared input of modality ``m`` (log1p CP10k for RNA, 0/1 for
-    ATAC) through its feature attention and encoder to the shared latent :math:`z`;
-    ``decode_rna(z)`` gives normalised expression :math:`\rho` (a softmax over genes) and a
-    predicted log library size, ``decode_atac(z)`` accessibility logits. The loss, per cell, is
-
-    .. math::
-
-        \sum_{s \in \{r, a\}} \big[-\log \mathrm{NB}(x^r \mid \ell \rho(z_s), \theta)
-        - \log \mathrm{Bern}(x^a \mid \sigma(\mathrm{dec}_a(z_s)))
-        + (\hat\ell(z_s) - \log \ell)^2\big] + \lambda \lVert z_r - z_a \rVert^2,
-
-    self-reconstruction (:math:`s` equal to the target) and translation (:math:`s` the other
-    modality) for both modalities, with :math:`\ell` the observed library size.
-
-    Parameters
-    ----------
-    n_genes
-        Number of genes.
-    n_peaks
-        Number of peaks.
-    n_batch
-        Number of batches (decoders are conditioned on the batch when above 1).
-    n_latent
-        Size of the shared latent space.
-    n_hidden
-        Width of the hidden layers.
-    n_layers
-        Hidden layers in every encoder and decoder.
-    dropout
-        Dropout in the encoders and decoders.
-    rna_attention_rank
-        Rank of the RNA attention map, ``None`` for full.
-    atac_attention_rank
-        Rank of the ATAC attention map, ``None`` for full.
-    binarize_atac
-        Treat any positive accessibility count as 1 (input and target).
-    alignment_weight
-        Weight :math:`\lambda` pulling the two encodings of a cell together.
+    Parameters are those of :class:`TranslatorModule` (less ``n_members``).
     """
 
     def __init__(
         self,
         n_genes: int,
         n_peaks: int,
-        n_batch: int = 0,
+        n_batch: int,
         *,
-        n_latent: int = 64,
-        n_hidden: int = 256,
-        n_layers: int = 1,
-        dropout: float = 0.3,
-        rna_attention_rank: int | None = None,
-        atac_attention_rank: int | None = 64,
-        binarize_atac: bool = True,
-        alignment_weight: float = 1.0,
+        n_latent: int,
+        n_hidden: int,
+        n_layers: int,
+        dropout: float,
+        rna_attention_rank: int | None,
+        atac_attention_rank: int | None,
     ):
         super().__init__()
-        self.n_genes, self.n_peaks, self.n_batch = n_genes, n_peaks, n_batch
-        self.binarize_atac = binarize_atac
-        self.alignment_weight = alignment_weight
+        self.n_batch = n_batch
         cats = [n_batch] if n_batch > 1 else None
 
         def mlp(n_in: int, n_out: int, n_cat_list=None) -> FCLayers:
@@ -153,18 +112,10 @@ class TranslatorModule(BaseModuleClass):
             xavier_init(layer)
 
     @torch.no_grad()
-    def init_output_biases(self, gene_fraction: torch.Tensor, peak_fraction: torch.Tensor) -> None:
-        """Start the decoders at the per-feature means: expression shares and accessible fractions."""
-        self.rna_output.bias.copy_(gene_fraction.clamp_min(1e-8).log())
-        p = peak_fraction.clamp(1e-6, 1 - 1e-6)
-        self.atac_output.bias.copy_(p.log() - (-p).log1p())
-
-    # ------------------------------------------------------------------ building blocks
-    def prepare(self, modality: Modality, x: torch.Tensor) -> torch.Tensor:
-        """The input as the network sees it: log1p(CP10k) of RNA counts, 0/1 (or raw) accessibility."""
-        if modality == "rna":
-            return log1p_cp10k(x)
-        return (x > 0).to(x.dtype) if self.binarize_atac else x
+    def init_output_biases(self, log_share: torch.Tensor, peak_logit: torch.Tensor) -> None:
+        """Set the output biases (log expression shares, accessibility logits)."""
+        self.rna_output.bias.copy_(log_share)
+        self.atac_output.bias.copy_(peak_logit)
 
     def encode(self, modality: Modality, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Latent representation and feature attention of prepared inputs ``h``."""
@@ -190,9 +141,137 @@ class TranslatorModule(BaseModuleClass):
             return self.atac_output(hidden)
         return F.linear(hidden, self.atac_output.weight[peaks], self.atac_output.bias[peaks])
 
+
+class TranslatorModule(BaseModuleClass):
+    r"""Torch module of :class:`~scsalient.model.Translator`.
+
+    Each member (:class:`TranslatorNetwork`) has its own feature attention, encoders and
+    decoders. ``encode(m, h)`` maps a prepared input of modality ``m`` (log1p CP10k for RNA,
+    0/1 for ATAC) through each member's attention and encoder to its latent :math:`z`;
+    ``decode_rna(z)`` gives each member's log normalised expression :math:`\log\rho` (a log
+    softmax over genes) and predicted log library size, ``decode_atac(z)`` its accessibility
+    logits. Member outputs are stacked along a leading axis of length ``n_members``. The loss
+    of a member, per cell, is
+
+    .. math::
+
+        \sum_{s \in \{r, a\}} \big[-\log \mathrm{NB}(x^r \mid \ell \rho(z_s), \theta)
+        - \log \mathrm{Bern}(x^a \mid \sigma(\mathrm{dec}_a(z_s)))
+        + (\hat\ell(z_s) - \log \ell)^2\big] + \lambda \lVert z_r - z_a \rVert^2,
+
+    self-reconstruction (:math:`s` equal to the target) and translation (:math:`s` the other
+    modality) for both modalities, with :math:`\ell` the observed library size; the training
+    loss is the sum over members, so each member trains as if alone.
+
+    Parameters
+    ----------
+    n_genes
+        Number of genes.
+    n_peaks
+        Number of peaks.
+    n_batch
+        Number of batches (decoders are conditioned on the batch when above 1).
+    n_latent
+        Size of each member's latent space.
+    n_hidden
+        Width of the hidden layers.
+    n_layers
+        Hidden layers in every encoder and decoder.
+    dropout
+        Dropout in the encoders and decoders.
+    rna_attention_rank
+        Rank of the RNA attention map, ``None`` for full.
+    atac_attention_rank
+        Rank of the ATAC attention map, ``None`` for full.
+    binarize_atac
+        Treat any positive accessibility count as 1 (input and target).
+    alignment_weight
+        Weight :math:`\lambda` pulling the two encodings of a cell together.
+    n_members
+        Networks in the deep ensemble :cite:p:`Lakshminarayanan2017` (``members``), trained
+        together on the same minibatches from independent initialisations.
+    """
+
+    def __init__(
+        self,
+        n_genes: int,
+        n_peaks: int,
+        n_batch: int = 0,
+        *,
+        n_latent: int = 64,
+        n_hidden: int = 256,
+        n_layers: int = 1,
+        dropout: float = 0.3,
+        rna_attention_rank: int | None = None,
+        atac_attention_rank: int | None = 64,
+        binarize_atac: bool = True,
+        alignment_weight: float = 1.0,
+        n_members: int = 1,
+    ):
+        super().__init__()
+        if isinstance(n_members, bool) or int(n_members) != n_members or n_members < 1:
+            raise ValueError(f"n_members must be a positive integer, got {n_members!r}.")
+        self.n_genes, self.n_peaks, self.n_batch = n_genes, n_peaks, n_batch
+        self.n_latent = n_latent
+        self.n_members = int(n_members)
+        self.binarize_atac = binarize_atac
+        self.alignment_weight = alignment_weight
+        self.members = nn.ModuleList(
+            TranslatorNetwork(
+                n_genes,
+                n_peaks,
+                n_batch,
+                n_latent=n_latent,
+                n_hidden=n_hidden,
+                n_layers=n_layers,
+                dropout=dropout,
+                rna_attention_rank=rna_attention_rank,
+                atac_attention_rank=atac_attention_rank,
+            )
+            for _ in range(self.n_members)
+        )
+        self.register_load_state_dict_pre_hook(_single_network_keys)
+
+    @torch.no_grad()
+    def init_output_biases(self, gene_fraction: torch.Tensor, peak_fraction: torch.Tensor) -> None:
+        """Start the decoders at the per-feature means: expression shares and accessible fractions."""
+        p = peak_fraction.clamp(1e-6, 1 - 1e-6)
+        for member in self.members:
+            member.init_output_biases(gene_fraction.clamp_min(1e-8).log(), p.log() - (-p).log1p())
+
+    # ------------------------------------------------------------------ building blocks
+    def prepare(self, modality: Modality, x: torch.Tensor) -> torch.Tensor:
+        """The input as the network sees it: log1p(CP10k) of RNA counts, 0/1 (or raw) accessibility."""
+        if modality == "rna":
+            return log1p_cp10k(x)
+        return (x > 0).to(x.dtype) if self.binarize_atac else x
+
+    def encode(self, modality: Modality, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents ``(n_members, cells, n_latent)`` and the members' mean attention ``(cells, features)``."""
+        latents, attentions = zip(*(member.encode(modality, h) for member in self.members), strict=True)
+        return torch.stack(latents), torch.stack(attentions).mean(0)
+
+    def decode_rna(
+        self, z: torch.Tensor, batch_index: torch.Tensor | None = None, genes: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each member's log normalised expression ``(n_members, cells, genes)`` and log library size."""
+        out = [
+            member.decode_rna(z_m, batch_index, genes) for member, z_m in zip(self.members, z, strict=True)
+        ]
+        return torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out])
+
+    def decode_atac(
+        self, z: torch.Tensor, batch_index: torch.Tensor | None = None, peaks: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Each member's accessibility logits ``(n_members, cells, peaks)``."""
+        return torch.stack(
+            [member.decode_atac(z_m, batch_index, peaks) for member, z_m in zip(self.members, z, strict=True)]
+        )
+
     def log_theta_for(self, genes: torch.Tensor | None = None) -> torch.Tensor:
-        """Log inverse dispersion of the genes."""
-        return self.log_theta if genes is None else self.log_theta[genes]
+        """Each member's log inverse dispersion of the genes, ``(n_members, genes)``."""
+        log_theta = torch.stack([member.log_theta for member in self.members])
+        return log_theta if genes is None else log_theta[:, genes]
 
     # ------------------------------------------------------------------ scvi-tools contract
     def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
@@ -208,7 +287,7 @@ class TranslatorModule(BaseModuleClass):
 
     @auto_move_data
     def inference(self, rna: torch.Tensor, atac: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Encode both modalities of paired cells."""
+        """Encode both modalities of paired cells (latents stacked over members)."""
         z_rna, attention_rna = self.encode("rna", self.prepare("rna", rna))
         z_atac, attention_atac = self.encode("atac", self.prepare("atac", atac))
         return {
@@ -232,25 +311,42 @@ class TranslatorModule(BaseModuleClass):
         inference_outputs: dict[str, torch.Tensor],
         generative_outputs: dict,
     ) -> LossOutput:
-        """Self-reconstruction and translation losses of both modalities, plus latent alignment."""
+        """Self-reconstruction and translation losses of both modalities, plus latent alignment.
+
+        The loss is summed over members; the logged terms are the members' means.
+        """
         counts = tensors[REGISTRY_KEYS.X_KEY]
         library = counts.sum(dim=-1)
         target_atac = self.prepare("atac", tensors[REGISTRY_KEYS.ATAC_X_KEY])
-        theta = self.log_theta.exp()
+        theta = self.log_theta_for().exp()[:, None, :]
         terms = {}
         for source in ("rna", "atac"):
             log_rho, log_library = generative_outputs[f"rna_from_{source}"]
-            mu = log_rho.exp() * library[:, None]
+            mu = log_rho.exp() * library[None, :, None]
             nll_rna = -NegativeBinomial(mu=mu, theta=theta).log_prob(counts).sum(-1)
             nll_library = (log_library - library.clamp_min(1).log()) ** 2
             logits = generative_outputs[f"atac_from_{source}"]
-            nll_atac = F.binary_cross_entropy_with_logits(logits, target_atac, reduction="none").sum(-1)
-            terms[f"rna_from_{source}"] = nll_rna + nll_library
+            nll_atac = F.binary_cross_entropy_with_logits(
+                logits, target_atac.expand_as(logits), reduction="none"
+            ).sum(-1)
+            terms[f"rna_from_{source}"] = nll_rna + nll_library  # (n_members, cells)
             terms[f"atac_from_{source}"] = nll_atac
         alignment = ((inference_outputs["z_rna"] - inference_outputs["z_atac"]) ** 2).sum(-1)
         total = sum(terms.values()) + self.alignment_weight * alignment
-        return LossOutput(loss=total.mean(), reconstruction_loss=terms, kl_local={"alignment": alignment})
+        return LossOutput(
+            loss=total.mean(-1).sum(),
+            reconstruction_loss={key: value.mean(0) for key, value in terms.items()},
+            kl_local={"alignment": alignment.mean(0)},
+            n_obs_minibatch=counts.shape[0],
+        )
 
     def sample(self, *args, **kwargs):
         """Not available: use :meth:`~scsalient.model.Translator.translate`."""
         raise NotImplementedError("Use Translator.translate to predict a modality.")
+
+
+def _single_network_keys(module, state_dict, prefix, *args) -> None:
+    """Read weights saved before the module held members as those of its first member."""
+    for key in list(state_dict):
+        if key.startswith(prefix) and not key.startswith(prefix + "members."):
+            state_dict[prefix + "members.0." + key[len(prefix) :]] = state_dict.pop(key)
