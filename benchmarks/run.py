@@ -47,17 +47,20 @@ BUDGET_SEEDS = {"quick": [0], "full": [0, 1, 2]}
 #: scripts run after the classification benchmark, each as ``script [args] --budget B --out DIR``
 EXTRA_BENCHMARKS = [
     "ablation.py --split inner",
-    # the Translator's dropout, scored on held-out training sub-libraries before the test run
+    # the Translator's settings (dropout of single networks, the default ensemble), scored on
+    # held-out training sub-libraries before the test run
     "translation.py --split inner --no-links --systems feature_mean svd_krr translator",
-    "translation.py --split inner --no-links --merge --systems translator --dropout 0.1",
-    "translation.py --split inner --no-links --merge --systems translator --dropout 0.5",
-    "translation.py --split inner --no-links --merge --systems translator --dropout 0.7",
+    *(
+        f"translation.py --split inner --no-links --merge --systems translator --n-ensemble 1 --dropout {p}"
+        for p in ("0.1", "0.3", "0.5", "0.7")
+    ),
     "ablation.py",
     "markers.py",
     "markers_simulated.py",
     "modules.py",
     "translation.py",
-    "translation.py --merge --no-links --systems translator --dropout 0.7",
+    "translation.py --merge --systems translator --n-ensemble 1",
+    "translation.py --merge --systems translator --n-ensemble 1 --dropout 0.7",
     "scale.py",
 ]
 PACKAGES = (
