@@ -52,8 +52,9 @@ def peak_gene_links(
     ``"atac_to_rna"``: the same for the predicted log normalised expression of each gene with
     respect to the input peaks (0/1). For an ensemble (``n_ensemble > 1``), :math:`f` is the
     members' mean logit (or log expression), so a cell's attributions are the mean of the
-    members'. The attributions of one cell sum to :math:`f(x) - f(b)`. The score of a (source, target) pair is the mean absolute attribution
-    over cells, so it measures how much the source moves the prediction from cell to cell;
+    members'. The attributions of one cell sum to :math:`f(x) - f(b)`. The score of a
+    (source, target) pair is the mean absolute attribution over cells, so it measures how much
+    the source moves the prediction from cell to cell;
     ``sign`` says in which direction (the sign of the mean of :math:`\mathrm{IG}_g (x_g - b_g)`,
     +1 when more of the source raises the target).
 
