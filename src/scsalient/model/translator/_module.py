@@ -236,8 +236,9 @@ class TranslatorModule(BaseModuleClass):
     def init_output_biases(self, gene_fraction: torch.Tensor, peak_fraction: torch.Tensor) -> None:
         """Start the decoders at the per-feature means: expression shares and accessible fractions."""
         p = peak_fraction.clamp(1e-6, 1 - 1e-6)
+        log_share, peak_logit = gene_fraction.clamp_min(1e-8).log(), p.log() - (-p).log1p()
         for member in self.members:
-            member.init_output_biases(gene_fraction.clamp_min(1e-8).log(), p.log() - (-p).log1p())
+            member.init_output_biases(log_share, peak_logit)
 
     # ------------------------------------------------------------------ building blocks
     def prepare(self, modality: Modality, x: torch.Tensor) -> torch.Tensor:
