@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
@@ -109,6 +110,80 @@ class ClassifierMixin(ExpressionModelMixin):
         """Build the classifier's training plan and fit (see ``ExpressionModelMixin._fit``)."""
         plan = self._training_plan_cls(self.module, n_classes=len(self.classes), **plan_kwargs)
         self._fit(plan, monitor=MONITOR, monitor_mode="max", **fit_kwargs)
+
+    def distill(
+        self,
+        temperature: float = 2.0,
+        weight: float = 1.0,
+        **train_kwargs,
+    ):
+        """A single network trained to reproduce this ensemble's predictions.
+
+        Knowledge distillation :cite:p:`Hinton2015`: a new model with the same settings but
+        ``n_ensemble=1`` is trained on the same training and validation cells as this one, with
+        the same training settings (``training_settings_``), its cross-entropy replaced by the
+        Kullback-Leibler divergence from the ensemble's class probabilities (both softened by
+        ``temperature``; see :class:`~scsalient.model.base.ClassifierTrainingPlan`). It predicts
+        and explains (one attention map or one set of masks) at the cost of one network, and
+        is usually more accurate than a network trained on the labels alone.
+
+        Parameters
+        ----------
+        temperature
+            Softening temperature of both class distributions.
+        weight
+            Weight of the ensemble's probabilities against the labels: ``1`` (default) learns
+            from the ensemble only, ``0`` from the labels only.
+        **train_kwargs
+            Override training settings of the ensemble (e.g. ``max_epochs``) or pass trainer
+            arguments (e.g. ``enable_progress_bar=False``).
+
+        Returns
+        -------
+        The trained single-network model, on the same AnnData. Its ``training_settings_``
+        record ``"distilled_from"`` (the ensemble's size, the temperature and the weight).
+
+        Examples
+        --------
+        >>> ensemble = ss.model.NACT(adata, n_ensemble=5)
+        >>> ensemble.train()
+        >>> single = ensemble.distill()
+        >>> single.annotate()
+        """
+        self._check_if_trained(warn=False)
+        n_members = int(getattr(self.module, "n_members", 1))
+        if n_members < 2:
+            raise ValueError("distill() needs an ensemble (n_ensemble >= 2); this model is one network.")
+        params = {**self.init_params_["non_kwargs"], "n_ensemble": 1}
+        student = type(self)(self.adata, **params)
+        signature = inspect.signature(student.train).parameters
+        settings_ = getattr(self, "training_settings_", {})
+        kwargs = {k: v for k, v in settings_.items() if k in signature}
+        kwargs.update(train_kwargs)
+        train_idx = np.asarray(self.train_indices)
+        validation_idx = np.asarray(getattr(self, "validation_indices", np.array([], dtype=int)))
+        if len(validation_idx) == 0:
+            kwargs["train_size"] = 1.0
+            kwargs.setdefault("early_stopping", False)
+        else:
+            kwargs.setdefault("datasplitter_kwargs", {})
+            kwargs["datasplitter_kwargs"] = {
+                **kwargs["datasplitter_kwargs"],
+                "external_indexing": [train_idx, validation_idx, np.array([], dtype=int)],
+            }
+        kwargs["plan_kwargs"] = {
+            **(kwargs.get("plan_kwargs") or {}),
+            "teacher": self.module,
+            "distill_temperature": temperature,
+            "distill_weight": weight,
+        }
+        student.train(**kwargs)
+        student.training_settings_["distilled_from"] = {
+            "n_members": n_members,
+            "temperature": float(temperature),
+            "weight": float(weight),
+        }
+        return student
 
     # ------------------------------------------------------------------ query data
     def _prepare_adata(self, adata: AnnData | None) -> AnnData:

@@ -6,6 +6,7 @@ import copy
 from typing import TYPE_CHECKING, Literal
 
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from scvi.train import TrainingPlan
 from torch import nn
@@ -89,6 +90,19 @@ class ClassifierTrainingPlan(EpochTrainingPlan):
         If given, clip the gradient norm to this value before each step. A module with a
         ``clip_grad_norm_(max_norm)`` method (an ensemble clipping each member separately)
         does the clipping itself.
+    teacher
+        A trained module of the same kind (typically an ensemble) to distil into the module,
+        which must be a single network :cite:p:`Hinton2015`: at training time the module's
+        classification loss ``ce`` becomes
+        ``(1 - distill_weight) * ce + distill_weight * T^2 * KL(p_teacher^T || p^T)``, with
+        both class distributions softened by the temperature ``T`` (other terms of the loss,
+        such as a sparsity penalty, are kept). The teacher is not trained
+        (its weights get no gradient) and sees each minibatch as the module receives it,
+        before the module's own augmentation. Validation metrics are those of the module alone.
+    distill_temperature
+        Temperature ``T`` of the distillation.
+    distill_weight
+        Weight of the distillation term; ``1`` learns from the teacher's probabilities only.
     **loss_kwargs
         Passed to the module's ``loss``.
     """
@@ -105,11 +119,25 @@ class ClassifierTrainingPlan(EpochTrainingPlan):
         lr_decay: float | None = None,
         lr_decay_every: int = 10,
         gradient_clip_norm: float | None = None,
+        teacher: BaseModuleClass | None = None,
+        distill_temperature: float = 2.0,
+        distill_weight: float = 1.0,
         **loss_kwargs,
     ):
         super().__init__(
             module, lr=lr, weight_decay=weight_decay, optimizer=optimizer, eps=eps, **loss_kwargs
         )
+        if teacher is not None and getattr(module, "n_members", 1) != 1:
+            raise ValueError("Distillation trains a single network: the module must have one member.")
+        if distill_temperature <= 0:
+            raise ValueError(f"distill_temperature must be positive, got {distill_temperature}.")
+        if not 0.0 <= distill_weight <= 1.0:
+            raise ValueError(f"distill_weight must be in [0, 1], got {distill_weight}.")
+        # held outside the registered submodules: its weights stay out of the optimiser, the
+        # checkpoints and Lightning's train/eval switching (it is moved to the module's device)
+        self._teacher = (teacher,) if teacher is not None else None
+        self.distill_temperature = distill_temperature
+        self.distill_weight = distill_weight
         self.lr_decay = lr_decay
         self.lr_decay_every = lr_decay_every
         self.gradient_clip_norm = gradient_clip_norm
@@ -120,6 +148,32 @@ class ClassifierTrainingPlan(EpochTrainingPlan):
             self.epoch_metrics[f"{mode}_accuracy"] = MulticlassAccuracy(
                 num_classes=n_classes, average="micro"
             )
+
+    def forward(self, tensors: dict[str, torch.Tensor], **kwargs):
+        """The module's forward pass; in training with a ``teacher``, the loss includes distillation."""
+        inference_outputs, generative_outputs, loss_output = super().forward(tensors, **kwargs)
+        if self._teacher is not None and self.module.training:
+            loss_output.loss = self._distilled_loss(tensors, loss_output)
+        return inference_outputs, generative_outputs, loss_output
+
+    def _distilled_loss(self, tensors: dict[str, torch.Tensor], loss_output: LossOutput) -> torch.Tensor:
+        """The loss with its cross-entropy ``ce`` replaced by ``(1 - w) ce + w T^2 KL(teacher || module)``."""
+        teacher = self._teacher[0].eval()  # no dropout or augmentation in the teacher
+        device = loss_output.logits.device
+        if next(teacher.parameters()).device != device:
+            teacher.to(device)
+        with torch.no_grad():
+            teacher_logits = teacher.inference(**teacher._get_inference_input(tensors))["logits"]
+        t = self.distill_temperature
+        # ``logits`` are log-probabilities up to a per-cell constant, which the softmax removes
+        kl = F.kl_div(
+            F.log_softmax(loss_output.logits / t, dim=-1),
+            F.log_softmax(teacher_logits / t, dim=-1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        w = self.distill_weight
+        return loss_output.loss - w * loss_output.classification_loss + w * t * t * kl
 
     def compute_and_log_metrics(self, loss_output: LossOutput, metrics: dict, mode: str) -> None:
         """Log cross-entropy, accuracy and macro-F1 for ``mode``.
