@@ -59,7 +59,7 @@ def test_distilled_loss_replaces_the_cross_entropy():
     adata = ss.datasets.simulate(n_cells=200, n_genes=150, seed=0)
     ss.model.NACT.setup_anndata(adata, labels_key="cell_type")
     teacher = ss.model.NACT(adata, n_ensemble=2).module
-    student = ss.model.NACT(adata).module
+    student = ss.model.NACT(adata, n_ensemble=1).module
     tensors = {
         "X": torch.as_tensor(adata.X[:32].toarray(), dtype=torch.float32),
         "labels": torch.as_tensor(adata.obs["cell_type"].cat.codes.to_numpy()[:32, None]),
@@ -87,7 +87,7 @@ def test_distilled_loss_replaces_the_cross_entropy():
 def test_distill_refuses_a_single_network_and_bad_settings():
     adata = ss.datasets.simulate(n_cells=200, n_genes=150, seed=0)
     ss.model.NACT.setup_anndata(adata, labels_key="cell_type")
-    single = ss.model.NACT(adata)
+    single = ss.model.NACT(adata, n_ensemble=1)
     single.train(max_epochs=1, enable_progress_bar=False)
     with pytest.raises(ValueError, match="needs an ensemble"):
         single.distill()

@@ -39,7 +39,7 @@ def sim():
 def trained(sim):
     adata = sim.copy()
     ss.model.NACT.setup_anndata(adata, labels_key="cell_type")
-    model = ss.model.NACT(adata)
+    model = ss.model.NACT(adata, n_ensemble=1)
     model.train(max_epochs=30, lr=1e-3, early_stopping=False, enable_progress_bar=False)
     return model, adata
 
@@ -101,7 +101,7 @@ def test_annotate_writes_documented_keys_and_nothing_else(sim):
     before_obs, before_obsm, before_uns = set(adata.obs), set(adata.obsm), set(adata.uns)
     x_before = adata.X.copy()
     ss.model.NACT.setup_anndata(adata, labels_key="cell_type")
-    model = ss.model.NACT(adata, n_blocks=1, n_heads=2)
+    model = ss.model.NACT(adata, n_blocks=1, n_heads=2, n_ensemble=1)
     _quiet_train(model, max_epochs=2)
     model.annotate()
     scvi_keys = {k for k in set(adata.obs) | set(adata.uns) if k.startswith("_scvi")}
@@ -179,7 +179,7 @@ def test_lognormalised_input_is_detected(sim):
     sc.pp.normalize_total(adata, target_sum=1e4, layer="lognorm")
     sc.pp.log1p(adata, layer="lognorm")
     ss.model.NACT.setup_anndata(adata, labels_key="cell_type", layer="lognorm")
-    model = ss.model.NACT(adata, n_blocks=1, n_heads=2)
+    model = ss.model.NACT(adata, n_blocks=1, n_heads=2, n_ensemble=1)
     assert model.input_kind == "lognorm" and not model.module.normalize_input
     _quiet_train(model, max_epochs=2)
     # a counts query for a model set up on log-normalised values is refused
@@ -256,7 +256,7 @@ def test_too_large_attention_fails_clearly_and_low_rank_fits():
     ss.model.NACT.setup_anndata(adata, labels_key="t")
     with pytest.raises(MemoryError, match="attention_rank"):
         ss.model.NACT(adata)
-    model = ss.model.NACT(adata, attention_rank=32, n_hidden_ff=8)
+    model = ss.model.NACT(adata, attention_rank=32, n_hidden_ff=8, n_ensemble=1)
     assert sum(p.numel() for p in model.module.parameters()) < 20_000_000
 
 
@@ -271,7 +271,7 @@ class _ModeProbe(Callback):
 def test_second_train_runs_in_training_mode(sim):
     adata = sim[:200].copy()
     ss.model.NACT.setup_anndata(adata, labels_key="cell_type")
-    model = ss.model.NACT(adata, n_blocks=1, n_heads=2, dropout=0.2)
+    model = ss.model.NACT(adata, n_blocks=1, n_heads=2, dropout=0.2, n_ensemble=1)
     _quiet_train(model, max_epochs=1)
     assert not model.module.training  # eval after training
     probe = _ModeProbe()
@@ -282,7 +282,7 @@ def test_second_train_runs_in_training_mode(sim):
 def test_early_stopping_keeps_best_epoch(sim):
     adata = sim[:400].copy()
     ss.model.NACT.setup_anndata(adata, labels_key="cell_type")
-    model = ss.model.NACT(adata, n_blocks=1, n_heads=2)
+    model = ss.model.NACT(adata, n_blocks=1, n_heads=2, n_ensemble=1)
     torch.manual_seed(0)
     _quiet_train(model, max_epochs=40, lr=1e-3, early_stopping=True, early_stopping_patience=3)
     best = model.history["f1_macro_validation"].max().iloc[0]
@@ -299,7 +299,7 @@ def test_unsupervised_labels_from_leiden(sim):
     adata = sim[:600].copy()
     ss.model.NACT.setup_anndata(adata)  # no labels: Leiden clusters become the labels
     assert "leiden" in adata.obs and adata.obs["leiden"].nunique() >= 2
-    model = ss.model.NACT(adata, n_blocks=1, n_heads=2)
+    model = ss.model.NACT(adata, n_blocks=1, n_heads=2, n_ensemble=1)
     _quiet_train(model, max_epochs=15, lr=1e-3)
     agreement = (model.predict() == adata.obs["leiden"].astype(str).to_numpy()).mean()
     assert agreement > 0.8
@@ -309,7 +309,7 @@ def test_unsupervised_labels_from_leiden(sim):
 def test_presets_record_their_settings_and_overrides_win(sim):
     adata = sim[:300].copy()
     ss.model.NACT.setup_anndata(adata, labels_key="cell_type", batch_key="donor")
-    model = ss.model.NACT(adata, n_blocks=1, n_heads=2)
+    model = ss.model.NACT(adata, n_blocks=1, n_heads=2, n_ensemble=1)
     _quiet_train(model, max_epochs=1, preset="paper")
     settings = model.training_settings_
     assert (settings["lr"], settings["batch_size"], settings["input_dropout"]) == (1e-4, 128, 0.0)
@@ -335,7 +335,7 @@ def test_presets_record_their_settings_and_overrides_win(sim):
         _quiet_train(model, max_epochs=1, input_dropout=1.0)
     plain = sim[:200].copy()
     ss.model.NACT.setup_anndata(plain, labels_key="cell_type")
-    no_batches = ss.model.NACT(plain, n_blocks=1, n_heads=2)
+    no_batches = ss.model.NACT(plain, n_blocks=1, n_heads=2, n_ensemble=1)
     with pytest.raises(ValueError, match="batch_key"):
         _quiet_train(no_batches, max_epochs=1, augment=True)
     _quiet_train(no_batches, max_epochs=1, train_size=1.0)  # auto preset: no split, no early stopping
@@ -351,7 +351,7 @@ def _own_marker_precision(attention_input: str) -> tuple[float, ss.model.NACT, o
     markers = adata.uns["simulation"]["markers"]
     ss.model.NACT.setup_anndata(adata, labels_key="cell_type")
     torch.manual_seed(0)
-    model = ss.model.NACT(adata, n_blocks=1, n_heads=2, attention_input=attention_input)
+    model = ss.model.NACT(adata, n_blocks=1, n_heads=2, attention_input=attention_input, n_ensemble=1)
     _quiet_train(model, max_epochs=20, train_size=1.0, input_dropout=0.8)
     model.annotate()
     record = ss.tl.salient_genes(adata, "cell_type", n_top=25, tfidf=False, n_genes=20, inplace=False)
@@ -379,6 +379,16 @@ def test_standardized_attention_input_uses_training_moments_and_finds_own_marker
     assert float(logits.mean(dim=0).abs().max()) < 1e-3 * float(logits.abs().mean())
     with pytest.raises(ValueError, match="attention_input"):
         ss.model.NACT(adata, attention_input="zscore")
+
+
+def test_default_is_a_five_member_ensemble(sim):
+    adata = sim.copy()
+    ss.model.NACT.setup_anndata(adata, labels_key="cell_type")
+    model = ss.model.NACT(adata)
+    assert model.module.n_members == 5
+    assert "5 ensemble members" in model._model_summary_string
+    single = ss.model.NACT(adata, n_ensemble=1)
+    assert single.module.n_members == 1 and "ensemble" not in single._model_summary_string
 
 
 def test_ensemble_averages_its_members(sim, tmp_path):

@@ -25,7 +25,7 @@ def test_kang_heldout_donors_macro_f1(kang):
     held_out = kang.obs["donor_id"].astype(str).isin(TEST_DONORS).to_numpy()
     train, test = kang[~held_out].copy(), kang[held_out].copy()
     ss.model.NACT.setup_anndata(train, labels_key="cell_type")
-    model = ss.model.NACT(train)
+    model = ss.model.NACT(train, n_ensemble=1)
     model.train(max_epochs=3, lr=1e-3, batch_size=256, enable_progress_bar=False)
     predicted = model.predict(test)
     f1 = f1_score(test.obs["cell_type"].astype(str), predicted, average="macro")

@@ -31,7 +31,7 @@ def test_clusters_are_named_by_their_salient_genes(shared_data):
 
     ss.pp.cluster_labels(adata, n_clusters=4)  # no author labels from here on
     ss.model.NACT.setup_anndata(adata, labels_key="leiden")
-    model = ss.model.NACT(adata)
+    model = ss.model.NACT(adata, n_ensemble=1)
     model.train(max_epochs=3, lr=1e-3, batch_size=256, enable_progress_bar=False)
     model.annotate()
     database = ss.datasets.marker_database(markers, species="human", tissue=["Immune system", "Blood"])

@@ -99,7 +99,8 @@ class NACT(ClassifierMixin, BaseModelClass):
         together from independent initialisations (each on its own cross-entropy, batch shifts
         and input dropout). Predictions are the mean of the members' class probabilities and
         the attention is the mean of their attention. Training time and memory grow with the
-        number of members (see Notes).
+        number of members: ``1`` trains a single network, five times faster;
+        :meth:`distill` turns a trained ensemble into one network (see Notes).
 
     Notes
     -----
@@ -139,6 +140,11 @@ class NACT(ClassifierMixin, BaseModelClass):
       seeds), and macro-F1 on held-out MOp training sub-libraries from 0.655 to 0.686; but on
       Kang et al. PBMCs the salient genes matched PanglaoDB less well (precision@25 0.24 to
       0.18) and the unsupervised query named CD4 T cells wrongly, so it is not the default.
+    * **Ensemble by default.** Five networks, each from its own initialisation: on unseen
+      MOp sub-libraries macro-F1 0.718 ± 0.007 against 0.684 ± 0.002 for one network, and
+      on simulated data the mean attention recovers more planted markers (precision@25
+      0.50 against 0.22), because each member attends to its own few markers. One network
+      distilled from the ensemble (:meth:`distill`) keeps most of the accuracy gain.
     * **Head.** A linear classifier on the last block's output. The authors' code applies a
       LeakyReLU to the logits, which we do not.
     * **Training.** Adam, learning rate 1e-4, 50 epochs, batch size 128, cross-entropy, Xavier
@@ -150,7 +156,7 @@ class NACT(ClassifierMixin, BaseModelClass):
     >>> import scsalient as ss
     >>> adata = ss.datasets.simulate(n_cells=1000, n_genes=300)
     >>> ss.model.NACT.setup_anndata(adata, labels_key="cell_type")
-    >>> model = ss.model.NACT(adata)
+    >>> model = ss.model.NACT(adata)  # 5 networks; n_ensemble=1 for one
     >>> model.train(max_epochs=20)
     >>> model.annotate()
     >>> adata.obs["nact_prediction"].head()
@@ -170,7 +176,7 @@ class NACT(ClassifierMixin, BaseModelClass):
         attention_init: Literal["zeros", "xavier"] = "zeros",
         mask_unexpressed: bool = True,
         attention_input: Literal["expression", "centered", "standardized"] = "expression",
-        n_ensemble: int = 1,
+        n_ensemble: int = 5,
     ):
         super().__init__(adata, registry)
         if int(n_ensemble) != n_ensemble or n_ensemble < 1:
