@@ -150,7 +150,19 @@ class ClassifierTrainingPlan(EpochTrainingPlan):
             )
 
     def forward(self, tensors: dict[str, torch.Tensor], **kwargs):
-        """The module's forward pass; in training with a ``teacher``, the loss includes distillation."""
+        """The module's forward pass; in training with a ``teacher``, the loss includes distillation.
+
+        Parameters
+        ----------
+        tensors
+            A minibatch, as the data loader gives it.
+        **kwargs
+            Passed to the module's forward (``loss_kwargs``, ...).
+
+        Returns
+        -------
+        The module's inference outputs, generative outputs and :class:`~scvi.module.base.LossOutput`.
+        """
         inference_outputs, generative_outputs, loss_output = super().forward(tensors, **kwargs)
         if self._teacher is not None and self.module.training:
             loss_output.loss = self._distilled_loss(tensors, loss_output)
