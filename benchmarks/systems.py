@@ -423,22 +423,24 @@ SYSTEMS: dict[str, System] = {
     for system in [
         System(
             name="nact",
-            label="scsalient NACT",
+            label="scsalient NACT, one network",
             family="scsalient",
             fit_predict=nact,
             description=(
-                "N-ACT, default preset (see the NACT user guide), batch augmentation when the data "
-                "have a batch column, early stopping on the validation macro-F1 of 10% of the train "
-                "cells, at most 15 (quick) / 30 (full) epochs"
+                "N-ACT, one network (n_ensemble=1), default preset (see the NACT user guide), batch "
+                "augmentation when the data have a batch column, early stopping on the validation "
+                "macro-F1 of 10% of the train cells, at most 15 (quick) / 30 (full) epochs"
             ),
             input="as given (counts are normalised inside the model)",
         ),
         System(
             name="nact_ensemble",
-            label="scsalient NACT, 5-member ensemble",
+            label="scsalient NACT (default: 5-member ensemble)",
             family="scsalient",
             fit_predict=nact_ensemble,
-            description="as nact, with a deep ensemble of 5 members trained together (n_ensemble=5)",
+            description=(
+                "the default: as nact, with a deep ensemble of 5 members trained together (n_ensemble=5)"
+            ),
             budgets=("full",),
             input="as given (counts are normalised inside the model)",
         ),
@@ -469,7 +471,7 @@ SYSTEMS: dict[str, System] = {
         ),
         System(
             name="sctab",
-            label="scsalient SCTAB",
+            label="scsalient SCTAB, one network",
             family="scsalient",
             fit_predict=sctab,
             description=(
@@ -480,12 +482,11 @@ SYSTEMS: dict[str, System] = {
         ),
         System(
             name="sctab_ensemble",
-            label="scsalient SCTAB, 5-member ensemble",
+            label="scsalient SCTAB (default: 5-member ensemble)",
             family="scsalient",
             fit_predict=sctab_ensemble,
-            description="as sctab, with a deep ensemble of 5 members trained together",
+            description="the default: as sctab, with a deep ensemble of 5 members trained together",
             budgets=("full",),
-            max_seeds=1,
             input="as given (counts are normalised inside the model)",
         ),
         System(
