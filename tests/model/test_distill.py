@@ -97,3 +97,15 @@ def test_distill_refuses_a_single_network_and_bad_settings():
     for bad in ({"distill_temperature": 0.0}, {"distill_weight": 1.5}):
         with pytest.raises(ValueError, match="distill_"):
             ClassifierTrainingPlan(single.module, n_classes=5, teacher=ensemble.module, **bad)
+
+
+def test_distill_an_ensemble_trained_on_every_cell():
+    adata = ss.datasets.simulate(n_cells=200, n_genes=150, seed=0)
+    ss.model.NACT.setup_anndata(adata, labels_key="cell_type")
+    ensemble = ss.model.NACT(adata, n_ensemble=2)
+    ensemble.train(max_epochs=2, train_size=1.0, enable_progress_bar=False)
+    student = ensemble.distill(enable_progress_bar=False)
+    # no validation cells: the student trains on every cell, without early stopping
+    assert len(student.train_indices) == adata.n_obs
+    assert student.training_settings_["early_stopping"] is False
+    assert len(student.history["f1_macro_train"]) == 2

@@ -160,8 +160,9 @@ class ClassifierMixin(ExpressionModelMixin):
         settings_ = getattr(self, "training_settings_", {})
         kwargs = {k: v for k, v in settings_.items() if k in signature}
         kwargs.update(train_kwargs)
-        train_idx = np.asarray(self.train_indices)
-        validation_idx = np.asarray(getattr(self, "validation_indices", np.array([], dtype=int)))
+        train_idx = np.asarray(self.train_indices, dtype=int)
+        validation = getattr(self, "validation_indices", None)
+        validation_idx = np.asarray([] if validation is None else validation, dtype=int)
         if len(validation_idx) == 0:
             kwargs["train_size"] = 1.0
             kwargs.setdefault("early_stopping", False)
