@@ -42,7 +42,15 @@ def test_distilled_network_reproduces_the_ensemble(name):
     assert student.module.n_members == 1
     assert set(student.train_indices) == set(ensemble.train_indices)
     assert set(student.validation_indices) == set(ensemble.validation_indices)
-    assert student.training_settings_["distilled_from"] == {"n_members": 3, "temperature": 2.0, "weight": 1.0}
+    record = student.training_settings_["distilled_from"]
+    assert {k: record[k] for k in ("n_members", "temperature", "weight")} == {
+        "n_members": 3,
+        "temperature": 2.0,
+        "weight": 1.0,
+    }
+    best = record["best_validation_f1"]
+    assert best["ensemble"] == pytest.approx(ensemble.history["f1_macro_validation"].iloc[:, 0].max())
+    assert best["network"] == pytest.approx(student.history["f1_macro_validation"].iloc[:, 0].max())
     assert student.training_settings_["lr"] == ensemble.training_settings_["lr"]
 
     val = np.asarray(ensemble.validation_indices)
@@ -109,3 +117,37 @@ def test_distill_an_ensemble_trained_on_every_cell():
     assert len(student.train_indices) == adata.n_obs
     assert student.training_settings_["early_stopping"] is False
     assert len(student.history["f1_macro_train"]) == 2
+
+
+def test_distill_warns_when_the_network_does_not_learn_the_ensemble(caplog):
+    adata = ss.datasets.simulate(n_cells=600, n_genes=150, seed=0)
+    ss.model.NACT.setup_anndata(adata, labels_key="cell_type")
+    ensemble = ss.model.NACT(adata, n_ensemble=2)
+    ensemble.train(max_epochs=20, lr=3e-3, early_stopping=False, enable_progress_bar=False)
+    # one epoch at a learning rate too small to move the weights: the network stays at chance
+    with caplog.at_level("WARNING", logger="scsalient.model.base._classifier"):
+        student = ensemble.distill(max_epochs=1, lr=1e-9, enable_progress_bar=False)
+    best = student.training_settings_["distilled_from"]["best_validation_f1"]
+    assert best["network"] < best["ensemble"] - 0.05
+    assert "did not learn the ensemble's predictions" in caplog.text
+
+
+def test_distillation_reaches_a_class_the_network_has_pushed_to_zero():
+    # a class whose probability fell below 1e-12 must still get a gradient from the teacher
+    # (the ensemble read-out clamps log-probabilities there, which once stopped such classes)
+    adata = ss.datasets.simulate(n_cells=200, n_genes=150, seed=0)
+    ss.model.NACT.setup_anndata(adata, labels_key="cell_type")
+    teacher = ss.model.NACT(adata, n_ensemble=2).module
+    student = ss.model.NACT(adata, n_ensemble=1).module
+    with torch.no_grad():
+        student.members[0].classifier.bias[0] = -100.0  # class 0: probability ~ e^-100
+    plan = ClassifierTrainingPlan(student, n_classes=adata.obs["cell_type"].nunique(), teacher=teacher)
+    tensors = {
+        "X": torch.as_tensor(adata.X[:32].toarray(), dtype=torch.float32),
+        "labels": torch.as_tensor(adata.obs["cell_type"].cat.codes.to_numpy()[:32, None]),
+    }
+    student.train()
+    _, _, out = plan.forward(tensors)
+    out.loss.backward()
+    grad = student.members[0].classifier.bias.grad
+    assert grad[0] < -0.01  # the teacher pulls class 0 back up

@@ -165,10 +165,17 @@ class ClassifierTrainingPlan(EpochTrainingPlan):
         """
         inference_outputs, generative_outputs, loss_output = super().forward(tensors, **kwargs)
         if self._teacher is not None and self.module.training:
-            loss_output.loss = self._distilled_loss(tensors, loss_output)
+            # the raw logits of the single network: ``loss_output.logits`` are log-probabilities
+            # clamped at log(1e-12), whose gradient vanishes for a class the network has pushed
+            # below that probability (it could then never learn the class back)
+            member_logits = inference_outputs.get("member_logits")
+            logits = member_logits[0] if member_logits is not None else loss_output.logits
+            loss_output.loss = self._distilled_loss(tensors, loss_output, logits)
         return inference_outputs, generative_outputs, loss_output
 
-    def _distilled_loss(self, tensors: dict[str, torch.Tensor], loss_output: LossOutput) -> torch.Tensor:
+    def _distilled_loss(
+        self, tensors: dict[str, torch.Tensor], loss_output: LossOutput, logits: torch.Tensor
+    ) -> torch.Tensor:
         """The loss with its cross-entropy ``ce`` replaced by ``(1 - w) ce + w T^2 KL(teacher || module)``."""
         teacher = self._teacher[0].eval()  # no dropout or augmentation in the teacher
         device = loss_output.logits.device
@@ -177,9 +184,8 @@ class ClassifierTrainingPlan(EpochTrainingPlan):
         with torch.no_grad():
             teacher_logits = teacher.inference(**teacher._get_inference_input(tensors))["logits"]
         t = self.distill_temperature
-        # ``logits`` are log-probabilities up to a per-cell constant, which the softmax removes
         kl = F.kl_div(
-            F.log_softmax(loss_output.logits / t, dim=-1),
+            F.log_softmax(logits / t, dim=-1),
             F.log_softmax(teacher_logits / t, dim=-1),
             reduction="batchmean",
             log_target=True,
