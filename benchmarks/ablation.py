@@ -41,7 +41,7 @@ if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
 from datasets import LABEL_KEY, inner_held_out, load_split  # noqa: E402
-from systems import BATCH_KEYS, _quiet_lightning  # noqa: E402
+from systems import BATCH_KEYS, _quiet_lightning, distilled, teacher_record  # noqa: E402
 
 SEEDS = {"quick": [0], "full": [0, 1, 2]}
 #: classes of MOp whose errors dominate (peers.md, issue notes): their F1 is reported separately
@@ -171,8 +171,7 @@ def train_and_score(model_name: str, step: tuple, dataset: str, seed: int, split
     epochs = None if train_kwargs.get("preset") == "paper" and model_name == "nact" else MAX_EPOCHS
     model.train(max_epochs=epochs, enable_progress_bar=False, **train_kwargs)
     if distill:  # the ensemble's probabilities, taught to one network (fit time includes both)
-        teacher_predictions = np.asarray(model.predict(test)).astype(str)
-        model = model.distill(max_epochs=epochs, enable_progress_bar=False)
+        model = distilled(model, max_epochs=epochs)
     fit_seconds = time.perf_counter() - start
     predictions = np.asarray(model.predict(test)).astype(str)
     truth = test.obs[LABEL_KEY].astype(str).to_numpy()
@@ -196,11 +195,7 @@ def train_and_score(model_name: str, step: tuple, dataset: str, seed: int, split
             for k, v in model.training_settings_.items()
         },
     }
-    if distill:
-        labels_t = np.unique(np.concatenate([truth, teacher_predictions]))
-        record["teacher_macro_f1"] = float(
-            f1_score(truth, teacher_predictions, labels=labels_t, average="macro", zero_division=0)
-        )
+    record.update(teacher_record(model, test, LABEL_KEY))  # the ensemble's score, if distilled
     if model_name == "nact" and dataset == "kang":
         record["salient_precision_at_25"] = kang_salient_precision(model, test)
     return record

@@ -68,14 +68,25 @@ def truth_sets(database: pd.DataFrame) -> dict[str, dict[str, set[str]]]:
     return sets
 
 
+def default_n_ensemble() -> int:
+    """NACT's default number of ensemble members (read from its signature)."""
+    import inspect
+
+    import scsalient as ss
+
+    return inspect.signature(ss.model.NACT).parameters["n_ensemble"].default
+
+
 def nact_rankings(adata, epochs: int, seed: int) -> tuple[dict, dict]:
     from systems import _jsonable, train_nact
 
     import scsalient as ss
 
     work = adata.copy()
-    # the model's defaults: a 5-member ensemble (the mean attention of its members)
-    model, train_seconds = train_nact(work, LABEL_KEY, seed, max_epochs=epochs, n_ensemble=5)
+    # the model's default ensemble size (the mean attention of its members)
+    model, train_seconds = train_nact(
+        work, LABEL_KEY, seed, max_epochs=epochs, n_ensemble=default_n_ensemble()
+    )
     start = time.perf_counter()
     model.annotate()
     annotate_seconds = time.perf_counter() - start
@@ -223,7 +234,7 @@ def write_markdown(record: dict, path: Path) -> None:
         f"**{record['budget']}**, started {record['started']}.",
         "",
         f"NACT: {nact['model_settings'].get('n_ensemble', 1)}-member ensemble"
-        f"{' (the default)' if nact['model_settings'].get('n_ensemble', 1) == 5 else ''}, "
+        f"{' (the default)' if nact['model_settings'].get('n_ensemble', 1) == default_n_ensemble() else ''}, "
         f"trained on all cells with its default preset for {nact['epochs_run']} epoch(s) "
         f"(at most {nact['max_epochs']}, early stopping; batch key "
         f"{nact['training_settings'].get('augment') and 'donor_id' or 'none'}, seed {nact['seed']}) "

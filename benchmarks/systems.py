@@ -135,13 +135,18 @@ def train_nact(
     model = ss.model.NACT(adata, n_ensemble=n_ensemble)
     model.train(max_epochs=max_epochs, preset=preset, enable_progress_bar=False)
     if distill:
-        teacher = model
-        model = teacher.distill(enable_progress_bar=False)
-        model.teacher_ = teacher
+        model = distilled(model)
     return model, time.perf_counter() - start
 
 
-def _teacher_record(model, test: AnnData, label_key: str) -> dict:
+def distilled(ensemble, **train_kwargs):
+    """One network distilled from a trained ensemble, with the ensemble kept as ``teacher_``."""
+    student = ensemble.distill(enable_progress_bar=False, **train_kwargs)
+    student.teacher_ = ensemble  # for teacher_record
+    return student
+
+
+def teacher_record(model, test: AnnData, label_key: str) -> dict:
     """Macro-F1 on the test cells of the ensemble a distilled model learnt from (none otherwise)."""
     teacher = getattr(model, "teacher_", None)
     if teacher is None:
@@ -165,7 +170,7 @@ def _nact(train: AnnData, test: AnnData, label_key: str, seed: int, **train_kwar
     history = model.history
     epochs = len(history["f1_macro_validation"])
     extra = {
-        **_teacher_record(model, test, label_key),
+        **teacher_record(model, test, label_key),
         "epochs_run": epochs,
         "seconds_per_epoch": fit_seconds / epochs,
         "n_parameters": int(sum(p.numel() for p in model.module.parameters())),
@@ -228,15 +233,13 @@ def _sctab(
     model = ss.model.SCTAB(adata, n_ensemble=n_ensemble)
     model.train(max_epochs=SCTAB_EPOCHS[budget], enable_progress_bar=False)
     if distill:
-        teacher = model
-        model = teacher.distill(max_epochs=SCTAB_EPOCHS[budget], enable_progress_bar=False)
-        model.teacher_ = teacher
+        model = distilled(model, max_epochs=SCTAB_EPOCHS[budget])
     fit_seconds = time.perf_counter() - start
     query = test.copy()
     _, predict_seconds = _timed(model.annotate, query, mask=False, embedding=False)
     epochs = len(model.history["f1_macro_validation"])
     extra = {
-        **_teacher_record(model, test, label_key),
+        **teacher_record(model, test, label_key),
         "n_ensemble": n_ensemble,
         "batch_key": batch_key,
         "epochs_run": epochs,

@@ -178,9 +178,8 @@ class ClassifierTrainingPlan(EpochTrainingPlan):
     ) -> torch.Tensor:
         """The loss with its cross-entropy ``ce`` replaced by ``(1 - w) ce + w T^2 KL(teacher || module)``."""
         teacher = self._teacher[0].eval()  # no dropout or augmentation in the teacher
-        device = loss_output.logits.device
-        if next(teacher.parameters()).device != device:
-            teacher.to(device)
+        if next(teacher.parameters()).device != logits.device:
+            teacher.to(logits.device)
         with torch.no_grad():
             teacher_logits = teacher.inference(**teacher._get_inference_input(tensors))["logits"]
         t = self.distill_temperature
