@@ -275,7 +275,12 @@ def test_paper_preset_and_small_data_defaults(sim):
     assert (settings["bn_momentum_input"], settings["bn_momentum"]) == (0.01, 0.02)
     assert not settings["augment"]
     model.train(max_epochs=1, enable_progress_bar=False)
-    assert model.training_settings_["batch_size"] == 128  # scaled to 270 training cells
+    assert model.training_settings_["batch_size"] == 32  # 270 training cells: the smallest batch
+    # about 1/32 of the training cells per batch (some 32 optimiser steps per epoch), 32 to 2048
+    from scsalient.model.sctab._model import auto_training
+
+    sizes = {n: auto_training(n)["batch_size"] for n in (270, 2_000, 7_060, 65_000, 5_000_000)}
+    assert sizes == {270: 32, 2_000: 64, 7_060: 256, 65_000: 2048, 5_000_000: 2048}
     assert model.training_settings_["bn_momentum"] > 0.02
 
 

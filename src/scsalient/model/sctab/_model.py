@@ -54,7 +54,7 @@ def auto_momentum(n_train: int, batch_size: int, virtual_batch_size: int) -> tup
 
 def auto_training(n_train: int) -> dict:
     """Training settings that suit ``n_train`` cells (see :class:`SCTAB`, Notes)."""
-    batch_size = int(np.clip(2 ** np.round(np.log2(max(n_train, 1) / 32)), 128, 2048))
+    batch_size = int(np.clip(2 ** np.round(np.log2(max(n_train, 1) / 32)), 32, 2048))
     return {"lr": 5e-3, "weight_decay": 0.05, "batch_size": batch_size, "lr_decay": 0.9}
 
 
@@ -118,7 +118,7 @@ class SCTAB(ClassifierMixin, BaseModelClass):
     macro-F1 kept. ``preset="paper"`` uses the published settings (learning rate 0.005,
     weight decay 0.05, batch size 2048, TabNet's batch-norm momenta 0.01 and 0.02). The default
     ``preset="auto"`` keeps them except the batch size, which scales with the data (about 1/32
-    of the training cells, between 128 and 2048), and the batch-norm momenta, set so that the
+    of the training cells, between 32 and 2048), and the batch-norm momenta, set so that the
     running statistics used at prediction time settle within about half an epoch. With the
     published settings a 10,000-cell dataset gets 4 optimiser steps per epoch while the
     learning rate decays by 0.9 per epoch, and the running statistics barely leave their
