@@ -22,6 +22,13 @@ Writes ``results/ablation.{json,md}``; with ``--merge`` keeps the runs of an ear
 last third of the training batches (sorted by name; MOp sub-libraries 09G/H/I, Kang donor 1244)
 is held out and scored, the rest is trained on. This is the split on which the defaults are
 chosen; it writes ``results/ablation_inner.{json,md}``.
+
+``--distilled-from-classification`` (test split only) takes the *distilled* steps from the
+classification benchmark's runs of the same configuration (systems ``nact_distilled`` and
+``sctab_distilled`` in ``results/classification.json``) instead of training them again; the
+table names the commit those runs were made at. To copy them and train nothing::
+
+    python benchmarks/ablation.py --budget full --merge --distilled-from-classification --steps
 """
 
 from __future__ import annotations
@@ -201,6 +208,100 @@ def train_and_score(model_name: str, step: tuple, dataset: str, seed: int, split
     return record
 
 
+#: the classification benchmark's system that runs each model's distilled step
+DISTILLED_SYSTEMS = {"nact": "nact_distilled", "sctab": "sctab_distilled"}
+
+
+def distilled_step(model_name: str) -> str:
+    """Name of the model's distilled step (the one trained with ``distill``)."""
+    return next(step[0] for step in STEPS[model_name] if step[3].get("distill"))
+
+
+def distilled_from_classification(
+    classification: dict, models: list[str], datasets: list[str], seeds: list[int]
+) -> list[dict]:
+    """The distilled steps as ablation records, from the classification benchmark's runs.
+
+    Those runs train the same configuration on the same test split, so the ablation reuses
+    them instead of training them twice; each record keeps the commit it was made at.
+    """
+    wanted = {DISTILLED_SYSTEMS[m]: m for m in models}
+    records = []
+    for run in classification["runs"]:
+        model_name = wanted.get(run.get("system"))
+        if model_name is None or run.get("status") != "ok":
+            continue
+        if run["dataset"] not in datasets or run["seed"] not in seeds:
+            continue
+        extra = run.get("extra", {})
+        git = run.get("environment", {}).get("git") or {}
+        records.append(
+            {
+                "model": model_name,
+                "step": distilled_step(model_name),
+                "dataset": run["dataset"],
+                "split": "test",
+                "seed": run["seed"],
+                "macro_f1": run["macro_f1"],
+                "accuracy": run["accuracy"],
+                "per_class_f1": run["per_class_f1"],
+                "best_validation_f1": max(extra["f1_macro_validation_per_epoch"]),
+                "epochs_run": extra["epochs_run"],
+                "fit_seconds": run["fit_seconds"],
+                "training_settings": extra.get("training_settings", {}),
+                "teacher_macro_f1": extra.get("teacher_macro_f1"),
+                "source": {"system": run["system"]},
+                "git": git,
+            }
+        )
+    return records
+
+
+def _source_notes(runs: list[dict]) -> list[str]:
+    """One line naming the classification runs that a table's distilled rows were taken from."""
+    sources = [r["source"] for r in runs if isinstance(r.get("source"), dict)]
+    if not sources:
+        return []
+    systems = sorted({s["system"] for s in sources})
+    seeds = sorted({r["seed"] for r in runs if isinstance(r.get("source"), dict)})
+    return [
+        "The *distilled* rows on this split are the classification benchmark's runs of the same "
+        f"configuration (systems {', '.join(f'`{s}`' for s in systems)}, seeds "
+        f"{', '.join(map(str, seeds))}), copied here rather than trained twice "
+        "(`--distilled-from-classification`)."
+    ]
+
+
+def _git_lines(record: dict) -> list[str]:
+    """The package state of the runs: one sentence, or one line per state when merged runs differ."""
+    from report import git_line
+
+    def key(git: dict | None) -> tuple:
+        git = git or {}
+        return (
+            git.get("commit"),
+            tuple(git.get("uncommitted_changes_in_src") or []),
+            bool(git.get("inherited")),
+        )
+
+    def sentence(git: dict) -> str:
+        text = git_line(git)[:-1]
+        if git.get("inherited"):  # a run recorded before runs named their commit
+            text += " or earlier (the commit of the table these runs were merged from)"
+        return text
+
+    runs = record["runs"]
+    states = {key(r.get("git")): r["git"] for r in runs if (r.get("git") or {}).get("commit")}
+    if len(states) < 2:
+        state = next(iter(states.values()), record.get("git"))
+        return [sentence(state) + ".", ""] if (state or {}).get("commit") else []
+    lines = ["Runs made at different states of the package:", ""]
+    for state_key, state in states.items():
+        steps = sorted({f"{r['model']} {r['step']}" for r in runs if key(r.get("git")) == state_key})
+        lines.append(f"- {sentence(state)}: {'; '.join(steps)}.")
+    return [*lines, ""]
+
+
 def kang_salient_precision(model, test) -> dict:
     """Precision@25 of NACT's salient genes on the test cells against PanglaoDB (primary / broad)."""
     from markers import MAPPING, PANGLAO, K, truth_sets
@@ -280,8 +381,6 @@ def _fmt(value: tuple[float, float | None], digits: int = 3) -> str:
 
 
 def write_markdown(record: dict, path: Path) -> None:
-    from report import git_line
-
     rows = record["summary"]
     inner = record.get("split", "test") == "inner"
     datasets = [d for d in ("mop", "kang") if any(r["dataset"] == d for r in rows)]
@@ -314,10 +413,11 @@ def write_markdown(record: dict, path: Path) -> None:
         "ensemble's probabilities, with `distill()`). "
         "*val* is the best macro-F1 on the validation split (10 % of the "
         f"training cells) and *epochs* the epochs run (at most {MAX_EPOCHS}; 50 for NACT's paper "
-        "preset). " + selection + git_line(record.get("git")),
+        "preset). " + selection.rstrip(),
         "",
+        *_git_lines(record),
     ]
-    for note in record.get("notes", []):  # e.g. rows taken from another benchmark's runs
+    for note in _source_notes(record["runs"]):  # rows taken from the classification benchmark
         lines += [note, ""]
     for model_name in STEPS:
         mine = [r for r in rows if r["model"] == model_name]
@@ -387,11 +487,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 0 quick, 0 1 2 full)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
     parser.add_argument("--merge", action="store_true", help="keep the runs of an earlier ablation.json")
-    parser.add_argument("--steps", nargs="+", type=int, help="run only these steps (1-based) of each model")
+    parser.add_argument(
+        "--steps", nargs="*", type=int, help="run only these steps (1-based) of each model; none: no step"
+    )
     parser.add_argument(
         "--split", choices=SPLITS, default="test", help="score on test cells or held-out training batches"
     )
+    parser.add_argument(
+        "--distilled-from-classification",
+        action="store_true",
+        help="test split: take the distilled steps from results/classification.json instead of training them",
+    )
     args = parser.parse_args(argv)
+    if args.distilled_from_classification and args.split != "test":
+        parser.error("--distilled-from-classification needs --split test (the classification split)")
     from run import git_state
 
     seeds = args.seeds if args.seeds is not None else SEEDS[args.budget]
@@ -403,6 +512,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.merge and path.exists():
         previous = json.loads(path.read_text())
         kept, previous_seconds = previous["runs"], previous.get("total_seconds", 0.0)
+        for run in kept:  # runs recorded before each run named its own commit: the table's
+            if "git" not in run:
+                run["git"] = {**(previous.get("git") or {}), "inherited": True}
     args.out.mkdir(parents=True, exist_ok=True)
     runs = []
 
@@ -423,16 +535,26 @@ def main(argv: list[str] | None = None) -> None:
         path.write_text(json.dumps(record, indent=1))
         write_markdown(record, args.out / f"{stem}.md")
 
+    if args.distilled_from_classification:
+        classification = json.loads((args.out / "classification.json").read_text())
+        runs += distilled_from_classification(classification, args.models, args.datasets, seeds)
+        print(f"[ablation test] {len(runs)} distilled run(s) taken from classification.json", flush=True)
+        write()
+    # the distilled steps without a classification run (e.g. another budget's seeds) are trained
+    copied = {(r["model"], r["step"], r["dataset"], r["seed"]) for r in runs}
     # seed-major order: a partial run has every step for the first seeds
     for seed in seeds:
         for model_name in args.models:
             for number, step in enumerate(STEPS[model_name], start=1):
-                if args.steps and number not in args.steps:
+                if args.steps is not None and number not in args.steps:
                     continue
                 for dataset in args.datasets:
+                    if (model_name, step[0], dataset, seed) in copied:
+                        continue  # taken from the classification runs above
                     label = f"[ablation {args.split}] {model_name} | {step[0]} | {dataset} | seed {seed} ..."
                     print(label, end=" ", flush=True)
                     record = train_and_score(model_name, step, dataset, seed, args.split)
+                    record["git"] = git_state()
                     runs.append(record)
                     print(f"macro-F1 {record['macro_f1']:.3f} ({record['epochs_run']} epochs)", flush=True)
                     write()
