@@ -393,7 +393,9 @@ def main_suite(args: argparse.Namespace) -> None:
             system_seeds = seeds[: system.max_seeds] if system.max_seeds else seeds
             for seed in system_seeds:
                 print(f"[run] {system_name:<11} {dataset:<8} seed {seed} ...", end=" ", flush=True)
+                state = environment()  # the package as this run found it (it may change later)
                 record = run_child(system_name, dataset, seed, budget, args.timeout, args.out)
+                record["environment"] = state
                 runs.append(record)
                 if record["status"] == "ok":
                     onto = record.get("ontology_macro_f1")
