@@ -21,7 +21,7 @@ demo: venv
 	$(BIN)/python demo/run_demo.py --out demo_output
 
 test: venv
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15
 	$(BIN)/sphinx-build -M html docs docs/_build -E -W --keep-going -q
 
 bench: venv
