@@ -553,8 +553,9 @@ def main(argv: list[str] | None = None) -> None:
                         continue  # taken from the classification runs above
                     label = f"[ablation {args.split}] {model_name} | {step[0]} | {dataset} | seed {seed} ..."
                     print(label, end=" ", flush=True)
+                    state = git_state()  # the package as the run found it
                     record = train_and_score(model_name, step, dataset, seed, args.split)
-                    record["git"] = git_state()
+                    record["git"] = state
                     runs.append(record)
                     print(f"macro-F1 {record['macro_f1']:.3f} ({record['epochs_run']} epochs)", flush=True)
                     write()
