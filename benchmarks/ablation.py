@@ -137,6 +137,18 @@ STEPS = {
             {"n_ensemble": 1},
             {"lr_decay": 0.95},
         ),
+        (
+            "default, 1 member, weight decay 0.5 (candidate, not adopted yet)",
+            {"batch_key": "BATCH"},
+            {"n_ensemble": 1},
+            {"weight_decay": 0.5},
+        ),
+        (
+            "default with weight decay 0.5 (candidate, not adopted yet)",
+            {"batch_key": "BATCH"},
+            {},
+            {"weight_decay": 0.5},
+        ),
     ],
 }
 SPLITS = ("test", "inner")
