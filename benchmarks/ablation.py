@@ -271,11 +271,11 @@ def distilled_from_classification(
 
 def _source_notes(runs: list[dict]) -> list[str]:
     """One line naming the classification runs that a table's distilled rows were taken from."""
-    sources = [r["source"] for r in runs if isinstance(r.get("source"), dict)]
-    if not sources:
+    copied = [r for r in runs if isinstance(r.get("source"), dict)]
+    if not copied:
         return []
-    systems = sorted({s["system"] for s in sources})
-    seeds = sorted({r["seed"] for r in runs if isinstance(r.get("source"), dict)})
+    systems = sorted({r["source"]["system"] for r in copied})
+    seeds = sorted({r["seed"] for r in copied})
     return [
         "The *distilled* rows on this split are the classification benchmark's runs of the same "
         f"configuration (systems {', '.join(f'`{s}`' for s in systems)}, seeds "

@@ -328,10 +328,8 @@ def merge_results(previous_path: Path, results: dict) -> dict:
         )
     done = {(r["system"], r["dataset"], r["seed"]) for r in results["runs"]}
     kept = [r for r in previous["runs"] if (r["system"], r["dataset"], r["seed"]) not in done]
-    for run in kept:
+    for run in kept:  # runs recorded before each run named its own environment
         run.setdefault("environment", previous.get("environment"))
-    for run in results["runs"]:
-        run.setdefault("environment", results["environment"])
     merged = dict(results)
     merged["runs"] = kept + results["runs"]
     merged["systems"] = {**previous.get("systems", {}), **results["systems"]}
