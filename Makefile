@@ -20,8 +20,10 @@ $(STAMP): pyproject.toml
 demo: venv
 	$(BIN)/python demo/run_demo.py --out demo_output
 
+# --dist loadfile: each test module runs on one worker, so a module-scoped fixture that trains
+# a model is built once per run (not once per worker)
 test: venv
-	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
 	$(BIN)/sphinx-build -M html docs docs/_build -E -W --keep-going -q
 
 bench: venv

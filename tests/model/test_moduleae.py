@@ -17,10 +17,6 @@ from scsalient.model.moduleae import ModuleAEModule, ModuleAETrainingPlan
 N_MODULES = 3
 
 
-# one worker trains the module fixtures once (without a group each worker would train them)
-pytestmark = pytest.mark.xdist_group("moduleae")
-
-
 @pytest.fixture(scope="module")
 def sim():
     # no cell-type signal: the planted structure is three gene modules with per-cell activity

@@ -17,10 +17,6 @@ from scsalient.model.nact import NACTModule
 N_TYPES = 4
 
 
-# one worker trains the module fixtures once (without a group each worker would train them)
-pytestmark = pytest.mark.xdist_group("nact")
-
-
 @pytest.fixture(scope="module")
 def sim():
     # markers nearly on/off (8-fold) on a sparse-ish background, as in real data

@@ -25,10 +25,6 @@ N_MEMBERS = 3
 SRC = Path(ss.__file__).resolve().parents[1]
 
 
-# one worker trains the module fixtures once (without a group each worker would train them)
-pytestmark = pytest.mark.xdist_group("sctab")
-
-
 @pytest.fixture(scope="module")
 def sim():
     return ss.datasets.simulate(

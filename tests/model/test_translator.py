@@ -14,10 +14,6 @@ import scsalient as ss
 from scsalient._constants import TranslatorKeys
 from scsalient.metrics import translation_controls, translation_scores
 
-# one worker trains the module fixtures once (without a group each worker would train them)
-pytestmark = pytest.mark.xdist_group("translator")
-
-
 N_LINKS = 30
 N_GENES, N_PEAKS = 300, 800
 
