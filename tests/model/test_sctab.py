@@ -277,6 +277,13 @@ def test_paper_preset_and_small_data_defaults(sim):
 
     sizes = {n: auto_training(n)["batch_size"] for n in (270, 2_000, 7_060, 65_000, 5_000_000)}
     assert sizes == {270: 32, 2_000: 64, 7_060: 256, 65_000: 2048, 5_000_000: 2048}
+    # weight decay 0.5 (chosen on MOp's inner split) up to 65,536 cells, then as 1 / cells down
+    # to the published 0.05 at atlas scale
+    decay = {n: auto_training(n)["weight_decay"] for n in (270, 7_060, 65_536, 131_072, 655_360, 5_000_000)}
+    assert decay == pytest.approx(
+        {270: 0.5, 7_060: 0.5, 65_536: 0.5, 131_072: 0.25, 655_360: 0.05, 5_000_000: 0.05}
+    )
+    assert model.training_settings_["weight_decay"] == 0.5
     assert model.training_settings_["bn_momentum"] > 0.02
 
 
