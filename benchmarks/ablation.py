@@ -1,8 +1,8 @@
 """Ablation of the training defaults of NACT and SCTAB: from the published settings to the default.
 
 Each model is trained with a cumulative series of settings, from its paper preset to its
-default (then, for NACT, one network plus the regularisers that were tried and not adopted, and
-for both the default ensemble distilled into one network), on the fixed splits of the
+default (then the regularisers and sizes that were tried and not adopted, and for both the
+default ensemble distilled into one network), on the fixed splits of the
 classification benchmark (MOp: unseen sub-libraries; Kang: unseen donors). Every setting was
 chosen on a validation split inside the training cells, never on the test cells (see the user
 guides). For NACT on Kang the table also gives the precision@25 of its salient genes against
@@ -23,12 +23,13 @@ last third of the training batches (sorted by name; MOp sub-libraries 09G/H/I, K
 is held out and scored, the rest is trained on. This is the split on which the defaults are
 chosen; it writes ``results/ablation_inner.{json,md}``.
 
-``--distilled-from-classification`` (test split only) takes the *distilled* steps from the
-classification benchmark's runs of the same configuration (systems ``nact_distilled`` and
-``sctab_distilled`` in ``results/classification.json``) instead of training them again; the
-table names the commit those runs were made at. To copy them and train nothing::
+``--from-classification`` (test split only) takes the steps that the classification benchmark
+also runs (the default settings: NACT's distilled network; SCTAB's one network, ensemble and
+distilled network; see ``CLASSIFICATION_SYSTEMS``) from its runs in
+``results/classification.json`` instead of training them again; the table names the commit
+those runs were made at. To copy them and train nothing::
 
-    python benchmarks/ablation.py --budget full --merge --distilled-from-classification --steps
+    python benchmarks/ablation.py --budget full --merge --from-classification --steps
 """
 
 from __future__ import annotations
@@ -104,8 +105,19 @@ STEPS = {
     ],
     "sctab": [
         ("paper preset, 1 member", {}, {"n_ensemble": 1}, {"preset": "paper"}),
-        ("auto preset, 1 member", {}, {"n_ensemble": 1}, {}),
-        ("+ batch augmentation, 1 member", {"batch_key": "BATCH"}, {"n_ensemble": 1}, {}),
+        (
+            "auto preset with scTab's weight decay 0.05, 1 member",
+            {},
+            {"n_ensemble": 1},
+            {"weight_decay": 0.05},
+        ),
+        (
+            "+ batch augmentation, 1 member",
+            {"batch_key": "BATCH"},
+            {"n_ensemble": 1},
+            {"weight_decay": 0.05},
+        ),
+        ("+ weight decay 0.5 (default settings, 1 member)", {"batch_key": "BATCH"}, {"n_ensemble": 1}, {}),
         ("+ 5-member ensemble (default)", {"batch_key": "BATCH"}, {}, {}),
         (
             "default, distilled into one network (distill())",
@@ -114,40 +126,34 @@ STEPS = {
             {"distill": True},
         ),
         (
-            "default, 1 member, n_d 64, n_a 32 (not adopted)",
+            "5-member ensemble with weight decay 0.05 (the earlier default)",
+            {"batch_key": "BATCH"},
+            {},
+            {"weight_decay": 0.05},
+        ),
+        (
+            "1 member, weight decay 0.05, n_d 64, n_a 32 (not adopted)",
             {"batch_key": "BATCH"},
             {"n_ensemble": 1, "n_d": 64, "n_a": 32},
-            {},
+            {"weight_decay": 0.05},
         ),
         (
-            "default, 1 member, 2 shared + 2 independent GLU layers (not adopted)",
+            "1 member, weight decay 0.05, 2 shared + 2 independent GLU layers (not adopted)",
             {"batch_key": "BATCH"},
             {"n_ensemble": 1, "n_shared": 2, "n_independent": 2},
-            {},
+            {"weight_decay": 0.05},
         ),
         (
-            "default, 1 member, learning rate 1e-3 (not adopted)",
+            "1 member, weight decay 0.05, learning rate 1e-3 (not adopted)",
             {"batch_key": "BATCH"},
             {"n_ensemble": 1},
-            {"lr": 1e-3},
+            {"lr": 1e-3, "weight_decay": 0.05},
         ),
         (
-            "default, 1 member, learning-rate decay 0.95 per epoch (not adopted)",
+            "1 member, weight decay 0.05, learning-rate decay 0.95 per epoch (not adopted)",
             {"batch_key": "BATCH"},
             {"n_ensemble": 1},
-            {"lr_decay": 0.95},
-        ),
-        (
-            "default, 1 member, weight decay 0.5 (candidate, not adopted yet)",
-            {"batch_key": "BATCH"},
-            {"n_ensemble": 1},
-            {"weight_decay": 0.5},
-        ),
-        (
-            "default with weight decay 0.5 (candidate, not adopted yet)",
-            {"batch_key": "BATCH"},
-            {},
-            {"weight_decay": 0.5},
+            {"lr_decay": 0.95, "weight_decay": 0.05},
         ),
     ],
 }
@@ -220,27 +226,30 @@ def train_and_score(model_name: str, step: tuple, dataset: str, seed: int, split
     return record
 
 
-#: the classification benchmark's system that runs each model's distilled step
-DISTILLED_SYSTEMS = {"nact": "nact_distilled", "sctab": "sctab_distilled"}
+#: steps with the configuration of a classification benchmark system (same split, seeds and
+#: epochs): on the test split their runs are copied from that benchmark, not trained twice
+CLASSIFICATION_SYSTEMS = {
+    "nact": {"nact_distilled": "default, distilled into one network (distill())"},
+    "sctab": {
+        "sctab": "+ weight decay 0.5 (default settings, 1 member)",
+        "sctab_ensemble": "+ 5-member ensemble (default)",
+        "sctab_distilled": "default, distilled into one network (distill())",
+    },
+}
 
 
-def distilled_step(model_name: str) -> str:
-    """Name of the model's distilled step (the one trained with ``distill``)."""
-    return next(step[0] for step in STEPS[model_name] if step[3].get("distill"))
-
-
-def distilled_from_classification(
+def from_classification(
     classification: dict, models: list[str], datasets: list[str], seeds: list[int]
 ) -> list[dict]:
-    """The distilled steps as ablation records, from the classification benchmark's runs.
+    """The steps of :data:`CLASSIFICATION_SYSTEMS` as ablation records, from that benchmark's runs.
 
     Those runs train the same configuration on the same test split, so the ablation reuses
     them instead of training them twice; each record keeps the commit it was made at.
     """
-    wanted = {DISTILLED_SYSTEMS[m]: m for m in models}
+    wanted = {system: (m, step) for m in models for system, step in CLASSIFICATION_SYSTEMS[m].items()}
     records = []
     for run in classification["runs"]:
-        model_name = wanted.get(run.get("system"))
+        model_name, step = wanted.get(run.get("system"), (None, None))
         if model_name is None or run.get("status") != "ok":
             continue
         if run["dataset"] not in datasets or run["seed"] not in seeds:
@@ -250,7 +259,7 @@ def distilled_from_classification(
         records.append(
             {
                 "model": model_name,
-                "step": distilled_step(model_name),
+                "step": step,
                 "dataset": run["dataset"],
                 "split": "test",
                 "seed": run["seed"],
@@ -270,17 +279,17 @@ def distilled_from_classification(
 
 
 def _source_notes(runs: list[dict]) -> list[str]:
-    """One line naming the classification runs that a table's distilled rows were taken from."""
+    """One line naming the classification runs that a table's rows were taken from."""
     copied = [r for r in runs if isinstance(r.get("source"), dict)]
     if not copied:
         return []
     systems = sorted({r["source"]["system"] for r in copied})
     seeds = sorted({r["seed"] for r in copied})
     return [
-        "The *distilled* rows on this split are the classification benchmark's runs of the same "
-        f"configuration (systems {', '.join(f'`{s}`' for s in systems)}, seeds "
-        f"{', '.join(map(str, seeds))}), copied here rather than trained twice "
-        "(`--distilled-from-classification`)."
+        "The rows of the default settings on this split (one network, ensemble, distilled) are "
+        "the classification benchmark's runs of the same configuration (systems "
+        f"{', '.join(f'`{s}`' for s in systems)}, seeds {', '.join(map(str, seeds))}), copied here "
+        "rather than trained twice (`--from-classification`)."
     ]
 
 
@@ -421,8 +430,9 @@ def write_markdown(record: dict, path: Path) -> None:
         f"{record['started']}, {record['total_seconds'] / 60:.0f} min. "
         + intro
         + "Each step adds one ingredient to the one above (rows marked *not adopted* add it to the "
-        "default settings of one network; *distilled* rows train one network on the default "
-        "ensemble's probabilities, with `distill()`). "
+        "default settings of one network, for SCTAB to those before the weight decay of 0.5; "
+        "*distilled* rows train one network on the default ensemble's probabilities, with "
+        "`distill()`). "
         "*val* is the best macro-F1 on the validation split (10 % of the "
         f"training cells) and *epochs* the epochs run (at most {MAX_EPOCHS}; 50 for NACT's paper "
         "preset). " + selection.rstrip(),
@@ -506,13 +516,14 @@ def main(argv: list[str] | None = None) -> None:
         "--split", choices=SPLITS, default="test", help="score on test cells or held-out training batches"
     )
     parser.add_argument(
-        "--distilled-from-classification",
+        "--from-classification",
         action="store_true",
-        help="test split: take the distilled steps from results/classification.json instead of training them",
+        help="test split: take the steps run by the classification benchmark (the default settings) "
+        "from results/classification.json instead of training them",
     )
     args = parser.parse_args(argv)
-    if args.distilled_from_classification and args.split != "test":
-        parser.error("--distilled-from-classification needs --split test (the classification split)")
+    if args.from_classification and args.split != "test":
+        parser.error("--from-classification needs --split test (the classification split)")
     from run import git_state
 
     seeds = args.seeds if args.seeds is not None else SEEDS[args.budget]
@@ -547,12 +558,12 @@ def main(argv: list[str] | None = None) -> None:
         path.write_text(json.dumps(record, indent=1))
         write_markdown(record, args.out / f"{stem}.md")
 
-    if args.distilled_from_classification:
+    if args.from_classification:
         classification = json.loads((args.out / "classification.json").read_text())
-        runs += distilled_from_classification(classification, args.models, args.datasets, seeds)
-        print(f"[ablation test] {len(runs)} distilled run(s) taken from classification.json", flush=True)
+        runs += from_classification(classification, args.models, args.datasets, seeds)
+        print(f"[ablation test] {len(runs)} run(s) taken from classification.json", flush=True)
         write()
-    # the distilled steps without a classification run (e.g. another budget's seeds) are trained
+    # the copied steps without a classification run (e.g. another budget's seeds) are trained
     copied = {(r["model"], r["step"], r["dataset"], r["seed"]) for r in runs}
     # seed-major order: a partial run has every step for the first seeds
     for seed in seeds:

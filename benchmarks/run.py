@@ -54,8 +54,8 @@ EXTRA_BENCHMARKS = [
         f"translation.py --split inner --no-links --merge --systems translator --n-ensemble 1 --dropout {p}"
         for p in ("0.1", "0.3", "0.5", "0.7")
     ),
-    # its distilled steps are the classification runs of nact_distilled and sctab_distilled
-    "ablation.py --distilled-from-classification",
+    # its steps of the default settings are the classification runs of the same configuration
+    "ablation.py --from-classification",
     "markers.py",
     "markers_simulated.py",
     "modules.py",
