@@ -284,6 +284,9 @@ def test_paper_preset_and_small_data_defaults(sim):
         {270: 0.5, 7_060: 0.5, 65_536: 0.5, 131_072: 0.25, 655_360: 0.05, 5_000_000: 0.05}
     )
     assert model.training_settings_["weight_decay"] == 0.5
+    full = ss.model.SCTAB(adata, n_ensemble=1, n_d=16, n_a=8)
+    full.train(max_epochs=2, train_size=1.0, enable_progress_bar=False)  # no validation: no early stop
+    assert len(full.history["train_loss"]) == 2 and "f1_macro_validation" not in full.history
     assert model.training_settings_["bn_momentum"] > 0.02
 
 

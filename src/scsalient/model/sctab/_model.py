@@ -280,7 +280,7 @@ class SCTAB(ClassifierMixin, BaseModelClass):
         augment: bool | None = None,
         train_size: float = 0.9,
         validation_size: float | None = None,
-        early_stopping: bool = True,
+        early_stopping: bool | None = None,
         early_stopping_patience: int = 5,
         gradient_clip_norm: float | None = 1.0,
         accelerator: str = "auto",
@@ -326,6 +326,8 @@ class SCTAB(ClassifierMixin, BaseModelClass):
         early_stopping
             Stop when the validation macro-F1 (of the ensemble) has not improved for
             ``early_stopping_patience`` epochs, and keep the weights of the best epoch.
+            ``None`` (default): on when there is a validation split (``train_size < 1`` or a
+            ``validation_size``), off with ``train_size=1``, as in :meth:`NACT.train`.
         early_stopping_patience
             Epochs without improvement before stopping.
         gradient_clip_norm
@@ -355,6 +357,8 @@ class SCTAB(ClassifierMixin, BaseModelClass):
             if value is not None:
                 settings_[name] = value
         augment = self._resolve_augment(augment)
+        if early_stopping is None:  # nothing to stop on without validation cells
+            early_stopping = train_size < 1.0 or bool(validation_size)
         input_momentum, momentum = PAPER_MOMENTUM
         if preset == "auto":
             input_momentum, momentum = auto_momentum(
