@@ -132,6 +132,12 @@ STEPS = {
             {"weight_decay": 0.05},
         ),
         (
+            "5-member ensemble with weight decay 0.05, distilled (the earlier default)",
+            {"batch_key": "BATCH"},
+            {},
+            {"weight_decay": 0.05, "distill": True},
+        ),
+        (
             "1 member, weight decay 0.05, n_d 64, n_a 32 (not adopted)",
             {"batch_key": "BATCH"},
             {"n_ensemble": 1, "n_d": 64, "n_a": 32},
