@@ -300,8 +300,8 @@ class SCTAB(ClassifierMixin, BaseModelClass):
         preset
             ``"paper"``: scTab's published settings (AdamW, learning rate 0.005, weight decay
             0.05, batch size 2048, learning rate x 0.9 per epoch). ``"auto"``: the same with a
-            batch size and weight decay scaled to the data (see Notes of :class:`SCTAB`). Any of ``lr``,
-            ``weight_decay``, ``batch_size`` and ``lr_decay`` overrides the preset.
+            batch size and weight decay scaled to the data (see Notes of :class:`SCTAB`). Any
+            of ``lr``, ``weight_decay``, ``batch_size`` and ``lr_decay`` overrides the preset.
         lr
             AdamW learning rate.
         weight_decay
@@ -327,7 +327,8 @@ class SCTAB(ClassifierMixin, BaseModelClass):
             Stop when the validation macro-F1 (of the ensemble) has not improved for
             ``early_stopping_patience`` epochs, and keep the weights of the best epoch.
             ``None`` (default): on when there is a validation split (``train_size < 1`` or a
-            ``validation_size``), off with ``train_size=1``, as in :meth:`NACT.train`.
+            ``validation_size``), off with ``train_size=1``, as in
+            :meth:`~scsalient.model.NACT.train`.
         early_stopping_patience
             Epochs without improvement before stopping.
         gradient_clip_norm
