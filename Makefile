@@ -32,7 +32,7 @@ bench: venv
 
 bench-quick: venv
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
-	$(BIN)/python benchmarks/run.py --budget quick
+	$(BIN)/python benchmarks/run.py --budget quick --out benchmarks/results/quick
 
 docs: venv
 	$(BIN)/sphinx-build -M html docs docs/_build -E -W --keep-going

@@ -348,6 +348,30 @@ def merge_results(previous_path: Path, results: dict) -> dict:
     return merged
 
 
+def check_nothing_lost(path: Path, planned: set[tuple[str, str, int]], args: argparse.Namespace) -> None:
+    """Refuse to replace a results table that holds runs this invocation will not repeat.
+
+    Without ``--merge`` the table is rewritten from this invocation's runs alone, so a subset
+    of systems, datasets or seeds would drop the others' runs; ``--overwrite`` allows it.
+    """
+    if args.merge or args.overwrite or not path.exists():
+        return
+    previous = json.loads(path.read_text())
+    lost = sorted(
+        {
+            f"{r['system']}/{r['dataset']}/{r['seed']}"
+            for r in previous.get("runs", [])
+            if (r["system"], r["dataset"], r["seed"]) not in planned
+        }
+    )
+    if lost:
+        raise SystemExit(
+            f"{path} holds {len(lost)} run(s) that this invocation does not repeat "
+            f"({', '.join(lost[:5])}{', ...' if len(lost) > 5 else ''}): pass --merge to keep "
+            "them, --overwrite to replace the table, or --out another folder."
+        )
+
+
 def main_suite(args: argparse.Namespace) -> None:
     budget = args.budget
     dataset_names = args.datasets or BUDGET_DATASETS[budget]
@@ -359,6 +383,10 @@ def main_suite(args: argparse.Namespace) -> None:
     for name in dataset_names:
         if name not in DATASETS:
             raise SystemExit(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    planned = {
+        (system, dataset, seed) for system in system_names for dataset in dataset_names for seed in seeds
+    }
+    check_nothing_lost(args.out / "classification.json", planned, args)
 
     started = dt.datetime.now().astimezone()
     clock = time.perf_counter()
@@ -478,6 +506,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--merge",
         action="store_true",
         help="keep the runs of an earlier classification.json in --out that this invocation does not repeat",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier classification.json in --out holding runs this invocation does not repeat",
     )
     return parser.parse_args(argv)
 
