@@ -24,6 +24,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def has_validation_split(train_size: float, validation_size: float | None) -> bool:
+    """Whether a split with these fractions holds validation cells (early stopping needs them)."""
+    return train_size < 1.0 or (validation_size is not None and validation_size > 0)
+
+
 class TrainingMixin:
     """The training loop shared by every scsalient model: memory check, data split, runner.
 
@@ -64,7 +69,7 @@ class TrainingMixin:
             device=device,
             hint=memory_hint,
         )
-        has_validation = train_size < 1.0 or (validation_size is not None and validation_size > 0)
+        has_validation = has_validation_split(train_size, validation_size)
         if early_stopping and not has_validation:
             raise ValueError("early_stopping needs a validation split: use train_size < 1.")
         splitter = self._data_splitter_cls(

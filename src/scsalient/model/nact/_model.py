@@ -18,6 +18,7 @@ from scvi.utils import setup_anndata_dsp
 from scsalient._constants import ClusterKeys, NACTKeys
 from scsalient.model.base import ClassifierMixin, ExpressionLayerField, check_labels
 from scsalient.model.base._checks import check_batch_key
+from scsalient.model.base._expression import has_validation_split
 from scsalient.model.base._memory import check_training_memory
 from scsalient.model.base._moments import expression_moments
 
@@ -390,7 +391,7 @@ class NACT(ClassifierMixin, BaseModelClass):
             "early_stopping": early_stopping,
         }
         chosen.update({k: v for k, v in given.items() if v is not None})
-        if early_stopping is None and train_size >= 1.0 and not validation_size:
+        if early_stopping is None and not has_validation_split(train_size, validation_size):
             chosen["early_stopping"] = False  # nothing to stop on
         if augment is None and preset == "paper":
             augment = False

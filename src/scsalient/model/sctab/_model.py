@@ -17,6 +17,7 @@ from scvi.utils import setup_anndata_dsp
 from scsalient._constants import SCTABKeys
 from scsalient.model.base import ClassifierMixin, ExpressionLayerField, check_labels
 from scsalient.model.base._checks import check_batch_key
+from scsalient.model.base._expression import has_validation_split
 from scsalient.model.base._memory import check_training_memory
 
 from ._module import SCTABModule
@@ -360,7 +361,7 @@ class SCTAB(ClassifierMixin, BaseModelClass):
                 settings_[name] = value
         augment = self._resolve_augment(augment)
         if early_stopping is None:  # nothing to stop on without validation cells
-            early_stopping = train_size < 1.0 or bool(validation_size)
+            early_stopping = has_validation_split(train_size, validation_size)
         input_momentum, momentum = PAPER_MOMENTUM
         if preset == "auto":
             input_momentum, momentum = auto_momentum(
