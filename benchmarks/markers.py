@@ -82,10 +82,26 @@ def default_n_ensemble() -> int:
     return inspect.signature(ss.model.NACT).parameters["n_ensemble"].default
 
 
+def salient_gene_rankings(adata, names: dict[bool, str], attention_key: str) -> tuple[dict, dict]:
+    """Top ``K`` salient genes per true type, with and without TF-IDF (``names``: tfidf -> ranker name)."""
+    import scsalient as ss
+
+    rankings, seconds = {}, {}
+    for tfidf, name in names.items():
+        start = time.perf_counter()
+        record = ss.tl.salient_genes(
+            adata, groupby=LABEL_KEY, attention_key=attention_key, tfidf=tfidf, n_genes=K, inplace=False
+        )
+        seconds[name] = time.perf_counter() - start
+        ranked = pd.DataFrame(record["names"])
+        rankings[name] = {str(group): ranked[group].tolist() for group in ranked.columns}
+    return rankings, seconds
+
+
 def nact_rankings(adata, epochs: int, seed: int) -> tuple[dict, dict]:
     from systems import _jsonable, train_nact
 
-    import scsalient as ss
+    from scsalient._constants import NACTKeys
 
     work = adata.copy()
     # the model's default ensemble size (the mean attention of its members)
@@ -96,13 +112,11 @@ def nact_rankings(adata, epochs: int, seed: int) -> tuple[dict, dict]:
     model.annotate()
     annotate_seconds = time.perf_counter() - start
     agreement = float((work.obs["nact_prediction"].astype(str) == work.obs[LABEL_KEY].astype(str)).mean())
-    rankings, seconds = {}, {}
-    for tfidf, name in ((True, "NACT salient genes, TF-IDF"), (False, "NACT mean attention (no TF-IDF)")):
-        start = time.perf_counter()
-        record = ss.tl.salient_genes(work, groupby=LABEL_KEY, tfidf=tfidf, n_genes=K, inplace=False)
-        seconds[name] = time.perf_counter() - start
-        names = pd.DataFrame(record["names"])
-        rankings[name] = {str(group): names[group].tolist() for group in names.columns}
+    rankings, seconds = salient_gene_rankings(
+        work,
+        {True: "NACT salient genes, TF-IDF", False: "NACT mean attention (no TF-IDF)"},
+        NACTKeys.ATTENTION,
+    )
     info = {
         "model_settings": _jsonable(model.init_params_["non_kwargs"]),
         "training_settings": _jsonable(model.training_settings_),
@@ -149,16 +163,12 @@ def sctab_rankings(adata, epochs: int, seed: int) -> tuple[dict, dict]:
         train_seconds = time.perf_counter() - start
         model.annotate(embedding=False)
         predicted = work.obs[SCTABKeys.PREDICTION].astype(str)
-        seconds = {}
-        for tfidf, kind in ((True, "salient genes (masks), TF-IDF"), (False, "mean mask (no TF-IDF)")):
-            name = f"SCTAB {setting}, {kind}"
-            start = time.perf_counter()
-            record = ss.tl.salient_genes(
-                work, groupby=LABEL_KEY, attention_key=SCTABKeys.MASK, tfidf=tfidf, n_genes=K, inplace=False
-            )
-            seconds[name] = time.perf_counter() - start
-            names = pd.DataFrame(record["names"])
-            rankings[name] = {str(group): names[group].tolist() for group in names.columns}
+        names = {
+            True: f"SCTAB {setting}, salient genes (masks), TF-IDF",
+            False: f"SCTAB {setting}, mean mask (no TF-IDF)",
+        }
+        ranked, seconds = salient_gene_rankings(work, names, SCTABKeys.MASK)
+        rankings.update(ranked)
         info[setting] = {
             "train_kwargs": train_kwargs,
             "n_ensemble": model.n_ensemble,
