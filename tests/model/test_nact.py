@@ -291,6 +291,75 @@ def test_early_stopping_keeps_best_epoch(sim):
         _quiet_train(model, max_epochs=1, train_size=1.0, early_stopping=True)
 
 
+class _StepWeights(Callback):
+    """Records the module's parameters after every optimiser step and at every validation."""
+
+    def __init__(self):
+        self.steps, self.validated = [], []
+
+    @staticmethod
+    def _weights(pl_module):
+        return {k: v.detach().clone() for k, v in pl_module.module.named_parameters()}
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        self.steps.append(self._weights(pl_module))
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.validated.append(self._weights(pl_module))
+
+
+def test_weight_average_is_validated_kept_and_returned(sim):
+    import scvi
+
+    adata = sim[:400].copy()
+    ss.model.NACT.setup_anndata(adata, labels_key="cell_type")
+    # with a validation split: the averaged weights are validated, and the best epoch's are kept
+    model = ss.model.NACT(adata, n_blocks=1, n_heads=2, n_ensemble=1)
+    torch.manual_seed(0)
+    recorder = _StepWeights()
+    _quiet_train(
+        model, max_epochs=30, lr=1e-3, early_stopping_patience=3, average_epochs=2, callbacks=[recorder]
+    )
+    assert model.training_settings_["average_epochs"] == 2
+    history = model.history["f1_macro_validation"].iloc[:, 0].to_numpy()
+    best = int(np.argmax(history))
+    assert best < len(history) - 1  # stopped early: the last weights are not the best epoch's
+    for name, value in model.module.named_parameters():
+        torch.testing.assert_close(value.detach(), recorder.validated[best][name])
+    assert any(
+        not torch.equal(recorder.validated[best][k], recorder.steps[-1][k]) for k in recorder.steps[-1]
+    )  # what was validated is the average, not the step's weights
+    held_out = model.validation_indices
+    f1 = f1_score(
+        adata.obs["cell_type"].to_numpy()[held_out], model.predict(indices=held_out), average="macro"
+    )
+    assert f1 == pytest.approx(history[best], abs=1e-6)
+    # without one, the average of the whole run is returned: the same run without averaging,
+    # step by step, averaged by hand (decay 1 - 1 / (2 epochs x 2 steps); the first step copied)
+    runs = {}
+    for average in (None, 2):
+        scvi.settings.seed = 0
+        runs[average] = ss.model.NACT(adata, n_blocks=1, n_heads=2, n_ensemble=1)
+        recorder = _StepWeights()
+        _quiet_train(
+            runs[average], max_epochs=3, lr=1e-3, train_size=1.0, average_epochs=average, callbacks=[recorder]
+        )
+        if average is None:
+            steps = recorder.steps
+    assert len(steps) == 6
+    decay = 1 - 1 / 4
+    expected = dict(steps[0])
+    for step in steps[1:]:
+        expected = {k: decay * expected[k] + (1 - decay) * step[k] for k in expected}
+    averaged = dict(runs[2].module.named_parameters())
+    last = dict(runs[None].module.named_parameters())
+    for name, value in expected.items():
+        torch.testing.assert_close(averaged[name].detach(), value, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(last[name].detach(), steps[-1][name])
+    assert any(not torch.allclose(expected[k], steps[-1][k]) for k in expected)
+
+
 def test_unsupervised_labels_from_leiden(sim):
     adata = sim[:600].copy()
     ss.model.NACT.setup_anndata(adata)  # no labels: Leiden clusters become the labels

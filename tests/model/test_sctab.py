@@ -310,6 +310,8 @@ def test_bad_inputs_raise(sim):
         model.train(max_epochs=1, augment=True)
     with pytest.raises(ValueError, match="preset"):
         model.train(max_epochs=1, preset="fast")
+    with pytest.raises(TypeError, match="average_epochs"):
+        model.train(max_epochs=1, average_epochs=1)
     dense = sim[:50].copy()
     dense.X = dense.X.toarray()
     dense.X[0, 0] = -1

@@ -7,10 +7,11 @@ from ._expression import ExpressionModelMixin, TrainingMixin
 from ._fields import AccessibilityLayerField, ExpressionLayerField, check_accessibility
 from ._memory import check_training_memory
 from ._query import align_genes
-from ._training_plan import ClassifierTrainingPlan, EpochTrainingPlan, RestoreBestState
+from ._training_plan import BestEpochEMA, ClassifierTrainingPlan, EpochTrainingPlan, RestoreBestState
 
 __all__ = [
     "AccessibilityLayerField",
+    "BestEpochEMA",
     "ClassifierMixin",
     "ClassifierTrainingPlan",
     "EpochTrainingPlan",

@@ -15,7 +15,7 @@ from scvi.train import TrainRunner
 from ._components import count_parameters
 from ._memory import check_training_memory
 from ._query import align_genes
-from ._training_plan import RestoreBestState
+from ._training_plan import BestEpochEMA, RestoreBestState
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -55,12 +55,15 @@ class TrainingMixin:
         datasplitter_kwargs: dict | None,
         activation_floats_per_cell: int,
         memory_hint: str,
+        average_epochs: float | None = None,
         **trainer_kwargs,
     ) -> None:
         """Check memory, build the data splitter and runner around ``plan``, then fit.
 
         With ``early_stopping`` the run stops after ``early_stopping_patience`` epochs without
-        improvement of ``monitor`` and the weights of the best epoch are restored.
+        improvement of ``monitor`` and the weights of the best epoch are restored. With
+        ``average_epochs``, an exponential moving average of the weights over about that many
+        epochs is validated, restored and kept instead of the last weights.
         """
         _, _, device = parse_device_args(accelerator=accelerator, devices=devices, return_device="torch")
         check_training_memory(
@@ -84,6 +87,9 @@ class TrainingMixin:
         callbacks = list(trainer_kwargs.pop("callbacks", []))
         if early_stopping:
             callbacks.append(RestoreBestState(monitor=monitor, mode=monitor_mode))
+        if average_epochs:  # after RestoreBestState: it keeps the averaged weights it validated
+            steps_per_epoch = max(1, int(np.ceil(len(splitter.train_idx) / batch_size)))
+            callbacks.append(BestEpochEMA(decay=1.0 - 1.0 / (average_epochs * steps_per_epoch)))
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1 if has_validation else None)
         runner = self._train_runner_cls(
             self,

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
 from scvi.train import TrainingPlan
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
@@ -284,3 +284,34 @@ class RestoreBestState(Callback):
         """Load the best weights back into the module."""
         if self._best_state is not None:
             pl_module.module.load_state_dict(self._best_state)
+
+
+class BestEpochEMA(EMAWeightAveraging):
+    """Lightning's moving average of the weights, validated and kept by :class:`RestoreBestState`.
+
+    The averaged weights are swapped in for each validation epoch (Lightning's behaviour), so
+    the validation metrics, early stopping and the best epoch kept by
+    :class:`RestoreBestState` (which must come before this callback) are those of the average.
+    When training ends, the average is loaded only if no validation ran; otherwise the best
+    epoch's averaged weights, already restored, are kept.
+
+    Parameters
+    ----------
+    decay
+        Weight of the running average at each optimiser step.
+    """
+
+    def __init__(self, decay: float):
+        super().__init__(decay=decay)
+        self._validated = False
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Swap the averaged weights in."""
+        if not trainer.sanity_checking:
+            self._validated = True
+        super().on_validation_epoch_start(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Load the averaged weights, unless a best validation epoch was restored."""
+        if not self._validated:
+            super().on_train_end(trainer, pl_module)
