@@ -102,6 +102,18 @@ STEPS = {
             {},
             {"distill": True},
         ),
+        (
+            "one network + weight average over 1 epoch (average_epochs=1, not the default)",
+            {"batch_key": "BATCH"},
+            {"n_ensemble": 1},
+            {"average_epochs": 1},
+        ),
+        (
+            "5-member ensemble + weight average over 1 epoch (average_epochs=1, not the default)",
+            {"batch_key": "BATCH"},
+            {},
+            {"average_epochs": 1},
+        ),
     ],
     "sctab": [
         ("paper preset, 1 member", {}, {"n_ensemble": 1}, {"preset": "paper"}),
