@@ -39,6 +39,7 @@ import datetime as dt
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -464,10 +465,13 @@ def write_markdown(record: dict, path: Path) -> None:
         if not mine:
             continue
         used = sorted({seed for r in mine for seed in r["seeds"]})
+        # the number of seeds of most rows; a row with another number says how many it has
+        usual = Counter(len(r["seeds"]) for r in mine).most_common(1)[0][0]
         lines += [
             f"## {'NACT' if model_name == 'nact' else 'SCTAB'}",
             "",
-            f"Seeds {', '.join(map(str, used))} (no ± with a single seed).",
+            f"Seeds {', '.join(map(str, used))} (no ± with a single seed); {usual} seeds a row unless "
+            "it says otherwise.",
             "",
         ]
         header = "| step |"
@@ -489,6 +493,9 @@ def write_markdown(record: dict, path: Path) -> None:
                     continue
                 found = True
                 f1, val = _fmt(row["macro_f1"]), _fmt(row["best_validation_f1"])
+                if len(row["seeds"]) != usual:
+                    n = len(row["seeds"])
+                    f1 += f" ({n} seed{'s' if n > 1 else ''})"
                 line += f" {f1} | {val} | {row['epochs_run'][0]:.0f} |"
             if model_name == "nact" and "kang" in datasets:
                 row = next((r for r in mine if r["step"] == name and r["dataset"] == "kang"), None)
