@@ -21,9 +21,12 @@ demo: venv
 	$(BIN)/python demo/run_demo.py --out demo_output
 
 # --dist loadfile: each test module runs on one worker, so a module-scoped fixture that trains
-# a model is built once per run (not once per worker)
+# a model is built once per run (not once per worker). One thread per worker for every thread
+# pool (OpenMP of torch, scikit-learn and numba; OpenBLAS): idle pool threads left spinning by
+# one library slowed another's training many-fold on two cores.
+TEST_THREADS := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1
 test: venv
-	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
+	$(TEST_THREADS) $(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
 	$(BIN)/sphinx-build -M html docs docs/_build -E -W --keep-going -q
 
 bench: venv
