@@ -335,6 +335,13 @@ def test_weight_average_is_validated_kept_and_returned(sim):
         adata.obs["cell_type"].to_numpy()[held_out], model.predict(indices=held_out), average="macro"
     )
     assert f1 == pytest.approx(history[best], abs=1e-6)
+    # validation without early stopping: the last average is returned, as it was validated
+    model = ss.model.NACT(adata, n_blocks=1, n_heads=2, n_ensemble=1)
+    recorder = _StepWeights()
+    _quiet_train(model, max_epochs=3, lr=1e-3, early_stopping=False, average_epochs=2, callbacks=[recorder])
+    for name, value in model.module.named_parameters():
+        torch.testing.assert_close(value.detach(), recorder.validated[-1][name])
+    assert any(not torch.equal(recorder.validated[-1][k], recorder.steps[-1][k]) for k in recorder.steps[-1])
     # without one, the average of the whole run is returned: the same run without averaging,
     # step by step, averaged by hand (decay 1 - 1 / (2 epochs x 2 steps); the first step copied)
     runs = {}

@@ -89,7 +89,8 @@ class TrainingMixin:
             callbacks.append(RestoreBestState(monitor=monitor, mode=monitor_mode))
         if average_epochs:  # after RestoreBestState: it keeps the averaged weights it validated
             steps_per_epoch = max(1, int(np.ceil(len(splitter.train_idx) / batch_size)))
-            callbacks.append(BestEpochEMA(decay=1.0 - 1.0 / (average_epochs * steps_per_epoch)))
+            decay = 1.0 - 1.0 / (average_epochs * steps_per_epoch)
+            callbacks.append(BestEpochEMA(decay=decay, best_epoch_restored=early_stopping))
         trainer_kwargs.setdefault("check_val_every_n_epoch", 1 if has_validation else None)
         runner = self._train_runner_cls(
             self,

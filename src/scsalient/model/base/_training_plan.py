@@ -292,26 +292,22 @@ class BestEpochEMA(EMAWeightAveraging):
     The averaged weights are swapped in for each validation epoch (Lightning's behaviour), so
     the validation metrics, early stopping and the best epoch kept by
     :class:`RestoreBestState` (which must come before this callback) are those of the average.
-    When training ends, the average is loaded only if no validation ran; otherwise the best
-    epoch's averaged weights, already restored, are kept.
+    When training ends, the average is loaded unless :class:`RestoreBestState` restored the
+    best epoch's averaged weights.
 
     Parameters
     ----------
     decay
         Weight of the running average at each optimiser step.
+    best_epoch_restored
+        Whether a :class:`RestoreBestState` runs before this callback (early stopping).
     """
 
-    def __init__(self, decay: float):
+    def __init__(self, decay: float, best_epoch_restored: bool):
         super().__init__(decay=decay)
-        self._validated = False
-
-    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Swap the averaged weights in."""
-        if not trainer.sanity_checking:
-            self._validated = True
-        super().on_validation_epoch_start(trainer, pl_module)
+        self.best_epoch_restored = best_epoch_restored
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Load the averaged weights, unless a best validation epoch was restored."""
-        if not self._validated:
+        """Load the averaged weights, unless the best epoch's were restored."""
+        if not self.best_epoch_restored:
             super().on_train_end(trainer, pl_module)
