@@ -115,6 +115,12 @@ STEPS = {
             {},
             {"average_epochs": 1},
         ),
+        (
+            "one network + centred attention input (not adopted)",
+            {"batch_key": "BATCH"},
+            {"attention_input": "centered", "n_ensemble": 1},
+            {},
+        ),
     ],
     "sctab": [
         ("paper preset, 1 member", {}, {"n_ensemble": 1}, {"preset": "paper"}),
