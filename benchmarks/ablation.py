@@ -50,6 +50,7 @@ if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
 from datasets import LABEL_KEY, inner_held_out, load_split  # noqa: E402
+from paired import encode_labels  # noqa: E402
 from systems import BATCH_KEYS, _quiet_lightning, distilled, teacher_record  # noqa: E402
 
 SEEDS = {"quick": [0], "full": [0, 1, 2]}
@@ -237,6 +238,7 @@ def train_and_score(model_name: str, step: tuple, dataset: str, seed: int, split
         "macro_f1": float(f1_score(truth, predictions, labels=labels, average="macro", zero_division=0)),
         "accuracy": float(accuracy_score(truth, predictions)),
         "per_class_f1": {str(c): float(v) for c, v in zip(labels, per_class)},
+        "labels": encode_labels(truth, predictions),  # per cell, for paired comparisons
         "best_validation_f1": float(history.max()),
         "epochs_run": int(len(history)),
         "fit_seconds": fit_seconds,

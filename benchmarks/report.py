@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from datasets import DATASETS
+from paired import paired_difference
 from peers import CLASSIFICATION, NEVER_RUN, PEERS_SOURCE, SYSTEM_TO_PEER
 
 
@@ -88,6 +89,23 @@ def _rows(results: dict, dataset: str) -> list[dict]:
     return sorted(rows, key=lambda row: order.index(row["system"]))
 
 
+def _paired_interval(results: dict, dataset: str, ours: str, theirs: str) -> str | None:
+    """The paired bootstrap interval of a macro-F1 difference, when both systems stored labels."""
+    stored = {}
+    for system in (ours, theirs):
+        runs = [
+            r for r in results["runs"] if (r["system"], r["dataset"], r["status"]) == (system, dataset, "ok")
+        ]
+        if not runs or any(not r.get("labels") for r in runs):
+            return None
+        stored[system] = [r["labels"] for r in runs]
+    d = paired_difference(stored[ours], stored[theirs])
+    return (
+        f"paired bootstrap over the test cells, difference {d['difference']:+.4f} "
+        f"(95 % interval {d['low']:+.4f} to {d['high']:+.4f})"
+    )
+
+
 def comparison_lines(results: dict) -> list[str]:
     """Plain statements of where each scsalient model stands against the best peer."""
     systems = results["systems"]
@@ -114,6 +132,9 @@ def comparison_lines(results: dict) -> list[str]:
                 sds = [s for s in (row["macro_f1"]["sd"], best["macro_f1"]["sd"]) if s is not None]
                 if sds and abs(gap) <= max(sds):
                     verdict += " (within one seed sd)"
+                interval = _paired_interval(results, dataset, row["system"], best["system"])
+                if interval:
+                    verdict += f"; {interval}"
                 parts.append(verdict)
             if best_reference is not None:
                 ref_name, (ref_f1, *_rest) = best_reference

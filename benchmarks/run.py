@@ -40,6 +40,7 @@ if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
 from datasets import DATASETS, LABEL_KEY, label_to_cl_id  # noqa: E402
+from paired import encode_labels  # noqa: E402
 from systems import SYSTEMS  # noqa: E402
 
 BUDGET_DATASETS = {"quick": ["kang", "mop"], "full": ["kang", "mop", "spectra"]}
@@ -170,6 +171,8 @@ def run_one(system_name: str, dataset_name: str, seed: int, budget: str, out: Pa
         record.update(score(truth, predictions))
         record.update(
             status="ok",
+            # per-cell labels, for paired comparisons on the same cells (paired.py)
+            labels=encode_labels(truth, predictions),
             fit_seconds=float(result["fit_seconds"]),
             predict_seconds=float(result["predict_seconds"]),
             predict_cells_per_second=test.n_obs / max(float(result["predict_seconds"]), 1e-9),
