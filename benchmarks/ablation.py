@@ -122,6 +122,18 @@ STEPS = {
             {"attention_input": "centered", "n_ensemble": 1},
             {},
         ),
+        (
+            "5-member ensemble + centred attention input (not adopted)",
+            {"batch_key": "BATCH"},
+            {"attention_input": "centered"},
+            {},
+        ),
+        (
+            "5-member ensemble + centred attention input, distilled (not adopted)",
+            {"batch_key": "BATCH"},
+            {"attention_input": "centered"},
+            {"distill": True},
+        ),
     ],
     "sctab": [
         ("paper preset, 1 member", {}, {"n_ensemble": 1}, {"preset": "paper"}),
