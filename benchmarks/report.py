@@ -89,7 +89,7 @@ def _rows(results: dict, dataset: str) -> list[dict]:
     return sorted(rows, key=lambda row: order.index(row["system"]))
 
 
-def _paired_interval(results: dict, dataset: str, ours: str, theirs: str) -> str | None:
+def _paired_interval(results: dict, dataset: str, ours: str, theirs: str, short: bool = False) -> str | None:
     """The paired bootstrap interval of a macro-F1 difference, when both systems stored labels."""
     stored = {}
     for system in (ours, theirs):
@@ -100,10 +100,37 @@ def _paired_interval(results: dict, dataset: str, ours: str, theirs: str) -> str
             return None
         stored[system] = [r["labels"] for r in runs]
     d = paired_difference(stored[ours], stored[theirs])
+    if short:
+        return f"{d['difference']:+.4f} ({d['low']:+.4f} to {d['high']:+.4f})"
     return (
         f"paired bootstrap over the test cells, difference {d['difference']:+.4f} "
         f"(95 % interval {d['low']:+.4f} to {d['high']:+.4f})"
     )
+
+
+def paired_table_lines(results: dict, dataset: str) -> list[str]:
+    """Paired bootstrap differences of each scsalient system against each peer (stored labels only)."""
+    systems = results["systems"]
+    rows = _rows(results, dataset)
+    ours = [row["system"] for row in rows if systems[row["system"]]["family"] == "scsalient"]
+    peers = [row["system"] for row in rows if systems[row["system"]]["family"] == "peer"]
+    cells = {(a, b): _paired_interval(results, dataset, a, b, short=True) for a in ours for b in peers}
+    ours = [a for a in ours if any(cells[a, b] for b in peers)]
+    peers = [b for b in peers if any(cells[a, b] for a in ours)]
+    if not ours or not peers:
+        return []
+    out = [
+        "",
+        "Macro-F1 of each scsalient model minus each peer's, on the same test cells (mean over each "
+        "system's seeds), with a 95 % paired bootstrap interval over the test cells (2,000 "
+        "resamples; runs that stored their per-cell labels only):",
+        "",
+        "| system | " + " | ".join(systems[b]["label"] for b in peers) + " |",
+        "|---|" + "---|" * len(peers),
+    ]
+    for a in ours:
+        out.append(f"| {systems[a]['label']} | " + " | ".join(cells[a, b] or "–" for b in peers) + " |")
+    return out
 
 
 def comparison_lines(results: dict) -> list[str]:
@@ -229,6 +256,7 @@ def write_classification_markdown(results: dict, path: Path) -> None:
             if name in run_peers:
                 continue
             out.append(f"| {name} *(from peers.md)* | {f1:.3f} | – | {acc:.3f} | {fit} | {rate} | – | – |")
+        out += paired_table_lines(results, dataset)
         notes = sorted({note for row in rows for note in row.get("ontology_notes", [])})
         if notes:
             out += ["", "Ontology macro-F1 not computed: " + "; ".join(notes) + "."]
