@@ -119,6 +119,24 @@ def test_distill_an_ensemble_trained_on_every_cell():
     assert len(student.history["f1_macro_train"]) == 2
 
 
+def test_which_epoch_the_distilled_network_keeps():
+    adata = ss.datasets.simulate(n_cells=300, n_genes=150, seed=0)
+    kept = {}
+    for name, cls in MODELS.items():
+        cls.setup_anndata(adata, labels_key="cell_type")
+        ensemble = cls(adata, n_ensemble=2)
+        ensemble.train(max_epochs=6, enable_progress_bar=False)
+        assert ensemble.training_settings_["early_stopping"] is True
+        student = ensemble.distill(enable_progress_bar=False)
+        kept[name] = (student.training_settings_["early_stopping"], len(student.history["f1_macro_train"]))
+        if name == "sctab":  # the network's own early stopping, on request
+            again = ensemble.distill(early_stopping=True, enable_progress_bar=False)
+            assert again.training_settings_["early_stopping"] is True
+    # NACT keeps its best epoch on the validation macro-F1; SCTAB trains every epoch, keeps the last
+    assert kept["nact"][0] is True
+    assert kept["sctab"] == (False, 6)
+
+
 def test_distill_warns_when_the_network_does_not_learn_the_ensemble(caplog):
     adata = ss.datasets.simulate(n_cells=600, n_genes=150, seed=0)
     ss.model.NACT.setup_anndata(adata, labels_key="cell_type")

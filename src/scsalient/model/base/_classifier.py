@@ -48,6 +48,9 @@ class ClassifierMixin(ExpressionModelMixin):
 
     _training_plan_cls = ClassifierTrainingPlan
     _data_splitter_cls = BlockDataSplitter
+    #: whether :meth:`distill` keeps the network's best epoch on the validation macro-F1 (the
+    #: ensemble's ``early_stopping``) or trains ``max_epochs`` and keeps the last weights
+    _distill_selects_epoch: bool = True
 
     # ------------------------------------------------------------------ registry helpers
     @property
@@ -144,7 +147,10 @@ class ClassifierMixin(ExpressionModelMixin):
             from the ensemble only, ``0`` from the labels only.
         **train_kwargs
             Override training settings of the ensemble (e.g. ``max_epochs``) or pass trainer
-            arguments (e.g. ``enable_progress_bar=False``).
+            arguments (e.g. ``enable_progress_bar=False``). NACT's network keeps the ensemble's
+            early stopping (its best epoch on the validation macro-F1); SCTAB's trains every
+            epoch and keeps its last weights unless ``early_stopping=True`` is passed (see the
+            SCTAB user guide).
 
         Returns
         -------
@@ -170,6 +176,8 @@ class ClassifierMixin(ExpressionModelMixin):
         signature = inspect.signature(student.train).parameters
         settings_ = getattr(self, "training_settings_", {})
         kwargs = {k: v for k, v in settings_.items() if k in signature}
+        if not self._distill_selects_epoch:
+            kwargs["early_stopping"] = False
         kwargs.update(train_kwargs)
         train_idx = np.asarray(self.train_indices, dtype=int)
         validation = getattr(self, "validation_indices", None)

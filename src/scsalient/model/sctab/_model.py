@@ -170,6 +170,9 @@ class SCTAB(ClassifierMixin, BaseModelClass):
     """
 
     _module_cls = SCTABModule
+    # the distilled network's later epochs generalise better to unseen batches than the epoch
+    # with the best validation macro-F1 (user guide: "One network from the ensemble")
+    _distill_selects_epoch = False
 
     def __init__(
         self,
@@ -373,7 +376,14 @@ class SCTAB(ClassifierMixin, BaseModelClass):
             )
         self.module.set_batch_norm_momentum(input_momentum, momentum)
         settings_.update(bn_momentum_input=input_momentum, bn_momentum=momentum)
-        self.training_settings_ = {"preset": preset, **settings_, "augment": bool(augment)}
+        self.training_settings_ = {
+            "preset": preset,
+            **settings_,
+            "augment": bool(augment),
+            "max_epochs": max_epochs,
+            "early_stopping": bool(early_stopping),
+            "early_stopping_patience": early_stopping_patience,
+        }
         plan = {
             "lr": settings_["lr"],
             "weight_decay": settings_["weight_decay"],
