@@ -141,13 +141,13 @@ class NACT(ClassifierMixin, BaseModelClass):
       cells whose expression calls for it. One network is then more accurate across batches:
       macro-F1 on held-out MOp training sub-libraries 0.686 ± 0.005 (centred) and 0.685 ± 0.006
       (standardised) against 0.656 ± 0.010 (six seeds), on the unseen test sub-libraries 0.706
-      ± 0.009 (centred) against 0.684 ± 0.002; with standardised input precision@25 of planted
+      ± 0.009 (centred) against 0.678 ± 0.012; with standardised input precision@25 of planted
       markers rose from 0.22 to 0.51. But on Kang et al. PBMCs the attention moves to highly
       expressed genes every cell carries (ribosomal proteins, FTL, B2M): the salient genes match
       PanglaoDB less well (precision@25 0.17 against 0.24, three seeds) and the unsupervised
       query misnames CD4 T cells, so neither is the default.
     * **Ensemble by default.** Five networks, each from its own initialisation: on unseen
-      MOp sub-libraries macro-F1 0.718 ± 0.007 against 0.684 ± 0.002 for one network, and
+      MOp sub-libraries macro-F1 0.718 ± 0.007 against 0.678 ± 0.012 for one network, and
       on simulated data the mean attention recovers more planted markers (precision@25
       0.50 against 0.22), because each member attends to its own few markers. One network
       distilled from the ensemble (:meth:`distill`) keeps part of the accuracy gain (0.700
