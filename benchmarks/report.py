@@ -89,35 +89,35 @@ def _rows(results: dict, dataset: str) -> list[dict]:
     return sorted(rows, key=lambda row: order.index(row["system"]))
 
 
-def _paired_interval(results: dict, dataset: str, ours: str, theirs: str, short: bool = False) -> str | None:
-    """The paired bootstrap interval of a macro-F1 difference, when both systems stored labels."""
+def paired_differences(results: dict, dataset: str) -> dict[tuple[str, str], dict]:
+    """Paired bootstrap differences (:func:`paired.paired_difference`) of each scsalient system
+    against each peer on ``dataset``, keyed ``(ours, peer)``; pairs where a run did not store its
+    per-cell labels are left out."""
+    systems = results["systems"]
     stored = {}
-    for system in (ours, theirs):
+    for system in {r["system"] for r in results["runs"] if r["dataset"] == dataset}:
         runs = [
             r for r in results["runs"] if (r["system"], r["dataset"], r["status"]) == (system, dataset, "ok")
         ]
-        if not runs or any(not r.get("labels") for r in runs):
-            return None
-        stored[system] = [r["labels"] for r in runs]
-    d = paired_difference(stored[ours], stored[theirs])
-    if short:
-        return f"{d['difference']:+.4f} ({d['low']:+.4f} to {d['high']:+.4f})"
-    return (
-        f"paired bootstrap over the test cells, difference {d['difference']:+.4f} "
-        f"(95 % interval {d['low']:+.4f} to {d['high']:+.4f})"
-    )
+        if runs and all(r.get("labels") for r in runs):
+            stored[system] = [r["labels"] for r in runs]
+    ours = [name for name in stored if systems[name]["family"] == "scsalient"]
+    peers = [name for name in stored if systems[name]["family"] == "peer"]
+    return {(a, b): paired_difference(stored[a], stored[b]) for a in ours for b in peers}
 
 
-def paired_table_lines(results: dict, dataset: str) -> list[str]:
+def _interval(d: dict) -> str:
+    return f"{d['difference']:+.4f} ({d['low']:+.4f} to {d['high']:+.4f})"
+
+
+def paired_table_lines(results: dict, dataset: str, differences: dict[tuple[str, str], dict]) -> list[str]:
     """Paired bootstrap differences of each scsalient system against each peer (stored labels only)."""
     systems = results["systems"]
-    rows = _rows(results, dataset)
-    ours = [row["system"] for row in rows if systems[row["system"]]["family"] == "scsalient"]
-    peers = [row["system"] for row in rows if systems[row["system"]]["family"] == "peer"]
-    cells = {(a, b): _paired_interval(results, dataset, a, b, short=True) for a in ours for b in peers}
-    ours = [a for a in ours if any(cells[a, b] for b in peers)]
-    peers = [b for b in peers if any(cells[a, b] for a in ours)]
-    if not ours or not peers:
+    order = [row["system"] for row in _rows(results, dataset)]
+    # every stored (ours, peer) pair is in ``differences``: the table is complete
+    ours = [a for a in order if any(key[0] == a for key in differences)]
+    peers = [b for b in order if any(key[1] == b for key in differences)]
+    if not differences:
         return []
     out = [
         "",
@@ -129,12 +129,16 @@ def paired_table_lines(results: dict, dataset: str) -> list[str]:
         "|---|" + "---|" * len(peers),
     ]
     for a in ours:
-        out.append(f"| {systems[a]['label']} | " + " | ".join(cells[a, b] or "–" for b in peers) + " |")
+        cells = " | ".join(_interval(differences[a, b]) for b in peers)
+        out.append(f"| {systems[a]['label']} | {cells} |")
     return out
 
 
-def comparison_lines(results: dict) -> list[str]:
-    """Plain statements of where each scsalient model stands against the best peer."""
+def comparison_lines(results: dict, differences: dict[str, dict]) -> list[str]:
+    """Plain statements of where each scsalient model stands against the best peer.
+
+    ``differences``: per dataset, its :func:`paired_differences`, quoted for the best peer.
+    """
     systems = results["systems"]
     lines = []
     for dataset, info in results["datasets"].items():
@@ -143,6 +147,7 @@ def comparison_lines(results: dict) -> list[str]:
         peers = [row for row in rows if systems[row["system"]]["family"] == "peer"]
         if not ours:
             continue
+        paired = differences[dataset]
         reference = CLASSIFICATION.get(dataset, {})
         best_reference = max(reference.items(), key=lambda item: item[1][0]) if reference else None
         for row in ours:
@@ -159,9 +164,12 @@ def comparison_lines(results: dict) -> list[str]:
                 sds = [s for s in (row["macro_f1"]["sd"], best["macro_f1"]["sd"]) if s is not None]
                 if sds and abs(gap) <= max(sds):
                     verdict += " (within one seed sd)"
-                interval = _paired_interval(results, dataset, row["system"], best["system"])
-                if interval:
-                    verdict += f"; {interval}"
+                d = paired.get((row["system"], best["system"]))
+                if d:
+                    verdict += (
+                        f"; paired bootstrap over the test cells, difference {d['difference']:+.4f} "
+                        f"(95 % interval {d['low']:+.4f} to {d['high']:+.4f})"
+                    )
                 parts.append(verdict)
             if best_reference is not None:
                 ref_name, (ref_f1, *_rest) = best_reference
@@ -178,6 +186,8 @@ def write_classification_markdown(results: dict, path: Path) -> None:
     systems = results["systems"]
     runs_ok = [r for r in results["runs"] if r["status"] == "ok"]
     loads = [r["loadavg_start"] for r in runs_ok if "loadavg_start" in r]
+    # each pair bootstrapped once, quoted in the comparison lines and the per-dataset tables
+    differences = {dataset: paired_differences(results, dataset) for dataset in results["datasets"]}
     seeds = ", ".join(str(s) for s in results["seeds"])
     versions = ", ".join(f"{name} {version}" for name, version in packages.items() if version)
     out = [
@@ -215,7 +225,7 @@ def write_classification_markdown(results: dict, path: Path) -> None:
         "",
         "## scsalient against the best peer",
         "",
-        *(comparison_lines(results) or ["No scsalient model was run."]),
+        *(comparison_lines(results, differences) or ["No scsalient model was run."]),
         "",
     ]
     for dataset, info in results["datasets"].items():
@@ -256,7 +266,7 @@ def write_classification_markdown(results: dict, path: Path) -> None:
             if name in run_peers:
                 continue
             out.append(f"| {name} *(from peers.md)* | {f1:.3f} | – | {acc:.3f} | {fit} | {rate} | – | – |")
-        out += paired_table_lines(results, dataset)
+        out += paired_table_lines(results, dataset, differences[dataset])
         notes = sorted({note for row in rows for note in row.get("ontology_notes", [])})
         if notes:
             out += ["", "Ontology macro-F1 not computed: " + "; ".join(notes) + "."]
