@@ -51,6 +51,8 @@ if str(BENCH_DIR) not in sys.path:
 
 from datasets import LABEL_KEY, inner_held_out, load_split  # noqa: E402
 from paired import encode_labels  # noqa: E402
+from report import threads_line  # noqa: E402
+from run import DEFAULT_THREADS  # noqa: E402
 from systems import BATCH_KEYS, _quiet_lightning, distilled, teacher_record  # noqa: E402
 
 SEEDS = {"quick": [0], "full": [0, 1, 2]}
@@ -312,6 +314,8 @@ def from_classification(
                 "teacher_macro_f1": extra.get("teacher_macro_f1"),
                 "source": {"system": run["system"]},
                 "git": git,
+                # per-cell labels and thread count, where the run recorded them
+                **{key: run[key] for key in ("labels", "threads") if key in run},
             }
         )
     return records
@@ -478,6 +482,8 @@ def write_markdown(record: dict, path: Path) -> None:
         "",
         *_git_lines(record),
     ]
+    if line := threads_line(record["runs"]):
+        lines += [line, ""]
     for note in _source_notes(record["runs"]):  # rows taken from the classification benchmark
         lines += [note, ""]
     for model_name in STEPS:
@@ -566,10 +572,18 @@ def main(argv: list[str] | None = None) -> None:
         help="test split: take the steps run by the classification benchmark (the default settings) "
         "from results/classification.json instead of training them",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=DEFAULT_THREADS,
+        help=f"threads (default {DEFAULT_THREADS}, as the classification runs); results depend on it",
+    )
     args = parser.parse_args(argv)
     if args.from_classification and args.split != "test":
         parser.error("--from-classification needs --split test (the classification split)")
-    from run import git_state
+    from run import git_state, limit_threads
+
+    limit_threads(args.threads)
 
     seeds = args.seeds if args.seeds is not None else SEEDS[args.budget]
     started = dt.datetime.now().astimezone()
@@ -624,6 +638,7 @@ def main(argv: list[str] | None = None) -> None:
                     state = git_state()  # the package as the run found it
                     record = train_and_score(model_name, step, dataset, seed, args.split)
                     record["git"] = state
+                    record["threads"] = args.threads
                     runs.append(record)
                     print(f"macro-F1 {record['macro_f1']:.3f} ({record['epochs_run']} epochs)", flush=True)
                     write()

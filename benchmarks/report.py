@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -180,6 +181,17 @@ def comparison_lines(results: dict, differences: dict[str, dict]) -> list[str]:
     return lines
 
 
+def threads_line(runs: list[dict]) -> str:
+    """How many threads the runs used (a seed's result depends on it), or ``""`` if none says."""
+    counts = Counter(r.get("threads") for r in runs)
+    if set(counts) == {None}:
+        return ""
+    parts = [f"{n} run(s) with {t} thread(s)" for t, n in sorted((t, n) for t, n in counts.items() if t)]
+    if counts.get(None):
+        parts.append(f"{counts[None]} run(s) made before the thread count was recorded")
+    return "Threads per run (BLAS and torch; a seed's result depends on them): " + "; ".join(parts) + "."
+
+
 def write_classification_markdown(results: dict, path: Path) -> None:
     env = results["environment"]
     packages = env["packages"]
@@ -198,6 +210,8 @@ def write_classification_markdown(results: dict, path: Path) -> None:
         f"{env['platform']}, Python {env['python']}; {versions}.",
     ]
     out += git_lines(results)
+    if line := threads_line(runs_ok):
+        out.append(line)
     if loads:
         text = f"1-min load average at the start of the runs: {min(loads):.1f}–{max(loads):.1f}"
         if max(loads) > 0.75 * (env["cpu_count"] or 1):

@@ -43,6 +43,11 @@ from datasets import DATASETS, LABEL_KEY, label_to_cl_id  # noqa: E402
 from paired import encode_labels  # noqa: E402
 from systems import SYSTEMS  # noqa: E402
 
+#: environment variables that set the thread pools of the numerical libraries
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+#: threads per run: at a fixed seed, a network's result depends on the thread count (the order
+#: of its floating-point reductions), so every run uses the same number and records it
+DEFAULT_THREADS = 1
 BUDGET_DATASETS = {"quick": ["kang", "mop"], "full": ["kang", "mop", "spectra"]}
 BUDGET_SEEDS = {"quick": [0], "full": [0, 1, 2]}
 #: scripts run after the classification benchmark, each as ``script [args] --budget B --out DIR``
@@ -139,14 +144,29 @@ def ontology_score(train_obs, test_obs, predictions: np.ndarray) -> dict:
         return {"ontology_note": str(error)}
 
 
-def run_one(system_name: str, dataset_name: str, seed: int, budget: str, out: Path) -> int:
+def limit_threads(n: int) -> None:
+    """Use ``n`` threads in BLAS, OpenMP, numba and torch, in this process and its children."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    if n < 1:
+        raise ValueError(f"threads must be at least 1, got {n}")
+    for variable in THREAD_VARIABLES:
+        os.environ[variable] = str(n)
+    threadpool_limits(n)  # pools already loaded (numpy's BLAS) ignore the variables
+    torch.set_num_threads(n)
+
+
+def run_one(system_name: str, dataset_name: str, seed: int, budget: str, out: Path, threads: int) -> int:
     from datasets import load_split
 
+    limit_threads(threads)
     record = {
         "system": system_name,
         "dataset": dataset_name,
         "seed": seed,
         "budget": budget,
+        "threads": threads,
         "loadavg_start": os.getloadavg()[0],
     }
     try:
@@ -251,19 +271,23 @@ def prepare_splits(dataset_names: list[str]) -> dict:
     return info
 
 
-def run_child(system: str, dataset: str, seed: int, budget: str, timeout: float, out_dir: Path) -> dict:
+def run_child(
+    system: str, dataset: str, seed: int, budget: str, timeout: float, out_dir: Path, threads: int
+) -> dict:
     logs = out_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"{system}_{dataset}_{seed}.log"
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run.json"
         command = [sys.executable, str(Path(__file__).resolve()), "--one", system, dataset, str(seed)]
-        command += ["--budget", budget, "--json", str(out)]
+        command += ["--budget", budget, "--json", str(out), "--threads", str(threads)]
+        # set before the child's first import: some pools read them only once
+        env = {**os.environ, **dict.fromkeys(THREAD_VARIABLES, str(threads))}
         start = time.perf_counter()
         with open(log_path, "w") as log:
             try:
                 process = subprocess.run(
-                    command, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, check=False
+                    command, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, check=False, env=env
                 )
                 returncode = process.returncode
             except subprocess.TimeoutExpired:
@@ -274,6 +298,7 @@ def run_child(system: str, dataset: str, seed: int, budget: str, timeout: float,
         else:
             reason = f"timed out after {timeout:.0f} s" if returncode is None else f"exit code {returncode}"
             record = {"system": system, "dataset": dataset, "seed": seed, "budget": budget, "status": "error"}
+            record["threads"] = threads
             record["error"] = f"no result ({reason}); see {log_path}"
     record["wall_seconds"] = wall
     return record
@@ -423,7 +448,7 @@ def main_suite(args: argparse.Namespace) -> None:
             for seed in system_seeds:
                 print(f"[run] {system_name:<11} {dataset:<8} seed {seed} ...", end=" ", flush=True)
                 state = environment()  # the package as this run found it (it may change later)
-                record = run_child(system_name, dataset, seed, budget, args.timeout, args.out)
+                record = run_child(system_name, dataset, seed, budget, args.timeout, args.out, args.threads)
                 record["environment"] = state
                 runs.append(record)
                 if record["status"] == "ok":
@@ -446,6 +471,7 @@ def main_suite(args: argparse.Namespace) -> None:
         "started": started.isoformat(timespec="seconds"),
         "total_seconds": time.perf_counter() - clock,
         "seeds": seeds,
+        "threads": args.threads,
         "environment": environment(),
         "datasets": dataset_info,
         "systems": {
@@ -478,6 +504,8 @@ def main_suite(args: argparse.Namespace) -> None:
             name, *extra = script.split()
             command = [sys.executable, str(BENCH_DIR / name), *extra]
             command += ["--budget", budget, "--out", str(args.out)]
+            if name == "ablation.py":  # trains the classifiers of this suite: same threads
+                command += ["--threads", str(args.threads)]
             print(f"[run] {script} ...", flush=True)
             returncode = subprocess.run(command, check=False).returncode
             if returncode:
@@ -495,6 +523,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--datasets", nargs="+", help="datasets to run (default: those of the budget)")
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 0 for quick, 0 1 2 for full)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed per run")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=DEFAULT_THREADS,
+        help=f"threads per run (default {DEFAULT_THREADS}); a seed's result depends on it",
+    )
     parser.add_argument(
         "--no-markers", action="store_true", help="skip the benchmarks after classification (markers, ...)"
     )
@@ -524,7 +558,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.json is None:
             raise SystemExit("--one needs --json OUT")
         system, dataset, seed = args.one
-        raise SystemExit(run_one(system, dataset, int(seed), args.budget, args.json))
+        raise SystemExit(run_one(system, dataset, int(seed), args.budget, args.json, args.threads))
     main_suite(args)
 
 
