@@ -136,6 +136,13 @@ STEPS = {
             {"attention_input": "centered"},
             {"distill": True},
         ),
+        (
+            "one network + centred input, genes in > 50 % of cells out of the attention "
+            "(attention_max_detection=0.5, not adopted)",
+            {"batch_key": "BATCH"},
+            {"attention_input": "centered", "attention_max_detection": 0.5, "n_ensemble": 1},
+            {},
+        ),
     ],
     "sctab": [
         ("paper preset, 1 member", {}, {"n_ensemble": 1}, {"preset": "paper"}),

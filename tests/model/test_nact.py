@@ -539,3 +539,71 @@ def test_marker_setting_recovers_planted_markers_as_well_as_wilcoxon():
     nact = precision(ss.tl.salient_genes(adata, "cell_type", n_top=25, n_genes=25, inplace=False)["names"])
     assert nact >= wilcoxon - 0.02, (nact, wilcoxon)
     assert nact >= control + 0.25, (nact, control)
+
+
+def test_detection_rates_are_read_block_by_block():
+    from scsalient.model.base._moments import detection_rates
+
+    rng = np.random.default_rng(0)
+    dense = rng.poisson(0.5, size=(50, 7)).astype(np.float32)
+    stored = sparse.csr_matrix(dense)
+    stored.data[:5] = 0.0  # explicit zeros in the sparse structure are not detections
+    cells = rng.choice(50, size=30, replace=False)
+    expected = (stored.toarray()[cells] != 0).mean(axis=0)
+    np.testing.assert_allclose(detection_rates(stored, cells, block_size=4), expected, rtol=1e-6)
+    np.testing.assert_allclose(detection_rates(stored.toarray(), cells, block_size=64), expected, rtol=1e-6)
+
+
+def test_attention_max_detection_keeps_ubiquitous_genes_out_of_the_attention(sim, tmp_path):
+    adata = sim.copy()
+    ss.model.NACT.setup_anndata(adata, labels_key="cell_type")
+    torch.manual_seed(0)
+    model = ss.model.NACT(
+        adata, n_blocks=1, n_heads=2, attention_input="centered", attention_max_detection=0.9, n_ensemble=1
+    )
+    _quiet_train(model, max_epochs=15, early_stopping=False)
+    # the mask is the detection rate over the training cells only
+    train = np.sort(model.train_indices)
+    rate = (adata.X[train].toarray() > 0).mean(axis=0)
+    expected = adata.var_names[rate > 0.9]
+    assert 20 <= len(expected) < adata.n_vars / 2
+    assert list(model.genes_out_of_attention) == list(expected)
+    assert model.training_settings_["genes_out_of_attention"] == list(expected)
+    # no cell gives them any attention, yet they are expressed
+    model.annotate()
+    attention = adata.obsm[NACTKeys.ATTENTION]
+    out = adata.var_names.isin(expected)
+    assert attention[:, out].max() == 0.0
+    assert (adata.X[:, out].toarray() > 0).mean() > 0.9
+    np.testing.assert_allclose(attention.sum(axis=1), 1.0, rtol=1e-4)
+    # the simulator's housekeeping genes (in nearly every cell) are among them
+    assert set(adata.uns["simulation"]["housekeeping"]) <= set(expected)
+    held_out = model.validation_indices
+    f1 = f1_score(
+        adata.obs["cell_type"].to_numpy()[held_out], model.predict(indices=held_out), average="macro"
+    )
+    assert f1 >= 0.95
+    # the mask is part of the saved model
+    model.save(tmp_path / "masked")
+    loaded = ss.model.NACT.load(tmp_path / "masked", adata=False)
+    assert list(loaded.genes_out_of_attention) == list(expected)
+    np.testing.assert_allclose(loaded.get_attention(adata), attention, atol=1e-6)
+    # without the option nothing is left out and no buffer is saved
+    plain = ss.model.NACT(adata, n_blocks=1, n_heads=2, n_ensemble=1)
+    assert len(plain.genes_out_of_attention) == 0
+    assert "attention_allowed" not in plain.module.state_dict()
+
+
+def test_attention_max_detection_is_checked(sim):
+    adata = sim.copy()
+    ss.model.NACT.setup_anndata(adata, labels_key="cell_type")
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="attention_max_detection"):
+            ss.model.NACT(adata, attention_max_detection=bad)
+    # a threshold below every gene's detection rate would leave the attention nothing
+    dense = adata.copy()
+    dense.X = dense.X.toarray() + 1.0
+    ss.model.NACT.setup_anndata(dense, labels_key="cell_type")
+    model = ss.model.NACT(dense, n_blocks=1, n_heads=2, attention_max_detection=0.5, n_ensemble=1)
+    with pytest.raises(ValueError, match="no gene"):
+        _quiet_train(model, max_epochs=1)

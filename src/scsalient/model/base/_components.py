@@ -20,15 +20,19 @@ def log1p_cp10k(x: torch.Tensor, target_sum: float = 1e4) -> torch.Tensor:
 MASKED_LOGIT = -1e4
 
 
-def attention_softmax(logits: torch.Tensor, x: torch.Tensor, mask_absent: bool = True) -> torch.Tensor:
+def attention_softmax(
+    logits: torch.Tensor, x: torch.Tensor, mask_absent: bool = True, allowed: torch.Tensor | None = None
+) -> torch.Tensor:
     """Softmax of attention ``logits`` over features, restricted to the features present in ``x``.
 
     A feature with value 0 contributes nothing to ``attention * x`` whatever its attention; with
     ``mask_absent`` it is kept out of the softmax, so each cell's attention sits on the features
-    it has.
+    it has. Features where the boolean vector ``allowed`` is ``False`` are kept out in every cell.
     """
     if mask_absent:
         logits = logits.masked_fill(x == 0, MASKED_LOGIT)
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, MASKED_LOGIT)
     return torch.softmax(logits, dim=-1)
 
 

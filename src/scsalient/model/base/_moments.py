@@ -48,3 +48,32 @@ def expression_moments(
     mean = total / n
     var = np.maximum(total_sq / n - mean**2, 0.0)
     return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
+
+
+def detection_rates(x, cells: np.ndarray, *, block_size: int = 4096) -> np.ndarray:
+    """Fraction of ``cells`` in which each gene is detected (non-zero), read ``block_size`` rows at a time.
+
+    Parameters
+    ----------
+    x
+        Expression matrix (dense, sparse or on-disk), all cells; counts or normalised alike.
+    cells
+        Rows of ``x`` to use (e.g. the training cells).
+    block_size
+        Rows read at once.
+
+    Returns
+    -------
+    A float32 array of length ``x.shape[1]``.
+    """
+    cells = np.sort(np.asarray(cells))
+    detected = np.zeros(x.shape[1], dtype=np.int64)
+    for start in range(0, len(cells), block_size):
+        block = read_rows(x, cells[start : start + block_size])
+        if sparse.issparse(block):
+            block = sparse.csr_matrix(block)
+            block.eliminate_zeros()  # stored zeros are not detections
+            detected += np.bincount(block.indices, minlength=x.shape[1])
+        else:
+            detected += (np.asarray(block) != 0).sum(axis=0)
+    return (detected / max(len(cells), 1)).astype(np.float32)

@@ -20,7 +20,7 @@ from scsalient.model.base import ClassifierMixin, ExpressionLayerField, check_la
 from scsalient.model.base._checks import check_batch_key
 from scsalient.model.base._expression import has_validation_split
 from scsalient.model.base._memory import check_training_memory
-from scsalient.model.base._moments import expression_moments
+from scsalient.model.base._moments import detection_rates, expression_moments
 
 from ._module import NACTModule
 
@@ -96,6 +96,12 @@ class NACT(ClassifierMixin, BaseModelClass):
         in every cell alike and must attend to what sets a cell apart (see Notes);
         ``"centered"``: centred only. Both make one network more accurate across batches
         but move its attention to highly expressed genes on PBMCs (see Notes).
+    attention_max_detection
+        Keep the genes detected (non-zero) in more than this fraction of the training cells
+        out of the attention: they get no attention in any cell, so the network does not use
+        them. ``None`` (default) keeps every gene. With ``attention_input="centered"``, ``0.5``
+        keeps the centred input's accuracy and brings its attention back to markers (see
+        Notes). The genes left out are listed in ``training_settings_``.
     n_ensemble
         Number of N-ACT networks in a deep ensemble :cite:p:`Lakshminarayanan2017`, trained
         together from independent initialisations (each on its own cross-entropy, batch shifts
@@ -183,6 +189,7 @@ class NACT(ClassifierMixin, BaseModelClass):
         attention_init: Literal["zeros", "xavier"] = "zeros",
         mask_unexpressed: bool = True,
         attention_input: Literal["expression", "centered", "standardized"] = "expression",
+        attention_max_detection: float | None = None,
         n_ensemble: int = 5,
     ):
         super().__init__(adata, registry)
@@ -192,6 +199,10 @@ class NACT(ClassifierMixin, BaseModelClass):
             raise ValueError("n_blocks must be >= 0, n_heads and n_hidden_ff >= 1.")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
+        if attention_max_detection is not None and not 0.0 < attention_max_detection <= 1.0:
+            raise ValueError(
+                f"attention_max_detection must be in (0, 1] or None, got {attention_max_detection!r}."
+            )
         if attention_rank is not None and attention_rank < 1:
             raise ValueError(f"attention_rank must be a positive integer or None, got {attention_rank}.")
         n_genes = self.summary_stats.n_vars
@@ -215,6 +226,7 @@ class NACT(ClassifierMixin, BaseModelClass):
             normalize_input=self.input_kind == "counts",
             class_weights=self._class_weights() if adata is not None else None,
             attention_input=attention_input,
+            restrict_attention=attention_max_detection is not None,
             **module_kwargs,
         )
         rank = "full" if attention_rank is None else f"rank {attention_rank}"
@@ -227,15 +239,38 @@ class NACT(ClassifierMixin, BaseModelClass):
         self.init_params_ = self._get_init_params(locals())
 
     def _prepare_training(self, train_indices: np.ndarray) -> None:
-        """Augmentation vectors, and the gene moments of a standardised attention input."""
+        """Augmentation vectors, the gene moments of a centred attention input and its gene mask."""
         super()._prepare_training(train_indices)
+        x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         if self.module.attention_input != "expression":
-            mean, sd = expression_moments(
-                self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY),
-                train_indices,
-                normalize=self.input_kind == "counts",
-            )
+            mean, sd = expression_moments(x, train_indices, normalize=self.input_kind == "counts")
             self.module.set_gene_moments(torch.from_numpy(mean), torch.from_numpy(sd))
+        threshold = self.init_params_["non_kwargs"].get("attention_max_detection")
+        if threshold is not None:
+            rates = detection_rates(x, train_indices)
+            allowed = rates <= threshold
+            if not allowed.any():
+                raise ValueError(
+                    f"Every gene is detected in more than {threshold:.0%} of the training cells: "
+                    "attention_max_detection would leave the attention no gene. Raise it."
+                )
+            self.module.set_attention_allowed(torch.from_numpy(allowed))
+            left_out = self.get_var_names()[~allowed]
+            logger.info(
+                "%d of %d genes are detected in more than %.0f%% of the training cells and get no attention.",
+                len(left_out),
+                len(allowed),
+                100 * threshold,
+            )
+            if getattr(self, "training_settings_", None) is not None:
+                self.training_settings_["genes_out_of_attention"] = [str(g) for g in left_out]
+
+    @property
+    def genes_out_of_attention(self) -> pd.Index:
+        """Genes kept out of the attention by ``attention_max_detection`` (empty without it)."""
+        allowed = getattr(self.module, "attention_allowed", None)
+        names = pd.Index(self.get_var_names())
+        return names[:0] if allowed is None else names[~allowed.cpu().numpy()]
 
     @staticmethod
     def _memory_hint(attention_rank: int | None) -> str:

@@ -103,10 +103,17 @@ class NACTNetwork(nn.Module):
         xavier_init(self.classifier)
 
     def forward(
-        self, x: torch.Tensor, query: torch.Tensor, mask_unexpressed: bool
+        self,
+        x: torch.Tensor,
+        query: torch.Tensor,
+        mask_unexpressed: bool,
+        allowed: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Class logits and attention of cells ``x`` whose attention map reads ``query``."""
-        attention = attention_softmax(self.attention(query), x, mask_unexpressed)
+        """Class logits and attention of cells ``x`` whose attention map reads ``query``.
+
+        Genes where ``allowed`` is ``False`` get no attention in any cell.
+        """
+        attention = attention_softmax(self.attention(query), x, mask_unexpressed, allowed)
         h = attention * x
         for block in self.blocks:
             h = block(h)
@@ -158,6 +165,9 @@ class NACTModule(BaseModuleClass):
         deviation over the training cells, held in the buffers ``gene_mean`` and ``gene_scale``,
         and no bias), so that no gene can be preferred in every cell alike; ``"centered"``
         (centred only).
+    restrict_attention
+        Hold a boolean buffer ``attention_allowed`` (set by :meth:`set_attention_allowed`);
+        genes where it is ``False`` get no attention in any cell.
     n_members
         Networks in the deep ensemble :cite:p:`Lakshminarayanan2017` (``members``), trained
         together on the same minibatches from independent initialisations, each on its own
@@ -187,6 +197,7 @@ class NACTModule(BaseModuleClass):
         mask_unexpressed: bool = True,
         class_weights: torch.Tensor | None = None,
         attention_input: Literal["expression", "centered", "standardized"] = "expression",
+        restrict_attention: bool = False,
         n_members: int = 1,
     ):
         super().__init__()
@@ -217,6 +228,10 @@ class NACTModule(BaseModuleClass):
         )
         self.register_buffer("gene_mean", torch.zeros(n_input))
         self.register_buffer("gene_scale", torch.ones(n_input))
+        # only when asked, so that the saved state of models without it is unchanged
+        # (a None buffer is not saved)
+        allowed = torch.ones(n_input, dtype=torch.bool) if restrict_attention else None
+        self.register_buffer("attention_allowed", allowed)
         self.input_dropout = nn.Dropout(input_dropout)
         self.mask_unexpressed = mask_unexpressed
         self.batch_shift = BatchShift(n_input)
@@ -239,6 +254,17 @@ class NACTModule(BaseModuleClass):
         if self.attention_input == "standardized":
             sd = torch.as_tensor(sd, dtype=torch.float32).to(device)
             self.gene_scale = torch.where(sd > 1e-3, sd, torch.ones_like(sd))
+
+    def set_attention_allowed(self, allowed: torch.Tensor) -> None:
+        """Genes the attention may use (boolean, one per gene); the others get none in any cell."""
+        if self.attention_allowed is None:
+            raise RuntimeError("This module was built without restrict_attention=True.")
+        allowed = torch.as_tensor(allowed, dtype=torch.bool)
+        if allowed.shape != (self.n_input,):
+            raise ValueError(
+                f"allowed must have one entry per gene ({self.n_input}), got {tuple(allowed.shape)}."
+            )
+        self.attention_allowed = allowed.to(self.gene_mean.device)
 
     def set_input_dropout(self, p: float) -> None:
         """Dropout rate on the expression before the attention (used in training mode only)."""
@@ -301,7 +327,7 @@ class NACTModule(BaseModuleClass):
                 if self.attention_input == "expression"
                 else (x_member - self.gene_mean) / self.gene_scale
             )
-            logits, member_attention = member(x_member, query, self.mask_unexpressed)
+            logits, member_attention = member(x_member, query, self.mask_unexpressed, self.attention_allowed)
             member_logits.append(logits)
             attention = attention + member_attention / self.n_members
         member_logits = torch.stack(member_logits)
