@@ -152,7 +152,13 @@ def limit_threads(n: int) -> None:
     if n < 1:
         raise ValueError(f"threads must be at least 1, got {n}")
     for variable in THREAD_VARIABLES:
-        os.environ[variable] = str(n)
+        # numba reads its variable once: changed after its import, its next compilation fails
+        if variable != "NUMBA_NUM_THREADS" or "numba" not in sys.modules:
+            os.environ[variable] = str(n)
+    if "numba" in sys.modules:
+        import numba
+
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     threadpool_limits(n)  # pools already loaded (numpy's BLAS) ignore the variables
     torch.set_num_threads(n)
 
@@ -507,7 +513,8 @@ def main_suite(args: argparse.Namespace) -> None:
             if name == "ablation.py":  # trains the classifiers of this suite: same threads
                 command += ["--threads", str(args.threads)]
             print(f"[run] {script} ...", flush=True)
-            returncode = subprocess.run(command, check=False).returncode
+            env = {**os.environ, **dict.fromkeys(THREAD_VARIABLES, str(args.threads))}
+            returncode = subprocess.run(command, check=False, env=env).returncode
             if returncode:
                 print(f"{script} failed with exit code {returncode}", flush=True)
                 failed.append({script: returncode})
