@@ -143,6 +143,12 @@ STEPS = {
             {"attention_input": "centered", "attention_max_detection": 0.5, "n_ensemble": 1},
             {},
         ),
+        (
+            "5-member ensemble + centred input, genes in > 50 % of cells out of the attention (not adopted)",
+            {"batch_key": "BATCH"},
+            {"attention_input": "centered", "attention_max_detection": 0.5},
+            {},
+        ),
     ],
     "sctab": [
         ("paper preset, 1 member", {}, {"n_ensemble": 1}, {"preset": "paper"}),
