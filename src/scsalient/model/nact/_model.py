@@ -101,7 +101,8 @@ class NACT(ClassifierMixin, BaseModelClass):
         out of the attention: they get no attention in any cell, so the network does not use
         them. ``None`` (default) keeps every gene. With ``attention_input="centered"``, ``0.5``
         keeps the centred input's accuracy and brings its attention back to markers (see
-        Notes). The genes left out are listed in ``training_settings_``.
+        Notes). The fraction counts all training cells, so markers of a type that makes up
+        most of them can be left out too: check :attr:`genes_out_of_attention`.
     n_ensemble
         Number of N-ACT networks in a deep ensemble :cite:p:`Lakshminarayanan2017`, trained
         together from independent initialisations (each on its own cross-entropy, batch shifts
