@@ -145,8 +145,11 @@ def ontology_score(train_obs, test_obs, predictions: np.ndarray) -> dict:
 
 
 def limit_threads(n: int) -> None:
-    """Use ``n`` threads in BLAS, OpenMP, numba and torch, in this process and its children."""
-    import torch
+    """Use ``n`` threads in BLAS, OpenMP, numba and torch, in this process and its children.
+
+    Libraries not imported yet read the variables when they are (torch is not imported here:
+    a peer's peak memory would then include it).
+    """
     from threadpoolctl import threadpool_limits
 
     if n < 1:
@@ -160,7 +163,8 @@ def limit_threads(n: int) -> None:
 
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     threadpool_limits(n)  # pools already loaded (numpy's BLAS) ignore the variables
-    torch.set_num_threads(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
 
 
 def run_one(system_name: str, dataset_name: str, seed: int, budget: str, out: Path, threads: int) -> int:

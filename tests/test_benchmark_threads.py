@@ -47,7 +47,10 @@ def test_limit_threads_after_numba_compiles():
     script = (
         "import sys; sys.path.insert(0, sys.argv[1]); import numba; from run import limit_threads; "
         "limit_threads(1); f = numba.njit(lambda a, b: a + b); assert f(1, 2) == 3; "
-        "assert numba.get_num_threads() == 1"
+        "assert numba.get_num_threads() == 1; "
+        # torch, imported after, takes its thread count from the variables (and is not imported
+        # by limit_threads itself, so that a peer's peak memory does not include it)
+        "assert 'torch' not in sys.modules; import torch; assert torch.get_num_threads() == 1"
     )
     env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
     bench = str(Path(__file__).resolve().parents[1] / "benchmarks")
