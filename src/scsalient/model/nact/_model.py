@@ -161,11 +161,11 @@ class NACT(ClassifierMixin, BaseModelClass):
       (precision@25 primary / broad 0.23 / 0.32 against 0.24 / 0.36 on a held-out training
       donor). The same mask on the published input does not raise accuracy.
     * **Ensemble by default.** Five networks, each from its own initialisation: on unseen
-      MOp sub-libraries macro-F1 0.718 ± 0.007 against 0.678 ± 0.012 for one network, and
+      MOp sub-libraries macro-F1 0.720 ± 0.006 against 0.678 ± 0.012 for one network, and
       on simulated data the mean attention recovers more planted markers (precision@25
       0.50 against 0.22), because each member attends to its own few markers. One network
-      distilled from the ensemble (:meth:`distill`) keeps part of the accuracy gain (0.700
-      ± 0.011 on the same split).
+      distilled from the ensemble (:meth:`distill`) keeps part of the accuracy gain (0.699
+      ± 0.002 on the same split).
     * **Head.** A linear classifier on the last block's output. The authors' code applies a
       LeakyReLU to the logits, which we do not.
     * **Training.** Adam, learning rate 1e-4, 50 epochs, batch size 128, cross-entropy, Xavier
