@@ -12,8 +12,8 @@ from ._blocks import read_rows
 
 def expression_moments(
     x, cells: np.ndarray, *, normalize: bool, block_size: int = 4096
-) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation of every gene over ``cells``, read ``block_size`` rows at a time.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, standard deviation and detection rate of every gene over ``cells``, in one pass.
 
     Parameters
     ----------
@@ -22,19 +22,24 @@ def expression_moments(
     cells
         Rows of ``x`` to use (e.g. the training cells).
     normalize
-        ``x`` holds counts: take log1p(CP10k) first.
+        ``x`` holds counts: take log1p(CP10k) first (for the mean and standard deviation).
     block_size
         Rows read at once.
 
     Returns
     -------
-    Two float32 arrays of length ``x.shape[1]``: the means and the standard deviations.
+    Three float32 arrays of length ``x.shape[1]``: the means, the standard deviations and the
+    fraction of ``cells`` in which the gene is detected (non-zero; stored zeros of a sparse
+    matrix are not detections).
     """
     cells = np.sort(np.asarray(cells))
     total = np.zeros(x.shape[1], dtype=np.float64)
     total_sq = np.zeros(x.shape[1], dtype=np.float64)
+    detected = np.zeros(x.shape[1], dtype=np.int64)
     for start in range(0, len(cells), block_size):
         block = read_rows(x, cells[start : start + block_size])
+        # on the block as stored: normalisation keeps zeros at zero
+        detected += np.asarray((block != 0).sum(axis=0)).ravel()
         if normalize:
             block = log1p_cp10k_block(block)
         if sparse.issparse(block):
@@ -47,33 +52,4 @@ def expression_moments(
     n = max(len(cells), 1)
     mean = total / n
     var = np.maximum(total_sq / n - mean**2, 0.0)
-    return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
-
-
-def detection_rates(x, cells: np.ndarray, *, block_size: int = 4096) -> np.ndarray:
-    """Fraction of ``cells`` in which each gene is detected (non-zero), read ``block_size`` rows at a time.
-
-    Parameters
-    ----------
-    x
-        Expression matrix (dense, sparse or on-disk), all cells; counts or normalised alike.
-    cells
-        Rows of ``x`` to use (e.g. the training cells).
-    block_size
-        Rows read at once.
-
-    Returns
-    -------
-    A float32 array of length ``x.shape[1]``.
-    """
-    cells = np.sort(np.asarray(cells))
-    detected = np.zeros(x.shape[1], dtype=np.int64)
-    for start in range(0, len(cells), block_size):
-        block = read_rows(x, cells[start : start + block_size])
-        if sparse.issparse(block):
-            block = sparse.csr_matrix(block)
-            block.eliminate_zeros()  # stored zeros are not detections
-            detected += np.bincount(block.indices, minlength=x.shape[1])
-        else:
-            detected += (np.asarray(block) != 0).sum(axis=0)
-    return (detected / max(len(cells), 1)).astype(np.float32)
+    return mean.astype(np.float32), np.sqrt(var).astype(np.float32), (detected / n).astype(np.float32)

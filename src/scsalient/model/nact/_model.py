@@ -20,7 +20,7 @@ from scsalient.model.base import ClassifierMixin, ExpressionLayerField, check_la
 from scsalient.model.base._checks import check_batch_key
 from scsalient.model.base._expression import has_validation_split
 from scsalient.model.base._memory import check_training_memory
-from scsalient.model.base._moments import detection_rates, expression_moments
+from scsalient.model.base._moments import expression_moments
 
 from ._module import NACTModule
 
@@ -249,13 +249,19 @@ class NACT(ClassifierMixin, BaseModelClass):
     def _prepare_training(self, train_indices: np.ndarray) -> None:
         """Augmentation vectors, the gene moments of a centred attention input and its gene mask."""
         super()._prepare_training(train_indices)
-        x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-        if self.module.attention_input != "expression":
-            mean, sd = expression_moments(x, train_indices, normalize=self.input_kind == "counts")
-            self.module.set_gene_moments(torch.from_numpy(mean), torch.from_numpy(sd))
+        centred = self.module.attention_input != "expression"
         threshold = self.init_params_["non_kwargs"].get("attention_max_detection")
+        if not centred and threshold is None:
+            return
+        # one pass over the training cells for both
+        mean, sd, rates = expression_moments(
+            self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY),
+            train_indices,
+            normalize=self.input_kind == "counts",
+        )
+        if centred:
+            self.module.set_gene_moments(torch.from_numpy(mean), torch.from_numpy(sd))
         if threshold is not None:
-            rates = detection_rates(x, train_indices)
             allowed = rates <= threshold
             if not allowed.any():
                 raise ValueError(
