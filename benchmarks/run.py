@@ -154,17 +154,21 @@ def limit_threads(n: int) -> None:
 
     if n < 1:
         raise ValueError(f"threads must be at least 1, got {n}")
+    numba = sys.modules.get("numba")
     for variable in THREAD_VARIABLES:
         # numba reads its variable once: changed after its import, its next compilation fails
-        if variable != "NUMBA_NUM_THREADS" or "numba" not in sys.modules:
+        if variable != "NUMBA_NUM_THREADS" or numba is None:
             os.environ[variable] = str(n)
-    if "numba" in sys.modules:
-        import numba
-
+    if numba is not None:
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     threadpool_limits(n)  # pools already loaded (numpy's BLAS) ignore the variables
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(n)
+
+
+def thread_environment(n: int) -> dict[str, str]:
+    """This process's environment with every thread pool set to ``n``, for a child process."""
+    return {**os.environ, **dict.fromkeys(THREAD_VARIABLES, str(n))}
 
 
 def run_one(system_name: str, dataset_name: str, seed: int, budget: str, out: Path, threads: int) -> int:
@@ -292,7 +296,7 @@ def run_child(
         command = [sys.executable, str(Path(__file__).resolve()), "--one", system, dataset, str(seed)]
         command += ["--budget", budget, "--json", str(out), "--threads", str(threads)]
         # set before the child's first import: some pools read them only once
-        env = {**os.environ, **dict.fromkeys(THREAD_VARIABLES, str(threads))}
+        env = thread_environment(threads)
         start = time.perf_counter()
         with open(log_path, "w") as log:
             try:
@@ -514,10 +518,11 @@ def main_suite(args: argparse.Namespace) -> None:
             name, *extra = script.split()
             command = [sys.executable, str(BENCH_DIR / name), *extra]
             command += ["--budget", budget, "--out", str(args.out)]
+            env = None  # the other benchmarks keep their own thread settings
             if name == "ablation.py":  # trains the classifiers of this suite: same threads
                 command += ["--threads", str(args.threads)]
+                env = thread_environment(args.threads)
             print(f"[run] {script} ...", flush=True)
-            env = {**os.environ, **dict.fromkeys(THREAD_VARIABLES, str(args.threads))}
             returncode = subprocess.run(command, check=False, env=env).returncode
             if returncode:
                 print(f"{script} failed with exit code {returncode}", flush=True)
