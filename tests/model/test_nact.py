@@ -603,6 +603,13 @@ def test_attention_max_detection_is_checked(sim):
     for bad in (0.0, 1.5, -0.1):
         with pytest.raises(ValueError, match="attention_max_detection"):
             ss.model.NACT(adata, attention_max_detection=bad)
+    # the module's mask: one entry per gene, and only on a module built for it
+    masked = ss.model.NACT(adata, n_blocks=1, n_heads=2, attention_max_detection=0.5, n_ensemble=1)
+    with pytest.raises(ValueError, match="one entry per gene"):
+        masked.module.set_attention_allowed(torch.ones(adata.n_vars - 1, dtype=torch.bool))
+    plain = ss.model.NACT(adata, n_blocks=1, n_heads=2, n_ensemble=1)
+    with pytest.raises(RuntimeError, match="restrict_attention"):
+        plain.module.set_attention_allowed(torch.ones(adata.n_vars, dtype=torch.bool))
     # a threshold below every gene's detection rate would leave the attention nothing
     dense = adata.copy()
     dense.X = dense.X.toarray() + 1.0
