@@ -48,6 +48,7 @@ def test_distilled_network_reproduces_the_ensemble(name):
         "temperature": 2.0,
         "weight": 1.0,
     }
+    assert record["model_kwargs"] == {}
     best = record["best_validation_f1"]
     assert best["ensemble"] == pytest.approx(ensemble.history["f1_macro_validation"].iloc[:, 0].max())
     assert best["network"] == pytest.approx(student.history["f1_macro_validation"].iloc[:, 0].max())
@@ -105,6 +106,23 @@ def test_distill_refuses_a_single_network_and_bad_settings():
     for bad in ({"distill_temperature": 0.0}, {"distill_weight": 1.5}):
         with pytest.raises(ValueError, match="distill_"):
             ClassifierTrainingPlan(single.module, n_classes=5, teacher=ensemble.module, **bad)
+
+
+def test_distill_into_a_network_of_other_settings(tmp_path):
+    adata = ss.datasets.simulate(n_cells=200, n_genes=150, seed=0)
+    ss.model.SCTAB.setup_anndata(adata, labels_key="cell_type")
+    ensemble = ss.model.SCTAB(adata, n_ensemble=2, n_d=16, n_a=8)
+    ensemble.train(max_epochs=2, enable_progress_bar=False)
+    wide = ensemble.distill(model_kwargs={"n_d": 32, "n_a": 24}, enable_progress_bar=False)
+    assert (wide.module.n_members, wide.module.n_d, wide.module.n_a) == (1, 32, 24)
+    assert wide.training_settings_["distilled_from"]["model_kwargs"] == {"n_d": 32, "n_a": 24}
+    wide.save(tmp_path / "wide")
+    again = ss.model.SCTAB.load(tmp_path / "wide", adata=adata)
+    assert (again.module.n_d, again.module.n_a) == (32, 24)
+    np.testing.assert_array_equal(again.predict(), wide.predict())
+    for bad, match in (({"n_dd": 32}, "not settings of SCTAB"), ({"n_ensemble": 3}, "one network")):
+        with pytest.raises(ValueError, match=match):
+            ensemble.distill(model_kwargs=bad, enable_progress_bar=False)
 
 
 def test_distill_an_ensemble_trained_on_every_cell():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -126,6 +126,7 @@ class ClassifierMixin(ExpressionModelMixin):
         self,
         temperature: float = 2.0,
         weight: float = 1.0,
+        model_kwargs: dict[str, Any] | None = None,
         **train_kwargs,
     ):
         """A single network trained to reproduce this ensemble's predictions.
@@ -155,10 +156,10 @@ class ClassifierMixin(ExpressionModelMixin):
         Returns
         -------
         The trained single-network model, on the same AnnData. Its ``training_settings_``
-        record ``"distilled_from"``: the ensemble's size, the temperature, the weight and the
-        best validation macro-F1 of the ensemble and of the network. A warning is logged when
-        the network's is more than 0.05 below the ensemble's (it did not learn the ensemble's
-        predictions: seen on Kang PBMCs, where one class was missed).
+        record ``"distilled_from"``: the ensemble's size, the temperature, the weight,
+        ``model_kwargs`` and the best validation macro-F1 of the ensemble and of the network. A
+        warning is logged when the network's is more than 0.05 below the ensemble's (it did not
+        learn the ensemble's predictions: seen on Kang PBMCs, where one class was missed).
 
         Examples
         --------
@@ -171,7 +172,16 @@ class ClassifierMixin(ExpressionModelMixin):
         n_members = int(getattr(self.module, "n_members", 1))
         if n_members < 2:
             raise ValueError("distill() needs an ensemble (n_ensemble >= 2); this model is one network.")
-        params = {**self.init_params_["non_kwargs"], "n_ensemble": 1}
+        model_kwargs = dict(model_kwargs or {})
+        accepted = inspect.signature(type(self).__init__).parameters
+        unknown = sorted(set(model_kwargs) - set(accepted) - {"self", "adata"})
+        if unknown or "adata" in model_kwargs:
+            raise ValueError(
+                f"model_kwargs {unknown or ['adata']} are not settings of {type(self).__name__}'s network."
+            )
+        if model_kwargs.get("n_ensemble", 1) != 1:
+            raise ValueError("The distilled model is one network: model_kwargs cannot set n_ensemble.")
+        params = {**self.init_params_["non_kwargs"], **model_kwargs, "n_ensemble": 1}
         student = type(self)(self.adata, **params)
         signature = inspect.signature(student.train).parameters
         settings_ = getattr(self, "training_settings_", {})
@@ -198,7 +208,12 @@ class ClassifierMixin(ExpressionModelMixin):
             "distill_weight": weight,
         }
         student.train(**kwargs)
-        record = {"n_members": n_members, "temperature": float(temperature), "weight": float(weight)}
+        record = {
+            "n_members": n_members,
+            "temperature": float(temperature),
+            "weight": float(weight),
+            "model_kwargs": model_kwargs,
+        }
         best = {name: _best_validation_f1(m) for name, m in (("ensemble", self), ("network", student))}
         if None not in best.values():
             record["best_validation_f1"] = best
