@@ -120,7 +120,11 @@ def test_distill_into_a_network_of_other_settings(tmp_path):
     again = ss.model.SCTAB.load(tmp_path / "wide", adata=adata)
     assert (again.module.n_d, again.module.n_a) == (32, 24)
     np.testing.assert_array_equal(again.predict(), wide.predict())
-    for bad, match in (({"n_dd": 32}, "not settings of SCTAB"), ({"n_ensemble": 3}, "one network")):
+    for bad, match in (
+        ({"n_dd": 32}, "not settings of SCTAB"),
+        ({"adata": adata}, "not settings of SCTAB"),
+        ({"n_ensemble": 3}, "one network"),
+    ):
         with pytest.raises(ValueError, match=match):
             ensemble.distill(model_kwargs=bad, enable_progress_bar=False)
 

@@ -179,12 +179,10 @@ class ClassifierMixin(ExpressionModelMixin):
         if n_members < 2:
             raise ValueError("distill() needs an ensemble (n_ensemble >= 2); this model is one network.")
         model_kwargs = dict(model_kwargs or {})
-        accepted = inspect.signature(type(self).__init__).parameters
-        unknown = sorted(set(model_kwargs) - set(accepted) - {"self", "adata"})
-        if unknown or "adata" in model_kwargs:
-            raise ValueError(
-                f"model_kwargs {unknown or ['adata']} are not settings of {type(self).__name__}'s network."
-            )
+        settings = set(inspect.signature(type(self).__init__).parameters) - {"self", "adata", "registry"}
+        unknown = sorted(set(model_kwargs) - settings)
+        if unknown:
+            raise ValueError(f"model_kwargs {unknown} are not settings of {type(self).__name__}'s network.")
         if model_kwargs.get("n_ensemble", 1) != 1:
             raise ValueError("The distilled model is one network: model_kwargs cannot set n_ensemble.")
         params = {**self.init_params_["non_kwargs"], **model_kwargs, "n_ensemble": 1}
