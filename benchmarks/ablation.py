@@ -53,14 +53,15 @@ from datasets import LABEL_KEY, inner_held_out, load_split  # noqa: E402
 from paired import encode_labels  # noqa: E402
 from report import threads_line  # noqa: E402
 from run import DEFAULT_THREADS  # noqa: E402
-from systems import BATCH_KEYS, _quiet_lightning, distilled, teacher_record  # noqa: E402
+from systems import BATCH_KEYS, SCTAB_WIDE, _quiet_lightning, distilled, teacher_record  # noqa: E402
 
 SEEDS = {"quick": [0], "full": [0, 1, 2]}
 #: classes of MOp whose errors dominate (peers.md, issue notes): their F1 is reported separately
 WEAK_CLASSES = ("Mis", "E3Rmst", "E5Sulf1", "Mic", "Endo", "Peri")
 MAX_EPOCHS = 30
 
-#: cumulative steps: (name, setup kwargs, model kwargs, train kwargs); "BATCH" = the data's batch column
+#: cumulative steps: (name, setup kwargs, model kwargs, train kwargs); "BATCH" = the data's batch column;
+#: train kwargs ``distill``: True, or the keyword arguments of ``distill()``
 STEPS = {
     "nact": [
         (
@@ -173,6 +174,12 @@ STEPS = {
             {"distill": True},
         ),
         (
+            "default, distilled into a network 4x as wide (distill(model_kwargs={'n_d': 512, 'n_a': 256}))",
+            {"batch_key": "BATCH"},
+            {},
+            {"distill": {"model_kwargs": SCTAB_WIDE}},
+        ),
+        (
             "5-member ensemble with weight decay 0.05 (the earlier default)",
             {"batch_key": "BATCH"},
             {},
@@ -249,7 +256,8 @@ def train_and_score(model_name: str, step: tuple, dataset: str, seed: int, split
     epochs = None if train_kwargs.get("preset") == "paper" and model_name == "nact" else MAX_EPOCHS
     model.train(max_epochs=epochs, enable_progress_bar=False, **train_kwargs)
     if distill:  # the ensemble's probabilities, taught to one network (fit time includes both)
-        model = distilled(model, max_epochs=epochs)
+        distill_kwargs = distill if isinstance(distill, dict) else {}  # e.g. the network's model_kwargs
+        model = distilled(model, max_epochs=epochs, **distill_kwargs)
     fit_seconds = time.perf_counter() - start
     predictions = np.asarray(model.predict(test)).astype(str)
     truth = test.obs[LABEL_KEY].astype(str).to_numpy()
@@ -288,6 +296,9 @@ CLASSIFICATION_SYSTEMS = {
         "sctab": "+ weight decay 0.5 (default settings, 1 member)",
         "sctab_ensemble": "+ 5-member ensemble (default)",
         "sctab_distilled": "default, distilled into one network (distill())",
+        "sctab_distilled_wide": (
+            "default, distilled into a network 4x as wide (distill(model_kwargs={'n_d': 512, 'n_a': 256}))"
+        ),
     },
 }
 
