@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -173,6 +173,14 @@ class SCTAB(ClassifierMixin, BaseModelClass):
     # the distilled network's later epochs generalise better to unseen batches than the epoch
     # with the best validation macro-F1 (user guide: "One network from the ensemble")
     _distill_selects_epoch = False
+    #: the distilled network is this many times as wide as a member (user guide: "The
+    #: distilled network is four times as wide as a member")
+    _distill_width = 4
+
+    def _distill_model_kwargs(self) -> dict[str, Any]:
+        """The distilled network's ``n_d`` and ``n_a``: :attr:`_distill_width` times a member's."""
+        settings_ = self.init_params_["non_kwargs"]
+        return {key: self._distill_width * int(settings_[key]) for key in ("n_d", "n_a")}
 
     def __init__(
         self,
