@@ -60,6 +60,10 @@ SEEDS = {"quick": [0], "full": [0, 1, 2]}
 WEAK_CLASSES = ("Mis", "E3Rmst", "E5Sulf1", "Mic", "Endo", "Peri")
 MAX_EPOCHS = 30
 
+#: SCTAB's distilled networks: as wide as a member (the earlier default) and four times as wide
+SCTAB_MEMBER_WIDE_STEP = "default, distilled into one network as wide as a member (the earlier distill())"
+SCTAB_DISTILLED_STEP = "default, distilled into one network 4x as wide as a member (distill())"
+
 #: cumulative steps: (name, setup kwargs, model kwargs, train kwargs); "BATCH" = the data's batch column;
 #: train kwargs ``distill``: True, or the keyword arguments of ``distill()``
 STEPS = {
@@ -168,13 +172,13 @@ STEPS = {
         ("+ weight decay 0.5 (default settings, 1 member)", {"batch_key": "BATCH"}, {"n_ensemble": 1}, {}),
         ("+ 5-member ensemble (default)", {"batch_key": "BATCH"}, {}, {}),
         (
-            "default, distilled into one network (distill())",
+            SCTAB_MEMBER_WIDE_STEP,
             {"batch_key": "BATCH"},
             {},
-            {"distill": True},
+            {"distill": {"model_kwargs": {}}},
         ),
         (
-            "default, distilled into a network 4x as wide (distill(model_kwargs={'n_d': 512, 'n_a': 256}))",
+            SCTAB_DISTILLED_STEP,
             {"batch_key": "BATCH"},
             {},
             {"distill": {"model_kwargs": SCTAB_WIDE}},
@@ -189,7 +193,7 @@ STEPS = {
             "5-member ensemble with weight decay 0.05, distilled (the earlier default)",
             {"batch_key": "BATCH"},
             {},
-            {"weight_decay": 0.05, "distill": True},
+            {"weight_decay": 0.05, "distill": {"model_kwargs": {}}},
         ),
         (
             "1 member, weight decay 0.05, n_d 64, n_a 32 (not adopted)",
@@ -295,10 +299,8 @@ CLASSIFICATION_SYSTEMS = {
     "sctab": {
         "sctab": "+ weight decay 0.5 (default settings, 1 member)",
         "sctab_ensemble": "+ 5-member ensemble (default)",
-        "sctab_distilled": "default, distilled into one network (distill())",
-        "sctab_distilled_wide": (
-            "default, distilled into a network 4x as wide (distill(model_kwargs={'n_d': 512, 'n_a': 256}))"
-        ),
+        "sctab_distilled": SCTAB_MEMBER_WIDE_STEP,
+        "sctab_distilled_wide": SCTAB_DISTILLED_STEP,
     },
 }
 
