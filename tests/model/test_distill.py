@@ -100,6 +100,50 @@ def test_distilled_loss_replaces_the_cross_entropy():
     torch.testing.assert_close(out.loss, out.classification_loss)
 
 
+@pytest.mark.parametrize("name", list(MODELS))
+def test_consistent_teacher_sees_the_cells_as_the_network_does(name):
+    cls = MODELS[name]
+    adata = ss.datasets.simulate(n_cells=200, n_genes=150, seed=0)
+    cls.setup_anndata(adata, labels_key="cell_type")
+    torch.manual_seed(0)
+    teacher = cls(adata, n_ensemble=2, **SMALL[name]).module
+    student = cls(adata, n_ensemble=1, **SMALL[name]).module
+    student.batch_shift.set_vectors(torch.randn(4, adata.n_vars).abs())
+    x = torch.as_tensor(adata.X[:32].toarray(), dtype=torch.float32)
+    tensors = {"X": x, "labels": torch.as_tensor(adata.obs["cell_type"].cat.codes.to_numpy()[:32, None])}
+    seen = []
+    original = teacher.inference_from_views
+
+    def spy(views):
+        outputs = original(views)
+        seen.append(outputs["views"].clone())  # each member's view
+        return outputs
+
+    teacher.inference_from_views = spy
+    t = 2.0
+    for consistent in (True, False):
+        seen.clear()
+        n_classes = adata.obs["cell_type"].nunique()
+        plan = ClassifierTrainingPlan(
+            student, n_classes=n_classes, teacher=teacher, distill_consistent=consistent
+        )
+        student.train()
+        inference_outputs, _, out = plan.forward(tensors)
+        views = inference_outputs["views"][0].detach()
+        clean = student.prepare_input(x)
+        assert not torch.allclose(views, clean)  # the network saw shifted cells
+        expected = views if consistent else clean
+        # the teacher's members each saw that one view
+        assert len(seen) == 1 and seen[0].shape == (2, 32, adata.n_vars)
+        torch.testing.assert_close(seen[0][0], expected)
+        torch.testing.assert_close(seen[0][1], expected)
+        with torch.no_grad():
+            p_teacher = torch.softmax(original(expected)["logits"] / t, -1)
+        kl = (p_teacher * (p_teacher.log() - F.log_softmax(out.logits / t, -1))).sum(-1).mean()
+        own = student.loss(tensors, inference_outputs, {}, **plan.loss_kwargs)  # the cross-entropy's loss
+        torch.testing.assert_close(out.loss, own.loss - own.classification_loss + t * t * kl)
+
+
 def test_distill_refuses_a_single_network_and_bad_settings():
     adata = ss.datasets.simulate(n_cells=200, n_genes=150, seed=0)
     ss.model.NACT.setup_anndata(adata, labels_key="cell_type")

@@ -131,6 +131,7 @@ class ClassifierMixin(ExpressionModelMixin):
         temperature: float = 2.0,
         weight: float = 1.0,
         model_kwargs: dict[str, Any] | None = None,
+        consistent: bool = False,
         **train_kwargs,
     ):
         """A single network trained to reproduce this ensemble's predictions.
@@ -157,6 +158,11 @@ class ClassifierMixin(ExpressionModelMixin):
             and ``n_a`` four times a member's): it follows the ensemble more closely than one as
             wide as a member and scored higher on unseen batches (see the SCTAB user guide), at
             about twice the distillation time.
+        consistent
+            Compute the ensemble's probabilities on each cell as the network sees it in
+            training, after its batch-difference shift (the teacher and the network see the
+            same view of the cell :cite:p:`Beyer2022`), instead of on the unshifted cell. Without
+            a ``batch_key`` (no shift) both are the same.
         **train_kwargs
             Override training settings of the ensemble (e.g. ``max_epochs``) or pass trainer
             arguments (e.g. ``enable_progress_bar=False``). NACT's network keeps the ensemble's
@@ -215,6 +221,7 @@ class ClassifierMixin(ExpressionModelMixin):
             "teacher": self.module,
             "distill_temperature": temperature,
             "distill_weight": weight,
+            "distill_consistent": bool(consistent),
         }
         student.train(**kwargs)
         record = {
@@ -222,6 +229,7 @@ class ClassifierMixin(ExpressionModelMixin):
             "temperature": float(temperature),
             "weight": float(weight),
             "model_kwargs": model_kwargs,
+            "consistent": bool(consistent),
         }
         best = {name: _best_validation_f1(m) for name, m in (("ensemble", self), ("network", student))}
         if None not in best.values():

@@ -97,12 +97,15 @@ class ClassifierTrainingPlan(EpochTrainingPlan):
         ``(1 - distill_weight) * ce + distill_weight * T^2 * KL(p_teacher^T || p^T)``, with
         both class distributions softened by the temperature ``T`` (other terms of the loss,
         such as a sparsity penalty, are kept). The teacher is not trained
-        (its weights get no gradient) and sees each minibatch as the module receives it,
-        before the module's own augmentation. Validation metrics are those of the module alone.
+        (its weights get no gradient). Validation metrics are those of the module alone.
     distill_temperature
         Temperature ``T`` of the distillation.
     distill_weight
         Weight of the distillation term; ``1`` learns from the teacher's probabilities only.
+    distill_consistent
+        If ``True``, the teacher sees each cell as the module sees it, after the module's
+        batch-difference shift (the ``views`` its ``inference`` returns, given to the teacher's
+        ``inference_from_views``); if ``False``, as the data loader gives it, before the shift.
     **loss_kwargs
         Passed to the module's ``loss``.
     """
@@ -122,6 +125,7 @@ class ClassifierTrainingPlan(EpochTrainingPlan):
         teacher: BaseModuleClass | None = None,
         distill_temperature: float = 2.0,
         distill_weight: float = 1.0,
+        distill_consistent: bool = False,
         **loss_kwargs,
     ):
         super().__init__(
@@ -138,6 +142,7 @@ class ClassifierTrainingPlan(EpochTrainingPlan):
         self._teacher = (teacher,) if teacher is not None else None
         self.distill_temperature = distill_temperature
         self.distill_weight = distill_weight
+        self.distill_consistent = distill_consistent
         self.lr_decay = lr_decay
         self.lr_decay_every = lr_decay_every
         self.gradient_clip_norm = gradient_clip_norm
@@ -170,18 +175,29 @@ class ClassifierTrainingPlan(EpochTrainingPlan):
             # below that probability (it could then never learn the class back)
             member_logits = inference_outputs.get("member_logits")
             logits = member_logits[0] if member_logits is not None else loss_output.logits
-            loss_output.loss = self._distilled_loss(tensors, loss_output, logits)
+            views = inference_outputs.get("views") if self.distill_consistent else None
+            loss_output.loss = self._distilled_loss(tensors, loss_output, logits, views)
         return inference_outputs, generative_outputs, loss_output
 
     def _distilled_loss(
-        self, tensors: dict[str, torch.Tensor], loss_output: LossOutput, logits: torch.Tensor
+        self,
+        tensors: dict[str, torch.Tensor],
+        loss_output: LossOutput,
+        logits: torch.Tensor,
+        views: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The loss with its cross-entropy ``ce`` replaced by ``(1 - w) ce + w T^2 KL(teacher || module)``."""
-        teacher = self._teacher[0].eval()  # no dropout or augmentation in the teacher
+        """The loss with its cross-entropy ``ce`` replaced by ``(1 - w) ce + w T^2 KL(teacher || module)``.
+
+        With ``views`` (the module's, ``(1, B, G)``) the teacher sees the cells as the module saw them.
+        """
+        teacher = self._teacher[0].eval()  # no dropout or augmentation of its own in the teacher
         if next(teacher.parameters()).device != logits.device:
             teacher.to(logits.device)
         with torch.no_grad():
-            teacher_logits = teacher.inference(**teacher._get_inference_input(tensors))["logits"]
+            if views is not None:
+                teacher_logits = teacher.inference_from_views(views[0].detach())["logits"]
+            else:
+                teacher_logits = teacher.inference(**teacher._get_inference_input(tensors))["logits"]
         t = self.distill_temperature
         kl = F.kl_div(
             F.log_softmax(logits / t, dim=-1),

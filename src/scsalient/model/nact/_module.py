@@ -311,13 +311,24 @@ class NACTModule(BaseModuleClass):
         """Attention and class logits for a minibatch of cells.
 
         Returns ``member_logits`` ``(E, B, C)``, ``logits`` (log of the mean member
-        probabilities, ``(B, C)``) and ``attention`` (the members' mean, ``(B, G)``).
+        probabilities, ``(B, C)``), ``attention`` (the members' mean, ``(B, G)``) and ``views``
+        (see :meth:`inference_from_views`).
         """
         x = self.prepare_input(x)
         # each member its own batch-difference draws (none without vectors or outside training)
-        xs = self.batch_shift(x, n_draws=self.n_members)
+        return self.inference_from_views(self.batch_shift(x, n_draws=self.n_members))
+
+    def inference_from_views(self, views: torch.Tensor) -> dict[str, torch.Tensor]:
+        """:meth:`inference` from the members' views of the cells.
+
+        ``views`` is the prepared expression after the batch shift, ``(E, B, G)``, or one
+        ``(B, G)`` view shared by every member (how a distilled network's teacher sees the
+        cells the network sees). The outputs also hold ``views`` ``(E, B, G)``.
+        """
+        if views.dim() == 2:
+            views = views.unsqueeze(0).expand(self.n_members, *views.shape)
         member_logits, attention = [], 0.0
-        for member, x_member in zip(self.members, xs):
+        for member, x_member in zip(self.members, views):
             if self.training:
                 x_member = self.input_dropout(x_member)
             # a gene the cell does not express scores a * 0 = 0 whatever its attention; keeping it
@@ -335,6 +346,7 @@ class NACTModule(BaseModuleClass):
             "member_logits": member_logits,
             "logits": mean_probability_logits(member_logits),
             "attention": attention,
+            "views": views,
         }
 
     def generative(self, **kwargs) -> dict:

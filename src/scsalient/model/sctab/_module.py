@@ -295,12 +295,23 @@ class SCTABModule(BaseModuleClass):
         Returns a dict with ``member_logits`` ``(E, B, C)``, ``logits`` (log of the mean member
         probabilities, ``(B, C)``), ``embedding`` ``(E, B, n_d)``, ``mask`` (the per-cell gene
         importance of each member, ``(E, B, G)``, rows summing to 1) and ``mask_entropy``
-        (:math:`\sum_g M \log M` averaged over cells and steps, per member, ``(E,)``).
+        (:math:`\sum_g M \log M` averaged over cells and steps, per member, ``(E,)``) and
+        ``views`` (see :meth:`inference_from_views`).
         """
         x = self.prepare_input(x)
         # each member its own batch-difference draws (none without vectors or outside training)
-        x = self.batch_shift(x, n_draws=self.n_members)
-        x = self.input_bn(x)
+        return self.inference_from_views(self.batch_shift(x, n_draws=self.n_members))
+
+    def inference_from_views(self, views: torch.Tensor) -> dict[str, torch.Tensor]:
+        """:meth:`inference` from the members' views of the cells.
+
+        ``views`` is the prepared expression after the batch shift, ``(E, B, G)``, or one
+        ``(B, G)`` view shared by every member (how a distilled network's teacher sees the
+        cells the network sees). The outputs also hold ``views`` ``(E, B, G)``.
+        """
+        if views.dim() == 2:
+            views = views.unsqueeze(0).expand(self.n_members, *views.shape)
+        x = self.input_bn(views)
         a = self.initial_transformer(x)[..., self.n_d :]
         prior = torch.ones_like(x)
         embedding = torch.zeros(*x.shape[:2], self.n_d, device=x.device, dtype=x.dtype)
@@ -326,6 +337,7 @@ class SCTABModule(BaseModuleClass):
             "embedding": embedding,
             "mask": mask,
             "mask_entropy": entropy / self.n_steps,
+            "views": views,
         }
 
     def generative(self, **kwargs) -> dict:
