@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -124,7 +124,8 @@ class ClassifierMixin(ExpressionModelMixin):
     ) -> None:
         """Build the classifier's training plan and fit (see ``ExpressionModelMixin._fit``)."""
         plan = self._training_plan_cls(self.module, n_classes=len(self.classes), **plan_kwargs)
-        self._fit(plan, monitor=MONITOR, monitor_mode="max", **fit_kwargs)
+        monitor, mode = plan.monitor
+        self._fit(plan, monitor=monitor, monitor_mode=mode, **fit_kwargs)
 
     def distill(
         self,
@@ -132,6 +133,7 @@ class ClassifierMixin(ExpressionModelMixin):
         weight: float = 1.0,
         model_kwargs: dict[str, Any] | None = None,
         consistent: bool = False,
+        select_on: Literal["f1", "kl"] = "f1",
         **train_kwargs,
     ):
         """A single network trained to reproduce this ensemble's predictions.
@@ -163,6 +165,11 @@ class ClassifierMixin(ExpressionModelMixin):
             training, after its batch-difference shift (the teacher and the network see the
             same view of the cell :cite:p:`Beyer2022`), instead of on the unshifted cell. Without
             a ``batch_key`` (no shift) both are the same.
+        select_on
+            With early stopping, the epoch kept is the best on the validation cells by
+            ``"f1"``, the macro-F1 against the labels, or ``"kl"``, the divergence of the
+            network's probabilities from the ensemble's (which keeps falling after the
+            macro-F1 has reached its ceiling).
         **train_kwargs
             Override training settings of the ensemble (e.g. ``max_epochs``) or pass trainer
             arguments (e.g. ``enable_progress_bar=False``). NACT's network keeps the ensemble's
@@ -222,6 +229,7 @@ class ClassifierMixin(ExpressionModelMixin):
             "distill_temperature": temperature,
             "distill_weight": weight,
             "distill_consistent": bool(consistent),
+            "distill_select": select_on,
         }
         student.train(**kwargs)
         record = {
@@ -230,6 +238,7 @@ class ClassifierMixin(ExpressionModelMixin):
             "weight": float(weight),
             "model_kwargs": model_kwargs,
             "consistent": bool(consistent),
+            "select_on": select_on,
         }
         best = {name: _best_validation_f1(m) for name, m in (("ensemble", self), ("network", student))}
         if None not in best.values():

@@ -106,6 +106,10 @@ class ClassifierTrainingPlan(EpochTrainingPlan):
         If ``True``, the teacher sees each cell as the module sees it, after the module's
         batch-difference shift (the ``views`` its ``inference`` returns, given to the teacher's
         ``inference_from_views``); if ``False``, as the data loader gives it, before the shift.
+    distill_select
+        What :attr:`monitor` watches with a ``teacher``: ``"f1"`` the validation macro-F1 against
+        the labels, ``"kl"`` the validation ``KL(p_teacher^T || p^T)`` (logged as
+        ``kl_teacher_validation``, as ``kl_teacher_train`` in training).
     **loss_kwargs
         Passed to the module's ``loss``.
     """
@@ -126,6 +130,7 @@ class ClassifierTrainingPlan(EpochTrainingPlan):
         distill_temperature: float = 2.0,
         distill_weight: float = 1.0,
         distill_consistent: bool = False,
+        distill_select: Literal["f1", "kl"] = "f1",
         **loss_kwargs,
     ):
         super().__init__(
@@ -143,6 +148,10 @@ class ClassifierTrainingPlan(EpochTrainingPlan):
         self.distill_temperature = distill_temperature
         self.distill_weight = distill_weight
         self.distill_consistent = distill_consistent
+        if distill_select not in ("f1", "kl"):
+            raise ValueError(f"distill_select must be 'f1' or 'kl', got {distill_select!r}.")
+        self.distill_select = distill_select
+        self._teacher_kl: torch.Tensor | None = None
         self.lr_decay = lr_decay
         self.lr_decay_every = lr_decay_every
         self.gradient_clip_norm = gradient_clip_norm
@@ -153,6 +162,13 @@ class ClassifierTrainingPlan(EpochTrainingPlan):
             self.epoch_metrics[f"{mode}_accuracy"] = MulticlassAccuracy(
                 num_classes=n_classes, average="micro"
             )
+
+    @property
+    def monitor(self) -> tuple[str, Literal["min", "max"]]:
+        """The logged value that early stopping and best-epoch selection watch, and its better direction."""
+        if self._teacher is not None and self.distill_select == "kl":
+            return "kl_teacher_validation", "min"
+        return "f1_macro_validation", "max"
 
     def forward(self, tensors: dict[str, torch.Tensor], **kwargs):
         """The module's forward pass; in training with a ``teacher``, the loss includes distillation.
@@ -169,24 +185,26 @@ class ClassifierTrainingPlan(EpochTrainingPlan):
         The module's inference outputs, generative outputs and :class:`~scvi.module.base.LossOutput`.
         """
         inference_outputs, generative_outputs, loss_output = super().forward(tensors, **kwargs)
-        if self._teacher is not None and self.module.training:
+        self._teacher_kl = None
+        if self._teacher is not None:
             # the raw logits of the single network: ``loss_output.logits`` are log-probabilities
             # clamped at log(1e-12), whose gradient vanishes for a class the network has pushed
             # below that probability (it could then never learn the class back)
             member_logits = inference_outputs.get("member_logits")
             logits = member_logits[0] if member_logits is not None else loss_output.logits
-            views = inference_outputs.get("views") if self.distill_consistent else None
-            loss_output.loss = self._distilled_loss(tensors, loss_output, logits, views)
+            training = self.module.training
+            views = inference_outputs.get("views") if self.distill_consistent and training else None
+            kl = self._kl_from_teacher(tensors, logits, views)
+            self._teacher_kl = kl.detach()
+            if training:
+                w, t = self.distill_weight, self.distill_temperature
+                loss_output.loss = loss_output.loss - w * loss_output.classification_loss + w * t * t * kl
         return inference_outputs, generative_outputs, loss_output
 
-    def _distilled_loss(
-        self,
-        tensors: dict[str, torch.Tensor],
-        loss_output: LossOutput,
-        logits: torch.Tensor,
-        views: torch.Tensor | None = None,
+    def _kl_from_teacher(
+        self, tensors: dict[str, torch.Tensor], logits: torch.Tensor, views: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """The loss with its cross-entropy ``ce`` replaced by ``(1 - w) ce + w T^2 KL(teacher || module)``.
+        """``KL(p_teacher^T || p^T)``, the mean over the minibatch's cells.
 
         With ``views`` (the module's, ``(1, B, G)``) the teacher sees the cells as the module saw them.
         """
@@ -199,14 +217,12 @@ class ClassifierTrainingPlan(EpochTrainingPlan):
             else:
                 teacher_logits = teacher.inference(**teacher._get_inference_input(tensors))["logits"]
         t = self.distill_temperature
-        kl = F.kl_div(
+        return F.kl_div(
             F.log_softmax(logits / t, dim=-1),
             F.log_softmax(teacher_logits / t, dim=-1),
             reduction="batchmean",
             log_target=True,
         )
-        w = self.distill_weight
-        return loss_output.loss - w * loss_output.classification_loss + w * t * t * kl
 
     def compute_and_log_metrics(self, loss_output: LossOutput, metrics: dict, mode: str) -> None:
         """Log cross-entropy, accuracy and macro-F1 for ``mode``.
@@ -229,6 +245,8 @@ class ClassifierTrainingPlan(EpochTrainingPlan):
         self.log_epoch(f"ce_{mode}", loss_output.classification_loss.detach(), n_obs)
         self.log(f"f1_macro_{mode}", f1, on_step=False, on_epoch=True, batch_size=n_obs)
         self.log(f"accuracy_{mode}", accuracy, on_step=False, on_epoch=True, batch_size=n_obs)
+        if getattr(self, "_teacher_kl", None) is not None:
+            self.log_epoch(f"kl_teacher_{mode}", self._teacher_kl, n_obs)
 
     def configure_gradient_clipping(
         self,
