@@ -213,6 +213,31 @@ def test_which_epoch_the_distilled_network_keeps():
     assert kept["sctab"] == (False, 6)
 
 
+def test_distilled_network_kept_at_its_closest_epoch_to_the_ensemble():
+    adata = _sim()
+    ss.model.NACT.setup_anndata(adata, labels_key="cell_type")
+    scvi.settings.seed = 0
+    ensemble = ss.model.NACT(adata, n_ensemble=3)
+    ensemble.train(max_epochs=8, enable_progress_bar=False)
+    scvi.settings.seed = 1
+    student = ensemble.distill(
+        select_on="kl", max_epochs=8, early_stopping_patience=8, enable_progress_bar=False
+    )
+    assert student.training_settings_["distilled_from"]["select_on"] == "kl"
+    kl = student.history["kl_teacher_validation"].iloc[:, 0].astype(float).to_numpy()
+    assert len(kl) == 8 and np.all(kl >= 0) and kl.min() < kl.max()
+    # the kept weights are those of the epoch with the smallest validation divergence, which is
+    # then the divergence of the returned network on the validation cells
+    val = np.asarray(ensemble.validation_indices)
+
+    def soften(p: np.ndarray, t: float = 2.0) -> np.ndarray:
+        return torch.softmax(torch.as_tensor(np.log(np.clip(p, 1e-12, 1))) / t, -1).numpy()
+
+    teacher = soften(ensemble.predict(indices=val, soft=True).to_numpy())
+    network = soften(student.predict(indices=val, soft=True).to_numpy())
+    assert _kl(teacher, network) == pytest.approx(kl.min(), rel=0.02, abs=1e-4)
+
+
 def test_distill_warns_when_the_network_does_not_learn_the_ensemble(caplog):
     adata = ss.datasets.simulate(n_cells=600, n_genes=150, seed=0)
     ss.model.NACT.setup_anndata(adata, labels_key="cell_type")

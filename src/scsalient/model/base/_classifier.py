@@ -48,12 +48,13 @@ class ClassifierMixin(ExpressionModelMixin):
 
     _training_plan_cls = ClassifierTrainingPlan
     _data_splitter_cls = BlockDataSplitter
-    #: whether :meth:`distill` keeps the network's best epoch on the validation macro-F1 (the
-    #: ensemble's ``early_stopping``) or trains ``max_epochs`` and keeps the last weights
-    _distill_selects_epoch: bool = True
 
     def _distill_model_kwargs(self) -> dict[str, Any]:
         """Settings in which :meth:`distill`'s network differs from a member by default (none)."""
+        return {}
+
+    def _distill_train_kwargs(self) -> dict[str, Any]:
+        """Training settings in which :meth:`distill`'s network differs from the ensemble's (none)."""
         return {}
 
     # ------------------------------------------------------------------ registry helpers
@@ -208,8 +209,7 @@ class ClassifierMixin(ExpressionModelMixin):
         signature = inspect.signature(student.train).parameters
         settings_ = getattr(self, "training_settings_", {})
         kwargs = {k: v for k, v in settings_.items() if k in signature}
-        if not self._distill_selects_epoch:
-            kwargs["early_stopping"] = False
+        kwargs.update(self._distill_train_kwargs())
         kwargs.update(train_kwargs)
         train_idx = np.asarray(self.train_indices, dtype=int)
         validation = getattr(self, "validation_indices", None)
