@@ -49,6 +49,9 @@ class ClassifierMixin(ExpressionModelMixin):
     _training_plan_cls = ClassifierTrainingPlan
     _data_splitter_cls = BlockDataSplitter
 
+    #: the default of :meth:`distill`'s ``consistent``
+    _distill_consistent: bool = False
+
     def _distill_model_kwargs(self) -> dict[str, Any]:
         """Settings in which :meth:`distill`'s network differs from a member by default (none)."""
         return {}
@@ -133,7 +136,7 @@ class ClassifierMixin(ExpressionModelMixin):
         temperature: float = 2.0,
         weight: float = 1.0,
         model_kwargs: dict[str, Any] | None = None,
-        consistent: bool = False,
+        consistent: bool | None = None,
         select_on: Literal["f1", "kl"] = "f1",
         **train_kwargs,
     ):
@@ -165,7 +168,8 @@ class ClassifierMixin(ExpressionModelMixin):
             Compute the ensemble's probabilities on each cell as the network sees it in
             training, after its batch-difference shift (the teacher and the network see the
             same view of the cell :cite:p:`Beyer2022`), instead of on the unshifted cell. Without
-            a ``batch_key`` (no shift) both are the same.
+            a ``batch_key`` (no shift) both are the same. ``None``: on for NACT, off for SCTAB
+            (where it has not been measured).
         select_on
             With early stopping, the epoch kept is the best on the validation cells by
             ``"f1"``, the macro-F1 against the labels, or ``"kl"``, the divergence of the
@@ -174,15 +178,17 @@ class ClassifierMixin(ExpressionModelMixin):
         **train_kwargs
             Override training settings of the ensemble (e.g. ``max_epochs``) or pass trainer
             arguments (e.g. ``enable_progress_bar=False``). NACT's network keeps the ensemble's
-            early stopping (its best epoch on the validation macro-F1); SCTAB's trains every
-            epoch and keeps its last weights unless ``early_stopping=True`` is passed (see the
-            SCTAB user guide).
+            early stopping (its best epoch on the validation macro-F1) and trains with an input
+            dropout of 0.25 (``input_dropout=0.0`` turns it off; see the NACT user guide);
+            SCTAB's trains every epoch and keeps its last weights unless ``early_stopping=True``
+            is passed (see the SCTAB user guide).
 
         Returns
         -------
         The trained single-network model, on the same AnnData. Its ``training_settings_``
         record ``"distilled_from"``: the ensemble's size, the temperature, the weight,
-        ``model_kwargs`` and the best validation macro-F1 of the ensemble and of the network. A
+        ``model_kwargs``, ``consistent``, ``select_on`` and the best validation macro-F1 of the
+        ensemble and of the network. A
         warning is logged when the network's is more than 0.05 below the ensemble's (it did not
         learn the ensemble's predictions: seen on Kang PBMCs, where one class was missed).
 
@@ -198,6 +204,7 @@ class ClassifierMixin(ExpressionModelMixin):
         if n_members < 2:
             raise ValueError("distill() needs an ensemble (n_ensemble >= 2); this model is one network.")
         model_kwargs = self._distill_model_kwargs() if model_kwargs is None else dict(model_kwargs)
+        consistent = self._distill_consistent if consistent is None else bool(consistent)
         settings = set(inspect.signature(type(self).__init__).parameters) - {"self", "adata", "registry"}
         unknown = sorted(set(model_kwargs) - settings)
         if unknown:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -186,6 +186,19 @@ class NACT(ClassifierMixin, BaseModelClass):
     """
 
     _module_cls = NACTModule
+    #: the distilled network learns the ensemble's probabilities of the batch-shifted cells it sees
+    _distill_consistent = True
+    #: input dropout of the distilled network (the user guide, "One network from the ensemble")
+    _distill_input_dropout = 0.25
+
+    def _distill_train_kwargs(self) -> dict[str, Any]:
+        """The distilled network trains with input dropout :attr:`_distill_input_dropout`.
+
+        It learns the ensemble's probabilities, computed on every gene, from a quarter fewer
+        genes, so it cannot rest on a few of them: on held-out training donors of PBMCs it
+        scored about as well as the ensemble, and without it far below.
+        """
+        return {"input_dropout": self._distill_input_dropout}
 
     def __init__(
         self,
