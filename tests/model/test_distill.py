@@ -54,8 +54,16 @@ def test_distilled_network_reproduces_the_ensemble(name):
         wider = {"n_d": 4 * ensemble.module.n_d, "n_a": 4 * ensemble.module.n_a}
         assert record["model_kwargs"] == wider
         assert (student.module.n_d, student.module.n_a) == (wider["n_d"], wider["n_a"])
+        # the teacher sees the cells unshifted, and the network keeps no epoch but the last
+        assert record["consistent"] is False
+        assert student.training_settings_["early_stopping"] is False
     else:
         assert record["model_kwargs"] == {}
+        # the teacher sees the cells as the network does; the network trains with input dropout
+        assert record["consistent"] is True
+        assert student.training_settings_["input_dropout"] == 0.25
+        assert student.training_settings_["early_stopping"] is True
+        assert ensemble.training_settings_["input_dropout"] == 0.0
     best = record["best_validation_f1"]
     assert best["ensemble"] == pytest.approx(ensemble.history["f1_macro_validation"].iloc[:, 0].max())
     assert best["network"] == pytest.approx(student.history["f1_macro_validation"].iloc[:, 0].max())
@@ -181,6 +189,22 @@ def test_distill_into_a_network_of_other_settings(tmp_path):
     ):
         with pytest.raises(ValueError, match=match):
             ensemble.distill(model_kwargs=bad, enable_progress_bar=False)
+
+
+def test_nact_distill_defaults_and_how_to_turn_them_off():
+    adata = ss.datasets.simulate(n_cells=300, n_genes=150, seed=0)
+    ss.model.NACT.setup_anndata(adata, labels_key="cell_type", batch_key="donor")
+    ensemble = ss.model.NACT(adata, n_ensemble=2)
+    ensemble.train(max_epochs=2, enable_progress_bar=False)
+    assert ensemble.training_settings_["n_augmentation_vectors"] > 0  # the cells are shifted
+    default = ensemble.distill(max_epochs=1, enable_progress_bar=False)
+    earlier = ensemble.distill(consistent=False, input_dropout=0.0, max_epochs=1, enable_progress_bar=False)
+    assert default.training_settings_["distilled_from"]["consistent"] is True
+    assert default.training_settings_["input_dropout"] == 0.25
+    assert default.module.input_dropout.p == 0.25
+    assert earlier.training_settings_["distilled_from"]["consistent"] is False
+    assert earlier.training_settings_["input_dropout"] == 0.0
+    assert earlier.module.input_dropout.p == 0.0
 
 
 def test_distill_an_ensemble_trained_on_every_cell():
