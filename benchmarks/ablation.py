@@ -68,7 +68,10 @@ WEAK_CLASSES = ("Mis", "E3Rmst", "E5Sulf1", "Mic", "Endo", "Peri")
 MAX_EPOCHS = 30
 
 #: NACT's distilled networks: before and after the consistent teacher and the input dropout
-NACT_EARLIER_STEP = "default, distilled into one network, the earlier distill() (teacher on unshifted cells)"
+NACT_EARLIER_STEP = (
+    "default, distilled into one network, the earlier distill() "
+    "(teacher on unshifted cells, no input dropout)"
+)
 NACT_DISTILLED_STEP = (
     "default, distilled into one network (distill(): teacher on the shifted cells, input dropout 0.25)"
 )
