@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from scsalient._utils import log1p_cp10k_block
 
 from ._blocks import read_rows
+from ._components import per_member
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ class BatchShift(nn.Module):
         """
         shape = (x.shape[0],) if n_draws is None else (n_draws, x.shape[0])
         if not (self.active and self.training):
-            return x if n_draws is None else x.unsqueeze(0).expand(n_draws, *x.shape)
+            return x if n_draws is None else per_member(x, n_draws)
         pick = torch.randint(0, self.vectors.shape[0], shape, device=x.device)
         sign = torch.randint(0, 2, (*shape, 1), device=x.device, dtype=x.dtype) * 2.0 - 1.0
         return (x + sign * self.vectors[pick]).clamp(*AUGMENT_CLAMP)

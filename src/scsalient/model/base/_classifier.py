@@ -16,15 +16,12 @@ from tqdm.auto import tqdm
 from ._augment import batch_difference_vectors
 from ._blocks import BlockDataSplitter, block_loader, is_backed
 from ._expression import ExpressionModelMixin
-from ._training_plan import ClassifierTrainingPlan
+from ._training_plan import MONITOR, ClassifierTrainingPlan
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
 logger = logging.getLogger(__name__)
-
-#: metric used for early stopping and best-epoch selection
-MONITOR = "f1_macro_validation"
 
 
 def _best_validation_f1(model) -> float | None:
@@ -235,7 +232,7 @@ class ClassifierMixin(ExpressionModelMixin):
             "teacher": self.module,
             "distill_temperature": temperature,
             "distill_weight": weight,
-            "distill_consistent": bool(consistent),
+            "distill_consistent": consistent,
             "distill_select": select_on,
         }
         student.train(**kwargs)
@@ -244,7 +241,7 @@ class ClassifierMixin(ExpressionModelMixin):
             "temperature": float(temperature),
             "weight": float(weight),
             "model_kwargs": model_kwargs,
-            "consistent": bool(consistent),
+            "consistent": consistent,
             "select_on": select_on,
         }
         best = {name: _best_validation_f1(m) for name, m in (("ensemble", self), ("network", student))}

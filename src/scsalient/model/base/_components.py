@@ -67,6 +67,11 @@ class GeneMap(nn.Module):
         return self.layers(x)
 
 
+def per_member(x: torch.Tensor, n_members: int) -> torch.Tensor:
+    """The same cells ``(B, G)`` for each of ``n_members`` networks, ``(E, B, G)`` (a view, no copy)."""
+    return x.unsqueeze(0).expand(n_members, *x.shape)
+
+
 def mean_probability_logits(member_logits: torch.Tensor) -> torch.Tensor:
     """Log of the mean of an ensemble's class probabilities: ``(E, B, C)`` logits -> ``(B, C)``."""
     return torch.log(torch.softmax(member_logits, dim=-1).mean(0).clamp_min(1e-12))

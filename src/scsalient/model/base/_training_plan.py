@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from scvi.module.base import BaseModuleClass, LossOutput
 
 MODES = ("train", "validation")
+#: metric used for early stopping and best-epoch selection (unless a distillation selects on the KL)
+MONITOR = "f1_macro_validation"
 
 
 class EpochTrainingPlan(TrainingPlan):
@@ -168,7 +170,7 @@ class ClassifierTrainingPlan(EpochTrainingPlan):
         """The logged value that early stopping and best-epoch selection watch, and its better direction."""
         if self._teacher is not None and self.distill_select == "kl":
             return "kl_teacher_validation", "min"
-        return "f1_macro_validation", "max"
+        return MONITOR, "max"
 
     def forward(self, tensors: dict[str, torch.Tensor], **kwargs):
         """The module's forward pass; in training with a ``teacher``, the loss includes distillation.
@@ -245,7 +247,7 @@ class ClassifierTrainingPlan(EpochTrainingPlan):
         self.log_epoch(f"ce_{mode}", loss_output.classification_loss.detach(), n_obs)
         self.log(f"f1_macro_{mode}", f1, on_step=False, on_epoch=True, batch_size=n_obs)
         self.log(f"accuracy_{mode}", accuracy, on_step=False, on_epoch=True, batch_size=n_obs)
-        if getattr(self, "_teacher_kl", None) is not None:
+        if self._teacher_kl is not None:
             self.log_epoch(f"kl_teacher_{mode}", self._teacher_kl, n_obs)
 
     def configure_gradient_clipping(
@@ -294,7 +296,7 @@ class RestoreBestState(Callback):
         ``"max"`` when larger is better.
     """
 
-    def __init__(self, monitor: str = "f1_macro_validation", mode: Literal["min", "max"] = "max"):
+    def __init__(self, monitor: str = MONITOR, mode: Literal["min", "max"] = "max"):
         super().__init__()
         self.monitor = monitor
         self.mode = mode

@@ -16,6 +16,7 @@ from scsalient.model.base._components import (
     attention_softmax,
     log1p_cp10k,
     mean_probability_logits,
+    per_member,
     split_sizes,
     xavier_init,
 )
@@ -326,7 +327,7 @@ class NACTModule(BaseModuleClass):
         cells the network sees). The outputs also hold ``views`` ``(E, B, G)``.
         """
         if views.dim() == 2:
-            views = views.unsqueeze(0).expand(self.n_members, *views.shape)
+            views = per_member(views, self.n_members)
         member_logits, attention = [], 0.0
         for member, x_member in zip(self.members, views):
             if self.training:

@@ -12,7 +12,7 @@ from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 
 from scsalient.model.base._augment import BatchShift
-from scsalient.model.base._components import log1p_cp10k, mean_probability_logits
+from scsalient.model.base._components import log1p_cp10k, mean_probability_logits, per_member
 
 #: above this many genes, 1.5-entmax partially sorts the top entries instead of sorting all
 _ENTMAX_FULL_SORT_MAX = 1024
@@ -310,7 +310,7 @@ class SCTABModule(BaseModuleClass):
         cells the network sees). The outputs also hold ``views`` ``(E, B, G)``.
         """
         if views.dim() == 2:
-            views = views.unsqueeze(0).expand(self.n_members, *views.shape)
+            views = per_member(views, self.n_members)
         x = self.input_bn(views)
         a = self.initial_transformer(x)[..., self.n_d :]
         prior = torch.ones_like(x)
