@@ -120,6 +120,136 @@ def _split_spectra(adata: ad.AnnData) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(train), np.sort(test)
 
 
+def _load_pbmc68k() -> ad.AnnData:
+    import scanpy as sc
+
+    adata = sc.datasets.pbmc68k_reduced().raw.to_adata()  # log-normalised; .X is scaled
+    adata.obs = adata.obs[["bulk_labels"]].rename(columns={"bulk_labels": LABEL_KEY})
+    adata.obsm.clear()
+    return adata
+
+
+def _split_stratified(adata: ad.AnnData) -> tuple[np.ndarray, np.ndarray]:
+    labels = adata.obs[LABEL_KEY].astype(str).to_numpy()
+    train, test = train_test_split(np.arange(adata.n_obs), test_size=0.3, stratify=labels, random_state=0)
+    return np.sort(train), np.sort(test)
+
+
+# ---------------------------------------------------------------------------------- transfer pairs
+
+TRANSFER_DIR = DATA_DIR / "transfer"
+#: obs column of the transfer files whose labels are harmonised across the files of one tissue
+TRANSFER_LABEL = "cell_type_common"
+#: obs column the transfer loader writes with the part each cell comes from
+PART_KEY = "part"
+
+
+def _load_transfer(reference: str, query: str) -> ad.AnnData:
+    """Reference and query cells on their shared genes (reference order), labels harmonised.
+
+    ``obs[PART_KEY]`` says which file each cell comes from; ``obs["batch"]`` is the reference's
+    own batch column where it has one (donor, plate, sample; the query's cells get theirs, or the
+    part's name, unused by the models).
+    """
+    ref = ad.read_h5ad(TRANSFER_DIR / f"{reference}.h5ad")
+    qry = ad.read_h5ad(TRANSFER_DIR / f"{query}.h5ad")
+    shared = ref.var_names[ref.var_names.isin(qry.var_names)]
+    # the reference's batches (donors, plates), for the models' batch augmentation
+    batch_key = next((key for key in ("donor", "batch", "sample_id") if key in ref.obs), None)
+    parts = []
+    for name, part in (("reference", ref), ("query", qry)):
+        part = part[:, shared].copy()
+        obs = pd.DataFrame(index=part.obs_names.astype(str))
+        obs[LABEL_KEY] = part.obs[TRANSFER_LABEL].astype(str).to_numpy()
+        obs[PART_KEY] = name
+        if batch_key is not None:
+            obs["batch"] = part.obs[batch_key].astype(str).to_numpy() if batch_key in part.obs else name
+        parts.append(ad.AnnData(X=sparse_csr(part.X), obs=obs, var=pd.DataFrame(index=shared.astype(str))))
+    out = ad.concat(parts, join="outer", index_unique=None)
+    out.obs_names_make_unique()
+    # cells whose expression in the shared genes is all zero cannot be classified by any system
+    keep = np.asarray(out.X.sum(axis=1)).ravel() > 0
+    return out[keep].copy()
+
+
+def sparse_csr(x):
+    from scipy import sparse
+
+    return sparse.csr_matrix(x, dtype=np.float32)
+
+
+def _split_parts(adata: ad.AnnData) -> tuple[np.ndarray, np.ndarray]:
+    part = adata.obs[PART_KEY].astype(str).to_numpy()
+    return np.flatnonzero(part == "reference"), np.flatnonzero(part == "query")
+
+
+def _transfer(name: str, reference: str, query: str, title: str, input: str) -> Dataset:
+    return Dataset(
+        name=name,
+        title=title,
+        file=f"transfer/{query}.h5ad",
+        input=input,
+        split_rule=f"reference {reference} -> query {query}, shared genes",
+        load=functools.partial(_load_transfer, reference, query),
+        split=_split_parts,
+    )
+
+
+TRANSFER_TASKS = {
+    "kang_stim": ("pbmc_kang_ctrl_muscat", "pbmc_kang_stim_muscat", "PBMC control -> IFN-beta", "counts"),
+    "pbmc_celseq2": ("pbmc_kang_ctrl_muscat", "pbmc_ding_celseq2_scmoo", "PBMC 10x -> CEL-Seq2", "counts"),
+    "pancreas_smartseq2": (
+        "pancreas_baron_cepo",
+        "pancreas_segerstolpe_cepo",
+        "pancreas inDrop -> Smart-seq2",
+        "counts",
+    ),
+    "pancreas_c1": ("pancreas_baron_cepo", "pancreas_lawlor_cepo", "pancreas inDrop -> C1", "counts"),
+    "pancreas_xin_wang": (
+        "pancreas_xin_scclassify",
+        "pancreas_wang_scclassify",
+        "pancreas Xin -> Wang (log-normalised)",
+        "lognorm",
+    ),
+    "tme": (
+        "tme_puram_hnscc_chetah",
+        "tme_tirosh_mel80_scannotatr",
+        "head-and-neck TME -> melanoma TME (log-normalised)",
+        "lognorm",
+    ),
+    "kidney": (
+        "kidney_tabulamuris_cellannotator",
+        "kidney_park2018_cellannotator",
+        "mouse kidney immune, two studies",
+        "counts",
+    ),
+    "celllines_dropseq": (
+        "celllines3_celseq2_mixology",
+        "celllines3_dropseq_mixology",
+        "cell lines CEL-Seq2 -> Drop-seq",
+        "counts",
+    ),
+    "celllines_10x": (
+        "celllines3_celseq2_mixology",
+        "celllines3_10x_cepo",
+        "cell lines CEL-Seq2 -> 10x",
+        "counts",
+    ),
+    "celllines5": (
+        "celllines3_dropseq_mixology",
+        "celllines5_celseq2_mixology",
+        "cell lines Drop-seq -> CEL-Seq2, 2 unseen lines",
+        "counts",
+    ),
+    "mesc": (
+        "mesc_kolodziejczyk_batch2_scmerge",
+        "mesc_kolodziejczyk_batch3_scmerge",
+        "mouse ES culture conditions, batch 2 -> 3",
+        "counts",
+    ),
+}
+
+
 DATASETS: dict[str, Dataset] = {
     "kang": Dataset(
         name="kang",
@@ -148,7 +278,42 @@ DATASETS: dict[str, Dataset] = {
         load=_load_spectra,
         split=_split_spectra,
     ),
+    "pbmc68k": Dataset(
+        name="pbmc68k",
+        title="scanpy pbmc68k_reduced, log-normalised (10 types)",
+        file="",
+        input="lognorm",
+        split_rule="stratified 70/30 split of cells, random_state=0",
+        load=_load_pbmc68k,
+        split=_split_stratified,
+    ),
+    **{name: _transfer(name, *args) for name, args in TRANSFER_TASKS.items()},
 }
+
+
+def _inner(name: str) -> Dataset:
+    """The within-study split ``name`` without its test cells: the last third of its training batches held out."""
+    outer = DATASETS[name]
+    batch_key = {"kang": "donor_id", "mop": "batch"}[name]
+
+    def split(adata: ad.AnnData) -> tuple[np.ndarray, np.ndarray]:
+        train, _ = outer.split(adata)
+        batches = adata.obs[batch_key].astype(str).to_numpy()
+        held_out = inner_held_out(batches[train])
+        return np.sort(train[~np.isin(batches[train], held_out)]), np.sort(train[np.isin(batches[train], held_out)])
+
+    return Dataset(
+        name=f"{name}_inner",
+        title=f"{outer.title}, inner split (no test cell)",
+        file=outer.file,
+        input=outer.input,
+        split_rule=f"{outer.split_rule}; training batches only, the last third held out",
+        load=outer.load,
+        split=split,
+    )
+
+
+DATASETS.update({f"{name}_inner": _inner(name) for name in ("kang", "mop")})
 
 
 # ---------------------------------------------------------------------------------- Cell Ontology
