@@ -103,3 +103,41 @@ def _select_columns(x, source: np.ndarray, dest: np.ndarray, n_out: int):
     out = np.zeros((x.shape[0], n_out), dtype=x.dtype)
     out[:, dest] = x[:, source]
     return out
+
+
+def conform_genes(
+    adata: AnnData,
+    var_names: pd.Index,
+    layer: str | None,
+    *,
+    min_overlap: float = MIN_GENE_OVERLAP,
+    what: str = "genes",
+) -> AnnData:
+    """``adata`` itself when its genes are the model's in the model's order, else a copy that is.
+
+    The copy is matched by name as in :func:`align_genes` (missing genes zero-filled with a
+    warning, under ``min_overlap`` an error) and holds the expression of ``layer`` (``None``:
+    ``.X``), ``adata``'s ``obs``, ``obsm`` and ``uns`` (without scvi-tools' set-up keys) and
+    the model's ``var_names``: a model can be set up on it for training and read-outs.
+
+    Parameters
+    ----------
+    adata
+        Data to attach to a model.
+    var_names
+        The model's genes, in the model's order.
+    layer
+        Layer holding the expression (``None`` for ``.X``).
+    min_overlap
+        Smallest accepted fraction of the model's genes present in ``adata``.
+    what
+        What the features are, for messages (``"genes"``, ``"peaks"``).
+    """
+    if pd.Index(adata.var_names).equals(var_names):
+        return adata
+    aligned = align_genes(adata, var_names, layer, min_overlap=min_overlap, what=what)
+    aligned.obs = adata.obs.copy()
+    for key, value in adata.obsm.items():
+        aligned.obsm[key] = value.copy()
+    aligned.uns = {key: value for key, value in adata.uns.items() if not key.startswith("_scvi")}
+    return aligned

@@ -16,7 +16,7 @@ from scvi.utils import setup_anndata_dsp
 from tqdm.auto import tqdm
 
 from scsalient._constants import ModuleAEKeys
-from scsalient.model.base import ExpressionLayerField, ExpressionModelMixin
+from scsalient.model.base import ExpressionLayerField, ExpressionModelMixin, SaveLoadMixin
 
 from ._module import ModuleAEModule
 from ._plan import ModuleAETrainingPlan
@@ -32,7 +32,7 @@ MONITOR = "validation_loss"
 _SALIENCY_ENTRIES = 2**23
 
 
-class ModuleAE(ExpressionModelMixin, BaseModelClass):
+class ModuleAE(SaveLoadMixin, ExpressionModelMixin, BaseModelClass):
     r"""Autoencoder whose hidden units read as gene modules :cite:p:`Kinalis2019`.
 
     A small autoencoder (genes -> 128 -> ``n_latent`` -> 128 -> genes, Softplus activations,

@@ -16,7 +16,7 @@ from scvi.model.base import BaseModelClass
 from scvi.utils import setup_anndata_dsp
 
 from scsalient._constants import ClusterKeys, NACTKeys
-from scsalient.model.base import ClassifierMixin, ExpressionLayerField, check_labels
+from scsalient.model.base import ClassifierMixin, ExpressionLayerField, SaveLoadMixin, check_labels
 from scsalient.model.base._checks import check_batch_key
 from scsalient.model.base._expression import has_validation_split
 from scsalient.model.base._memory import check_training_memory
@@ -57,7 +57,7 @@ PRESETS: dict[str, dict] = {
 }
 
 
-class NACT(ClassifierMixin, BaseModelClass):
+class NACT(SaveLoadMixin, ClassifierMixin, BaseModelClass):
     r"""Neural additive attention for cell-type identification (N-ACT) :cite:p:`Heydari2022`.
 
     Every cell gets its own attention over genes; the attention-weighted expression goes

@@ -15,7 +15,7 @@ from scvi.model.base import BaseModelClass
 from scvi.utils import setup_anndata_dsp
 
 from scsalient._constants import SCTABKeys
-from scsalient.model.base import ClassifierMixin, ExpressionLayerField, check_labels
+from scsalient.model.base import ClassifierMixin, ExpressionLayerField, SaveLoadMixin, check_labels
 from scsalient.model.base._checks import check_batch_key
 from scsalient.model.base._expression import has_validation_split
 from scsalient.model.base._memory import check_training_memory
@@ -68,7 +68,7 @@ def auto_training(n_train: int) -> dict:
     return {"lr": 5e-3, "weight_decay": weight_decay, "batch_size": batch_size, "lr_decay": 0.9}
 
 
-class SCTAB(ClassifierMixin, BaseModelClass):
+class SCTAB(SaveLoadMixin, ClassifierMixin, BaseModelClass):
     r"""scTab: cell-type annotation with a TabNet and sparse feature attention :cite:p:`Fischer2024`.
 
     A TabNet :cite:p:`Arik2021` encoder picks, for every cell, a sparse set of genes (a

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Literal
 
@@ -22,6 +23,7 @@ from scsalient.model.base import (
     AccessibilityLayerField,
     EpochTrainingPlan,
     ExpressionLayerField,
+    SaveLoadMixin,
     TrainingMixin,
     align_genes,
     check_accessibility,
@@ -31,6 +33,8 @@ from scsalient.model.base import (
 )
 from scsalient.model.base._checks import describe_location
 from scsalient.model.base._components import count_parameters
+from scsalient.model.base._query import conform_genes
+from scsalient.model.base._save_load import registered_names, warn_conformed
 
 from ._module import TranslatorModule
 
@@ -97,7 +101,7 @@ class TranslatorTrainingPlan(EpochTrainingPlan):
             self.log_epoch(f"{key}_{mode}", value.detach().mean(), n_obs)
 
 
-class Translator(TrainingMixin, BaseModelClass):
+class Translator(SaveLoadMixin, TrainingMixin, BaseModelClass):
     r"""Paired RNA <-> ATAC translation with feature attention and gene-peak attributions.
 
     Trained on cells with both modalities, the model predicts accessibility from expression and
@@ -377,6 +381,88 @@ class Translator(TrainingMixin, BaseModelClass):
         setup = self.registry_["setup_args"]
         names = {**DEFAULT_MODALITIES, **(setup.get("modalities") or {})}
         return names[_LAYER_ARG[_check_modality(modality)]]
+
+    # ------------------------------------------------------------------ save / load
+    @classmethod
+    def load(
+        cls,
+        dir_path: str | os.PathLike,
+        mdata: MuData | None = None,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+        prefix: str | None = None,
+        trust_pickle: bool = False,
+        adata: MuData | None = None,
+    ) -> Translator:
+        """Load a Translator saved with :meth:`save`.
+
+        Reads ``model.json`` and ``model.safetensors`` (and the saved ``mdata.h5mu`` when no
+        data are given); neither can run code. The genes and peaks of ``mdata`` are matched to
+        the model's by name, as for query data: the model keeps its features in its order, and
+        when ``mdata``'s differ (another order, some missing: zero-filled with a warning) the
+        model is set up on a copy of ``mdata`` in its order, with a warning. Fewer than half of
+        the model's genes (or peaks) present is an error.
+
+        Parameters
+        ----------
+        dir_path
+            Directory written by :meth:`save`.
+        mdata
+            Paired RNA + ATAC cells to attach to the model. ``None`` uses the data saved with
+            the model (or none, with a warning); ``False`` loads the model without data (give
+            data to :meth:`translate` and the other read-outs).
+        accelerator
+            Lightning accelerator to put the model on (``"auto"``, ``"cpu"``, ``"gpu"``, ...).
+        device
+            Device index or ``"auto"``.
+        prefix
+            Prefix of the file names, as given to :meth:`save`.
+        trust_pickle
+            Also read the pickled ``model.pt`` of scvi-tools' format, which earlier versions of
+            scsalient wrote. Unpickling can run any code the file holds: only for files you
+            trust. Save the model again to convert it (see :doc:`/save_load`).
+        adata
+            Another name for ``mdata`` (scvi-tools' name); give one of the two.
+
+        Returns
+        -------
+        The model, in evaluation mode.
+        """
+        if adata is not None:
+            if mdata is not None:
+                raise ValueError("Give the data as mdata= or as adata=, not both.")
+            mdata = adata
+        return cls._load(dir_path, mdata, accelerator, device, prefix, trust_pickle)
+
+    @classmethod
+    def _conform_data(cls, data: MuData, registry: dict) -> MuData:
+        """``data`` with the model's genes and peaks in the model's order (a copy when they differ)."""
+        if not isinstance(data, MuData):
+            raise TypeError(
+                f"Translator.load needs a MuData of paired RNA + ATAC cells, got {type(data).__name__}."
+            )
+        setup = registry["setup_args"]
+        names = {**DEFAULT_MODALITIES, **(setup.get("modalities") or {})}
+        mods, changed = dict(data.mod), []
+        for modality in ("rna", "atac"):
+            name = names[_LAYER_ARG[modality]]
+            if name not in mods:
+                continue  # setup_mudata names the missing modality
+            features = registered_names(registry, _REGISTRY[modality])
+            layer = setup.get(_LAYER_ARG[modality])
+            conformed = conform_genes(mods[name], features, layer, what=_WHAT[modality])
+            if conformed is not mods[name]:
+                mods[name] = conformed
+                changed.append(f"{len(features)} {_WHAT[modality]}")
+        if not changed:
+            return data
+        warn_conformed(" and ".join(changed))
+        out = MuData(mods)
+        for column in data.obs.columns:
+            if column not in out.obs:
+                out.obs[column] = data.obs[column]
+        out.uns = {key: value for key, value in data.uns.items() if not key.startswith("_scvi")}
+        return out
 
     # ------------------------------------------------------------------ training
     def train(
