@@ -3,7 +3,6 @@ from __future__ import annotations
 import gzip
 import json
 import sys
-import types
 from pathlib import Path
 
 import pandas as pd
@@ -208,35 +207,34 @@ def test_cellmarker_official_layout(tmp_path):
     assert set(marker_database(path, tissue="lymph node")["gene"]) == {"MS4A1"}
 
 
-def test_short_name_download_uses_pooch(monkeypatch, tmp_path):
-    local = tmp_path / "panglao.tsv"
-    local.write_text(
-        "species\tofficial gene symbol\tcell type\torgan\tsensitivity_human\tsensitivity_mouse\n"
-        "Mm Hs\tCD3E\tT cells\tImmune system\t0.9\t0.8\n"
-    )
-    calls = []
-
-    def retrieve(url, known_hash, fname, path, progressbar):
-        calls.append({"url": url, "known_hash": known_hash, "fname": fname})
-        return str(local)
-
-    fake = types.SimpleNamespace(retrieve=retrieve, os_cache=lambda name: tmp_path / name)
-    monkeypatch.setitem(sys.modules, "pooch", fake)
-    frame = marker_database("panglaodb", species="mouse")
-    assert frame.to_dict("records") == [{"cell_type": "T cells", "gene": "Cd3e", "weight": 0.8}]
-    assert calls == [
-        {
-            "url": "https://panglaodb.se/markers/PanglaoDB_markers_27_Mar_2020.tsv.gz",
-            "known_hash": None,
-            "fname": "PanglaoDB_markers_27_Mar_2020.tsv.gz",
-        }
-    ]
+PANGLAO_TABLE = (
+    "species\tofficial gene symbol\tcell type\torgan\tsensitivity_human\tsensitivity_mouse\n"
+    "Mm Hs\tCD3E\tT cells\tImmune system\t0.9\t0.8\n"
+)
 
 
-def test_missing_pooch_names_the_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "pooch", None)
-    with pytest.raises(ImportError, match="pip install pooch"):
-        marker_database("cellmarker")
+def test_database_name_never_reads_the_working_directory(monkeypatch, tmp_path):
+    """A file named like a database in the working directory is not the database."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "panglaodb").write_text(PANGLAO_TABLE)
+    (tmp_path / "cellmarker").write_text("Tissue,CT,Gene\nBlood,B cell,CD19\n")
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("nothing may be downloaded")
+
+    monkeypatch.setattr("pooch.retrieve", no_download)
+    for name in ("panglaodb", "PanglaoDB", "cellmarker"):
+        with pytest.raises(ValueError, match=r"needs `path=`.*does not download"):
+            marker_database(name)
+    # the same file is read when given explicitly as a path
+    frame = marker_database(Path("panglaodb"))
+    assert frame.to_dict("records") == [{"cell_type": "T cells", "gene": "CD3E", "weight": 0.9}]
+    assert marker_database("panglaodb", path="panglaodb").equals(frame)
+    assert marker_database(Path("cellmarker"))["gene"].tolist() == ["CD19"]
+    with pytest.raises(FileNotFoundError, match="path= of 'panglaodb'"):
+        marker_database("panglaodb", path=tmp_path / "elsewhere.tsv.gz")
+    with pytest.raises(ValueError, match="only used with a database name"):
+        marker_database(Path("panglaodb"), path="panglaodb")
 
 
 # --- pegasus ----------------------------------------------------------------------------------

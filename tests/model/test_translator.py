@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+
 import mudata as md
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 import scvi
@@ -303,12 +306,103 @@ def test_setup_errors():
         ss.model.Translator.setup_mudata(negative)
 
 
+def _paired(atac: AnnData, rna: AnnData | None = None) -> md.MuData:
+    rna = _small()["rna"] if rna is None else rna
+    atac.obs_names = rna.obs_names
+    with md.set_options(pull_on_update=False):
+        return md.MuData({"rna": rna, "atac": atac})
+
+
+def _adt_like(n_cells=120, n_proteins=140, seed=0) -> AnnData:
+    """CITE-seq-like protein counts: ~140 antibodies, dense, with counts in the tens to hundreds."""
+    rng = np.random.default_rng(seed)
+    means = rng.lognormal(3.0, 1.0, size=n_proteins)
+    counts = rng.negative_binomial(5, 5 / (5 + means), size=(n_cells, n_proteins)).astype(np.float32)
+    names = [f"CD{i}" for i in range(1, n_proteins - 1)] + ["HLA-DR", "IgG1-isotype"]
+    return AnnData(sp.csr_matrix(counts), var=pd.DataFrame(index=names))
+
+
+def test_second_modality_must_look_like_accessibility():
+    adt = _adt_like()
+    with pytest.raises(
+        ValueError, match=r"modality 'atac' does not look like chromatin accessibility"
+    ) as error:
+        ss.model.Translator.setup_mudata(_paired(adt))
+    message = str(error.value)
+    assert "'CD1'" in message and "no peak coordinates" in message and "ADT" in message
+    assert "only 140 features" in message and "non-zero values are above 4" in message
+    assert "setup_mudata" in message and "modalities={'atac_layer'" in message
+
+    # binarised protein counts are still too few features without coordinates
+    binary = adt.copy()
+    binary.X = (binary.X > 20).astype(np.float32)
+    with pytest.raises(ValueError, match=r"only 140 features") as error:
+        ss.model.Translator.setup_mudata(_paired(binary))
+    assert "non-zero values are above" not in str(error.value)
+
+    # gene counts named as ATAC: many features, but large counts and no coordinates
+    genes = _small(seed=2)["rna"]
+    genes = AnnData(genes.X.copy(), var=pd.DataFrame(index=genes.var_names))
+    with pytest.raises(ValueError, match="non-zero values are above 4"):
+        ss.model.Translator.setup_mudata(_paired(genes))
+
+
+def test_accessibility_is_recognised():
+    sim = _small()
+    assert {"chrom", "start", "end"} <= set(sim["atac"].var.columns)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ss.model.Translator.setup_mudata(sim)
+    # the simulated multiome data pass; at most some never accessible peaks are reported
+    assert all("accessible in no cell" in str(w.message) for w in caught), [str(w.message) for w in caught]
+
+    rng = np.random.default_rng(0)
+    x = sp.csr_matrix((rng.random((120, 300)) < 0.1).astype(np.float32))
+    for names in (
+        [f"chr{1 + i % 3}:{1000 * i}-{1000 * i + 500}" for i in range(300)],
+        [f"chr{1 + i % 3}-{1000 * i}-{1000 * i + 500}" for i in range(300)],
+        [f"chrUn_KI270742v1_{1000 * i}_{1000 * i + 500}" for i in range(300)],
+    ):
+        ss.model.Translator.setup_mudata(_paired(AnnData(x.copy(), var=pd.DataFrame(index=names))))
+    columns = pd.DataFrame(
+        {"Chromosome": "chr1", "Start": np.arange(300) * 1000, "End": np.arange(300) * 1000 + 500},
+        index=[f"region{i}" for i in range(300)],
+    )
+    ss.model.Translator.setup_mudata(_paired(AnnData(x.copy(), var=columns)))
+    # many 0/1 features without coordinates are accepted as peaks
+    wide = sp.csr_matrix((rng.random((120, 1500)) < 0.05).astype(np.float32))
+    names = pd.DataFrame(index=[f"peak{i}" for i in range(1500)])
+    ss.model.Translator.setup_mudata(_paired(AnnData(wide, var=names)))
+    # peaks with coordinates but protein-like counts: a warning
+    counts = AnnData(_adt_like(n_proteins=300).X, var=pd.DataFrame(index=columns.index).join(columns))
+    with pytest.warns(UserWarning, match="has peak coordinates, but .* non-zero values are above 4"):
+        ss.model.Translator.setup_mudata(_paired(counts))
+
+
+def test_not_set_up_messages_name_setup_mudata():
+    mdata = _small()
+    with pytest.raises(
+        ValueError, match=r"not set up for the Translator: run Translator.setup_mudata\(mdata\)"
+    ):
+        ss.model.Translator(mdata)
+    with pytest.raises(ValueError, match=r"needs a MuData .* Translator.setup_mudata") as error:
+        ss.model.Translator(mdata["rna"])
+    assert "setup_anndata is not available" in str(error.value)
+    ss.model.Translator.setup_mudata(mdata)
+    model = ss.model.Translator(mdata, n_ensemble=1)
+    with pytest.raises(ValueError, match=r"Translator.setup_mudata\(mdata\) first"):
+        model.get_anndata_manager(_small(seed=3), required=True)
+    assert model.get_anndata_manager(mdata, required=True) is model.adata_manager
+
+
 def test_peaks_never_accessible_warn():
     mdata = _small()
     x = mdata["atac"].X.tolil()
     x[:, :3] = 0
     mdata["atac"].X = sp.csr_matrix(x)
-    with pytest.warns(UserWarning, match=r"\d+ of 200 peaks in adata.X are accessible in no cell"):
+    with pytest.warns(
+        UserWarning, match=r"\d+ of 200 peaks in adata.X of modality 'atac' are accessible in no cell"
+    ):
         ss.model.Translator.setup_mudata(mdata)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import mudata as md
 import numpy as np
 import pytest
@@ -51,3 +53,30 @@ def test_mop_translation_beats_controls(shared_data):
     assert to_atac["auprc"] > atac_mean["auprc"] + 0.001
     assert to_rna["pearson_per_gene"] > 0.03
     assert to_rna["rmse"] < rna_mean["rmse"]
+
+
+@pytest.mark.realdata
+def test_cite_seq_proteins_are_not_accessibility(shared_data):
+    """BMMC CITE-seq: the 134 ADT proteins given as the ATAC modality are refused."""
+    with md.set_options(pull_on_update=False):
+        mdata = md.read_h5mu(shared_data / "bmmc_cite_neurips2021_600.h5mu")
+    with pytest.raises(
+        ValueError, match=r"modality 'adt' does not look like chromatin accessibility"
+    ) as error:
+        ss.model.Translator.setup_mudata(mdata, modalities={"atac_layer": "adt"})
+    message = str(error.value)
+    assert "only 134 features" in message and "no peak coordinates" in message
+    assert "setup_mudata" in message
+
+
+@pytest.mark.realdata
+def test_mop_atac_is_accessibility(shared_data):
+    """MOp SNARE-seq2: 25,734 regions named chr_start_end, mostly 0/1, pass the check."""
+    with md.set_options(pull_on_update=False):
+        mdata = md.read_h5mu(shared_data / "mop_snareseq2_multiome_10k.h5mu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ss.model.Translator.setup_mudata(mdata)
+    messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert any("accessible in no cell" in m for m in messages)
+    assert not any("chromatin accessibility" in m or "peak coordinates" in m for m in messages), messages

@@ -101,6 +101,28 @@ def test_gene_symbols_and_gmt_file(tmp_path):
     assert impact.loc["A", "unit_0"] == 1
 
 
+def test_ensembl_var_names_use_the_symbol_column():
+    adata = _adata()
+    ids = [f"ENSMUSG{i:011d}" for i in range(12)]
+    adata.var_names = ids
+    adata.varm[ModuleAEKeys.SALIENCY].index = ids
+    sets = {"A": ["S0", "S1", "S2", "S3"], "C": ["S8", "S9", "S10", "S11"]}
+    with pytest.warns(UserWarning, match=r"Ensembl gene IDs.*adata.var\['symbol'\]"):
+        ss.tl.gene_set_impact(adata, sets, min_genes=3)
+    record = adata.uns[ModuleAEKeys.UNS]
+    assert list(record["impact"].index) == ["A", "C"]
+    assert record["impact"].loc["A", "unit_0"] == 1
+    assert record["impact_params"]["gene_symbols"] == "symbol"
+    # gene sets of Ensembl IDs keep matching the var_names
+    by_id = {"A": ids[0:4], "B": ids[4:8]}
+    explicit = ss.tl.gene_set_impact(adata, by_id, min_genes=3, inplace=False)
+    assert explicit["impact_params"]["gene_symbols"] == ""
+    assert explicit["impact"].loc["B", "unit_1"] == 1
+    del adata.var["symbol"]
+    with pytest.raises(ValueError, match="Ensembl gene IDs.*no symbol column"):
+        ss.tl.gene_set_impact(adata, sets, min_genes=3)
+
+
 def test_sets_with_too_few_genes_are_skipped_and_reported():
     adata = _adata()
     sets = {**SETS, "tiny": ["g0", "nope"], "none": ["x", "y", "z"]}

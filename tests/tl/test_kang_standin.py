@@ -109,6 +109,21 @@ def test_panglaodb_query(kang, kwargs):
     assert ranks(results, "CD14+ Monocytes", "Monocytes") <= 2
 
 
+@pytest.mark.skipif(not PANGLAO.exists(), reason=f"{PANGLAO} not found")
+def test_ensembl_var_names_are_matched_by_their_symbols(kang):
+    """Kang ships Ensembl IDs as var_names and the symbols in var["gene_symbols"]."""
+    assert all(gene.startswith("ENSG") for gene in kang.var_names)
+    database = marker_database(PANGLAO, species="human")
+    with pytest.warns(UserWarning, match=r"Ensembl gene IDs.*adata.var\['gene_symbols'\]"):
+        auto = query_cell_types(kang, database, key_added="auto_symbols")
+    explicit = query_cell_types(kang, database, gene_symbols="gene_symbols")
+    pd.testing.assert_frame_equal(auto, explicit)
+    top = auto[auto["rank"] == 1].set_index("group")
+    assert (top["n_overlap"] >= 3).all()
+    assert top["cell_type"].nunique() == 4  # not one type named from nothing for every group
+    assert kang.uns["auto_symbols"]["params"]["gene_symbols"] == "gene_symbols"
+
+
 @pytest.mark.skipif(not CELLMARKER.exists(), reason=f"{CELLMARKER} not found")
 @pytest.mark.parametrize("method", ["likelihood", "enrichment"])
 def test_cellmarker_query(kang, method):

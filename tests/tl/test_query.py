@@ -164,12 +164,75 @@ def test_case_insensitive_matching_and_gene_symbols():
     best = results.loc[results["rank"] == 1].set_index("group")["cell_type"]
     assert best.to_dict() == {"x": "NK cell", "y": "B cell"}
     assert results.set_index(["group", "cell_type"]).loc[("y", "B cell"), "overlap"] == "MS4A1;CD79A"
-    strict = query_cell_types(adata, database, gene_symbols="symbol", case_sensitive=True)
+    with pytest.warns(UserWarning, match="get no cell-type name"):
+        strict = query_cell_types(adata, database, gene_symbols="symbol", case_sensitive=True)
     assert strict["n_overlap"].eq(0).all()
-    with pytest.raises(ValueError, match="gene_symbols"):
-        query_cell_types(adata, database, method="enrichment")  # Ensembl ids match nothing
     with pytest.raises(KeyError, match="nope"):
         query_cell_types(adata, database, gene_symbols="nope")
+
+
+@pytest.mark.parametrize("method", ["likelihood", "enrichment"])
+@pytest.mark.parametrize("column", ["gene_symbols", "feature_name"])
+def test_ensembl_var_names_use_the_symbol_column(planted, method, column):
+    """var_names as Ensembl IDs (as Kang ships): the symbols in adata.var are matched instead."""
+    adata, database = planted
+    adata = adata.copy()
+    symbols = adata.var_names.to_numpy()
+    ids = [f"ENSG{i:011d}" for i in range(adata.n_vars)]
+    to_id = dict(zip(symbols, ids, strict=True))
+    record = adata.uns[SalientKeys.SALIENT_GENES]
+    names = pd.DataFrame(record["names"]).map(lambda gene: to_id.get(gene, gene))
+    record["names"] = names.to_records(index=False, column_dtypes="O")
+    adata.var_names = ids
+    adata.var["gene_ids"] = ids
+    adata.var[column] = symbols
+    with pytest.warns(UserWarning, match=rf"Ensembl gene IDs.*adata.var\['{column}'\]"):
+        results = query_cell_types(adata, database, method=method, n_genes=10)
+    best = results.loc[results["rank"] == 1].set_index("group")
+    assert best["cell_type"].to_dict() == {"A": "Alpha", "B": "Beta", "C": "Gamma"}
+    assert (best["n_overlap"] >= 6).all()
+    assert adata.uns[SalientKeys.CELL_TYPE_QUERY]["params"]["gene_symbols"] == column
+    annotate_clusters(adata, "cluster")
+    assert adata.obs[NACTKeys.CELL_TYPE].notna().all()
+
+    # without a symbol column there is nothing to match: a clear error, not names from nothing
+    del adata.var[column]
+    with pytest.raises(ValueError, match=r"Ensembl gene IDs.*no symbol column.*gene_symbols="):
+        query_cell_types(adata, database, method=method, n_genes=10)
+
+
+def test_groups_are_never_named_from_zero_overlap():
+    adata = record_adata({"x": ["CD3E", "CD3D"], "y": ["LYZ", "CD14"], "z": ["FOO1", "FOO2"]})
+    database = {"B": ["MS4A1", "CD79A", "LYZ9"], "T": ["CD3E", "CD3D", "CD2"], "Mono": ["LYZ", "CD14"]}
+    with pytest.warns(UserWarning, match=r"Groups \['z'\] get no cell-type name.*none of the query genes"):
+        results = query_cell_types(adata, database)
+    z = results[results["group"] == "z"]
+    assert z["n_overlap"].eq(0).all() and z["n_query"].eq(0).all()
+    with pytest.warns(UserWarning, match=r"Groups \['z'\] get no cell-type name"):
+        annotate_clusters(adata, "cluster")
+    labels = adata.obs[NACTKeys.CELL_TYPE]
+    assert labels[adata.obs["cluster"] == "z"].isna().all()
+    named = adata.obs.loc[adata.obs["cluster"] != "z"]
+    assert (labels[named.index].astype(str) == named["cluster"].map({"x": "T", "y": "Mono"})).all()
+    assert set(labels.cat.categories) == {"T", "Mono"}
+
+    # a query gene in the database, but the best-ranked type lists none of them: no name either
+    adata = record_adata({"x": ["CD3E", "CD3D"], "w": ["G1", "G2"]})
+    # "Big" lists G1 with a tiny weight among heavy markers, so the likelihood prefers "Small"
+    unlisted = pd.DataFrame(
+        {
+            "cell_type": ["Small"] * 2 + ["T"] * 2 + ["Big"] * 40,
+            "gene": ["S1", "S2", "CD3E", "CD3D", "G1"] + [f"B{i}" for i in range(39)],
+            "weight": [1.0] * 4 + [0.01] + [10.0] * 39,
+        }
+    )
+    with pytest.warns(UserWarning, match=r"Groups \['w'\].*best-ranked type of \['w'\] lists none"):
+        results = query_cell_types(adata, unlisted)
+    w = results[results["group"] == "w"].set_index("cell_type")
+    assert w.loc["Big", "n_overlap"] == 1 and w.loc["Small", "rank"] == 1
+    with pytest.warns(UserWarning, match="get no cell-type name"):
+        annotate_clusters(adata, "cluster")
+    assert adata.obs.loc[adata.obs["cluster"] == "w", NACTKeys.CELL_TYPE].isna().all()
 
 
 def test_query_accepts_marker_sources(tmp_path):

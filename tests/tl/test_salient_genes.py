@@ -315,6 +315,27 @@ def test_unlabelled_cells_are_ignored():
     pd.testing.assert_frame_equal(pd.DataFrame(result["names"]), pd.DataFrame(expected["names"]))
 
 
+def test_groups_without_cells_are_skipped():
+    """A classifier's prediction column lists every class, also those never predicted."""
+    adata = planted_adata(seed=3)
+    expected = salient_genes(adata, "group", n_top=N_TOP, inplace=False)
+    labels = adata.obs["group"].astype(object).to_numpy()
+    labels[:3] = np.nan  # cells without a prediction
+    adata.obs["prediction"] = pd.Categorical(labels, categories=["never", *GROUPS, "unseen"])
+    with pytest.warns(UserWarning, match=r"Skipping groups \['never', 'unseen'\].*no cell"):
+        salient_genes(adata, "prediction", n_top=N_TOP)
+    record = adata.uns[SalientKeys.SALIENT_GENES]
+    assert record["names"].dtype.names == tuple(GROUPS)
+    assert list(record["pts"].columns) == GROUPS
+    # the same ranking as without the empty groups, apart from the three cells left out of A
+    assert set(record["names"]["B"][:N_SPECIFIC]) == set(expected["names"]["B"][:N_SPECIFIC]) == specific("B")
+    alone = adata[adata.obs["prediction"].notna()].copy()
+    alone.obs["prediction"] = alone.obs["prediction"].cat.remove_unused_categories()
+    again = salient_genes(alone, "prediction", n_top=N_TOP, inplace=False)
+    for field in ("names", "scores", "pvals"):
+        pd.testing.assert_frame_equal(pd.DataFrame(record[field]), pd.DataFrame(again[field]))
+
+
 def test_input_errors():
     adata = planted_adata()
     with pytest.raises(KeyError, match="'missing'"):
@@ -342,9 +363,9 @@ def test_input_errors():
     with pytest.raises(ValueError, match="negative"):
         salient_genes(adata, "group", attention_key="negative")
 
-    adata.obs["with_empty"] = pd.Categorical(adata.obs["group"], categories=[*GROUPS, "E"])
-    with pytest.raises(ValueError, match=r"\['E'\].*no cells"):
-        salient_genes(adata, "with_empty")
+    adata.obs["unlabelled"] = pd.Categorical([np.nan] * adata.n_obs, categories=GROUPS)
+    with pytest.raises(ValueError, match="holds no labels"):
+        salient_genes(adata, "unlabelled")
     adata.obs["single"] = "only"
     with pytest.raises(ValueError, match="at least two groups"):
         salient_genes(adata, "single")

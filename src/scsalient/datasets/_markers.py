@@ -19,6 +19,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from ._download import RELEASES, fetch
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["marker_database", "read_gmt"]
@@ -39,34 +41,32 @@ _PANGLAO_SPECIES_CODE = {"human": "Hs", "mouse": "Mm"}
 
 
 @dataclass(frozen=True)
-class _Remote:
-    url: str
-    fname: str
-    known_hash: str | None
+class _Database:
+    title: str
+    unpinned: str  # why it is not downloaded and where to get it, for the error message
 
 
-# The files served at these addresses carry no published checksum, so the downloads are
-# not verified against a hash (``known_hash=None``); pooch still caches them by file name.
-_REMOTES: dict[str, dict[str, _Remote]] = {
-    "panglaodb": {
-        species: _Remote(
-            url="https://panglaodb.se/markers/PanglaoDB_markers_27_Mar_2020.tsv.gz",
-            fname="PanglaoDB_markers_27_Mar_2020.tsv.gz",
-            known_hash=None,
-        )
-        for species in ("human", "mouse")
-    },
-    "cellmarker": {
-        species: _Remote(
-            url=(
-                "http://bio-bigdata.hrbmu.edu.cn/CellMarker/CellMarker_download_files/file/"
-                f"Cell_marker_{species.capitalize()}.xlsx"
-            ),
-            fname=f"Cell_marker_{species.capitalize()}.xlsx",
-            known_hash=None,
-        )
-        for species in ("human", "mouse")
-    },
+#: Databases named by a short name. Their files are downloaded only when a release is pinned in
+#: :data:`scsalient.datasets._download.RELEASES` under the same name; otherwise ``path=`` is needed.
+_DATABASES: dict[str, _Database] = {
+    "panglaodb": _Database(
+        title="PanglaoDB",
+        unpinned=(
+            "PanglaoDB publishes no checksum for its marker export, and scsalient has no verified "
+            "copy of the release file to pin a SHA-256 from, so it does not download it. Download "
+            "PanglaoDB_markers_27_Mar_2020.tsv.gz from https://panglaodb.se/markers.html and pass it: "
+            "marker_database('panglaodb', path='PanglaoDB_markers_27_Mar_2020.tsv.gz')."
+        ),
+    ),
+    "cellmarker": _Database(
+        title="CellMarker",
+        unpinned=(
+            "CellMarker 2.0 serves its tables without version, checksum or HTTPS, and they change "
+            "over time, so scsalient does not download them. Download Cell_marker_Human.xlsx (or "
+            "Cell_marker_All.xlsx) from the CellMarker 2.0 site (bio-bigdata.hrbmu.edu.cn/CellMarker) "
+            "and pass it: marker_database('cellmarker', path='Cell_marker_Human.xlsx')."
+        ),
+    ),
 }
 
 
@@ -147,23 +147,31 @@ def marker_database(
     * A mapping ``{cell_type: [genes]}`` (weight 1) or ``{cell_type: {gene: weight}}``.
     * A :class:`~pandas.DataFrame` or a CSV/TSV file with columns ``cell_type``, ``gene`` and
       optionally ``weight`` (default 1).
-    * The short names ``"panglaodb"`` and ``"cellmarker"``: read from ``path`` when given,
-      otherwise downloaded once from the official site with :mod:`pooch` and cached. The
-      servers publish no checksum, so the download is not verified against a hash. Reading
-      the CellMarker ``.xlsx`` needs :mod:`openpyxl`.
+    * The database names ``"panglaodb"`` and ``"cellmarker"`` (a ``str``; never resolved as a
+      file of the working directory) with ``path=`` pointing to a local copy of that database
+      (the PanglaoDB export ``PanglaoDB_markers_27_Mar_2020.tsv.gz``, or a CellMarker table).
+      Neither database is downloaded: scsalient downloads only files whose SHA-256 it pins, and
+      neither PanglaoDB (no published checksum, and no copy of the release file at hand to pin
+      one from) nor CellMarker (tables served without version, checksum or HTTPS) can be
+      pinned, so a name without ``path=`` raises a :class:`ValueError` that says where to get
+      the file. Reading the CellMarker ``.xlsx`` needs :mod:`openpyxl`.
+
+    Any other ``str`` and every :class:`~os.PathLike` is a file path; a file named like a
+    database is read with ``pathlib.Path("panglaodb")``.
 
     Duplicated ``(cell_type, gene)`` pairs keep their largest weight.
 
     Parameters
     ----------
     source
-        File path, short database name, mapping or data frame (see above).
+        File path, database name, mapping or data frame (see above).
     species
         ``"human"`` or ``"mouse"`` (``"hs"``/``"mm"`` also accepted). Filters PanglaoDB and the
         official CellMarker table; for single-species files (pegasus JSON, CellMarker files named
         after a species) a mismatch only warns.
     path
-        Local copy of the database named by ``source`` (``"panglaodb"`` or ``"cellmarker"``).
+        Local copy of the database named by ``source`` (``"panglaodb"`` or ``"cellmarker"``);
+        required for these names.
     tissue
         Keep only markers from these tissues (case-insensitive): PanglaoDB ``organ``, CellMarker
         ``Tissue`` / ``tissue_class`` / ``tissue_type``. Not available for other sources.
@@ -186,8 +194,11 @@ def marker_database(
     if min_weight is not None and not np.isfinite(min_weight):
         raise ValueError(f"`min_weight` must be a finite number, got {min_weight!r}.")
     tissues = _check_tissue(tissue)
-    if path is not None and not (isinstance(source, str) and source.lower() in _REMOTES):
-        raise ValueError("`path` is only used with a database name as `source` ('panglaodb', 'cellmarker').")
+    if path is not None and not (isinstance(source, str) and _database_name(source) is not None):
+        raise ValueError(
+            "`path` is only used with a database name as `source` ('panglaodb', 'cellmarker'); "
+            "pass any other file as `source`."
+        )
 
     if isinstance(source, pd.DataFrame):
         _no_tissue(tissues, "a DataFrame")
@@ -236,20 +247,24 @@ def _from_path_or_name(
     path: str | os.PathLike | None,
     tissues: set[str] | None,
 ) -> tuple[pd.DataFrame, str]:
-    if isinstance(source, str) and source.lower() in _REMOTES and not Path(source).exists():
-        name = source.lower()
-        file = Path(path) if path is not None else _fetch(name, species)
-        if not file.exists():
-            raise FileNotFoundError(f"Marker file {str(file)!r} does not exist.")
-        if name == "panglaodb":
-            return _read_panglaodb(file, species=species, tissues=tissues), f"PanglaoDB ({file.name})"
-        return _read_cellmarker(file, species=species, tissues=tissues), f"CellMarker ({file.name})"
+    name = _database_name(source)
+    if name is not None:  # a database name: never a file of the working directory
+        if path is not None:
+            file = Path(path)
+            if not file.exists():
+                raise FileNotFoundError(f"Marker file {str(file)!r} (path= of {source!r}) does not exist.")
+        elif name in RELEASES:
+            file = fetch(RELEASES[name])
+        else:
+            raise ValueError(f"marker_database({source!r}) needs `path=`: {_DATABASES[name].unpinned}")
+        read = _read_panglaodb if name == "panglaodb" else _read_cellmarker
+        return read(file, species=species, tissues=tissues), f"{_DATABASES[name].title} ({file.name})"
 
     file = Path(source)
     if not file.exists():
         raise FileNotFoundError(
             f"Marker source {str(source)!r} is neither an existing file nor one of the database names "
-            f"{sorted(_REMOTES)}."
+            f"{sorted(_DATABASES)}."
         )
     if file.is_dir():
         raise ValueError(f"Marker source {str(source)!r} is a directory, expected a file.")
@@ -270,6 +285,17 @@ def _from_path_or_name(
         _no_tissue(tissues, "tidy marker tables")
         frame = _from_frame(_read_table(file), what=repr(str(file)))
     return frame, description
+
+
+def _database_name(source: str | os.PathLike) -> str | None:
+    """The database a string names (``"panglaodb"``, ``"cellmarker"``); ``None`` for a path.
+
+    Only a ``str`` can be a name; a :class:`~os.PathLike` is always a path, so a file named like
+    a database is read with ``Path("panglaodb")``.
+    """
+    if isinstance(source, str) and source.strip().lower() in _DATABASES:
+        return source.strip().lower()
+    return None
 
 
 def _detect_format(file: Path) -> str:
@@ -305,26 +331,6 @@ def _detect_format(file: Path) -> str:
         "TSV ('official gene symbol' column), CellMarker (.xlsx, or CSV with 'cell_name'/'Symbol' or "
         "'CT'/'Gene' columns) and tables with 'cell_type' and 'gene' columns."
     )
-
-
-def _fetch(name: str, species: str) -> Path:
-    remote = _REMOTES[name][species]
-    try:
-        import pooch
-    except ImportError:
-        raise ImportError(
-            f"Downloading the {name!r} marker database needs the optional dependency pooch: "
-            "`pip install pooch`. Alternatively pass a local copy with `path=`."
-        ) from None
-    logger.info("Fetching %s from %s (cached after the first download).", remote.fname, remote.url)
-    file = pooch.retrieve(
-        url=remote.url,
-        known_hash=remote.known_hash,
-        fname=remote.fname,
-        path=pooch.os_cache("scsalient"),
-        progressbar=False,
-    )
-    return Path(file)
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ._download import RELEASES, fetch
+
 if TYPE_CHECKING:
     import pronto
-
-logger = logging.getLogger(__name__)
-
-#: the official basic edition of the Cell Ontology (is_a hierarchy, no imported terms)
-CL_BASIC_URL = "http://purl.obolibrary.org/obo/cl/cl-basic.obo"
 
 
 def cell_ontology(path: str | os.PathLike | None = None) -> pronto.Ontology:
@@ -23,11 +19,11 @@ def cell_ontology(path: str | os.PathLike | None = None) -> pronto.Ontology:
     Parameters
     ----------
     path
-        Local OBO (or OWL) file of the ontology, e.g. ``cl-basic.obo``. ``None`` downloads the
-        current official ``cl-basic.obo`` once (needs the optional dependency :mod:`pooch`,
-        ``pip install scsalient[download]``) and reads the cached copy afterwards. The release
-        served at that address changes over time and carries no published checksum; pass a
-        local file for reproducible results.
+        Local OBO (or OWL) file of the ontology, e.g. ``cl-basic.obo``. ``None`` reads the basic
+        edition of Cell Ontology release 2022-11-25 (``cl-basic.obo``, the release asset at
+        ``https://github.com/obophenotype/cell-ontology/releases/download/v2022-11-25/``),
+        downloaded once with :mod:`pooch` and verified against its pinned SHA-256 on every use;
+        a file with another hash is rejected. For another release, pass its file here.
 
     Returns
     -------
@@ -37,6 +33,8 @@ def cell_ontology(path: str | os.PathLike | None = None) -> pronto.Ontology:
     ------
     FileNotFoundError
         If ``path`` does not exist.
+    ValueError
+        If the downloaded file does not have the pinned SHA-256.
 
     Examples
     --------
@@ -47,7 +45,7 @@ def cell_ontology(path: str | os.PathLike | None = None) -> pronto.Ontology:
     """
     import pronto
 
-    file = _fetch_cl_basic() if path is None else Path(path)
+    file = fetch(RELEASES["cl-basic"]) if path is None else Path(path)
     if not file.exists():
         raise FileNotFoundError(f"Ontology file not found: {file}")
     with warnings.catch_warnings():
@@ -55,22 +53,3 @@ def cell_ontology(path: str | os.PathLike | None = None) -> pronto.Ontology:
         warnings.simplefilter("ignore", category=SyntaxWarning)
         warnings.simplefilter("ignore", category=UserWarning)
         return pronto.Ontology(str(file))
-
-
-def _fetch_cl_basic() -> Path:
-    try:
-        import pooch
-    except ImportError:
-        raise ImportError(
-            "Downloading the Cell Ontology needs the optional dependency pooch: `pip install pooch`. "
-            "Alternatively pass a local copy of cl-basic.obo with `path=`."
-        ) from None
-    logger.info("Fetching cl-basic.obo from %s (cached after the first download).", CL_BASIC_URL)
-    file = pooch.retrieve(
-        url=CL_BASIC_URL,
-        known_hash=None,
-        fname="cl-basic.obo",
-        path=pooch.os_cache("scsalient"),
-        progressbar=False,
-    )
-    return Path(file)

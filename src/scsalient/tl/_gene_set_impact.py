@@ -12,6 +12,7 @@ import pandas as pd
 from anndata import AnnData
 
 from scsalient._constants import ModuleAEKeys
+from scsalient._gene_symbols import resolve_gene_symbols
 from scsalient.datasets import read_gmt
 
 logger = logging.getLogger(__name__)
@@ -63,8 +64,10 @@ def gene_set_impact(
     saliency_key
         Key of the genes x units saliency in ``adata.varm``.
     gene_symbols
-        Column of ``adata.var`` holding the names used in ``gene_sets`` (default
-        ``adata.var_names``).
+        Column of ``adata.var`` holding the names used in ``gene_sets``. With ``None``,
+        ``adata.var_names`` are used unless they look like Ensembl IDs or share no gene with the
+        sets: then a symbol column of ``adata.var`` (``gene_symbols``, ``gene_symbol``,
+        ``symbol``, ``gene_name``, ...) that shares genes with them is used, with a warning.
     min_genes
         Gene sets with fewer genes in the data are skipped (reported in the ``gene_sets``
         table). Means over few genes are noisy and top the per-unit ranking by chance: on the
@@ -107,6 +110,8 @@ def gene_set_impact(
         gene_sets = read_gmt(gene_sets)
     if not gene_sets:
         raise ValueError("`gene_sets` is empty.")
+    set_genes = {str(gene) for genes in gene_sets.values() for gene in genes}
+    gene_symbols = resolve_gene_symbols(adata, gene_symbols, set_genes, normalize=str, what="the gene sets")
 
     saliencies: dict[str, pd.DataFrame] = {}
     if saliency_key in adata.varm:
@@ -208,8 +213,6 @@ def _membership(
     if gene_symbols is None:
         names = pd.Index(saliency.index.astype(str))
     else:
-        if gene_symbols not in adata.var.columns:
-            raise KeyError(f"adata.var has no column {gene_symbols!r}.")
         names = pd.Index(adata.var[gene_symbols].reindex(saliency.index).astype(str))
     has_value = saliency.notna().all(axis=1).to_numpy()
     rows, table = {}, []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -13,6 +14,7 @@ from anndata import AnnData
 from scipy import sparse, stats
 
 from scsalient._constants import NACTKeys, SalientKeys
+from scsalient._gene_symbols import resolve_gene_symbols
 from scsalient._utils import select_groups
 
 from ._salient_genes import _benjamini_hochberg
@@ -67,7 +69,8 @@ def query_cell_types(
     database
         Marker table with columns ``cell_type``, ``gene`` and ``weight`` (see
         :func:`scsalient.datasets.marker_database`), or anything that function reads (a file
-        path, ``"panglaodb"``, ``"cellmarker"``, a mapping).
+        path, a mapping; the names ``"panglaodb"`` and ``"cellmarker"`` need a local copy there,
+        so read those with :func:`~scsalient.datasets.marker_database` and its ``path=``).
     key
         Key of the salient-gene record in ``adata.uns``.
     method
@@ -95,7 +98,12 @@ def query_cell_types(
         Query only these groups (default: all groups of the record).
     gene_symbols
         Column of ``adata.var`` with the gene symbols to match against the database, when
-        ``adata.var_names`` hold other identifiers (e.g. Ensembl ids).
+        ``adata.var_names`` hold other identifiers (e.g. Ensembl IDs). With ``None``,
+        ``adata.var_names`` are used unless they look like Ensembl IDs (``ENSG...``,
+        ``ENSMUSG...``) or share no gene with the database: then the first of the columns
+        ``gene_symbols``, ``gene_symbol``, ``symbol``, ``symbols``, ``gene_name``,
+        ``gene_names``, ``feature_name`` sharing most genes with the database is used, with a
+        warning naming it; Ensembl IDs without such a column raise a :class:`ValueError`.
     key_added
         Key under which the results are stored in ``adata.uns``.
 
@@ -106,7 +114,13 @@ def query_cell_types(
     in the universe), ``n_markers`` (type genes in the universe), ``overlap`` (the overlapping query
     genes, ``";"``-joined, in query order) and, for enrichment, ``pvalue`` and ``fdr``.
 
-    Sets ``adata.uns[key_added]`` to ``{"results": <the data frame>, "params": {...}}``.
+    A group whose rank-1 type has ``n_overlap == 0`` (none of its query genes is listed for that
+    type, e.g. because no query gene is in the database) is never named: a :class:`UserWarning`
+    lists such groups and :func:`~scsalient.tl.annotate_clusters` leaves their cells unlabelled.
+
+    Sets ``adata.uns[key_added]`` to ``{"results": <the data frame>, "params": {...}}``;
+    ``params["gene_symbols"]`` is the column of ``adata.var`` that was matched (``None`` for
+    ``adata.var_names``).
     """
     if method not in _METHODS:
         raise ValueError(f"`method` must be one of {_METHODS}, got {method!r}.")
@@ -121,21 +135,20 @@ def query_cell_types(
 
     record = _get_record(adata, key)
     queries = _queries(record, key=key, n_genes=int(n_genes), groups=groups)
-    measured_genes = [str(gene) for gene in adata.var_names]
-    if gene_symbols is not None:
-        if gene_symbols not in adata.var.columns:
-            raise KeyError(
-                f"adata.var has no column {gene_symbols!r} (available: {list(adata.var.columns)})."
-            )
-        symbols = adata.var[gene_symbols].astype(str).to_numpy()
-        to_symbol = dict(zip(measured_genes, symbols, strict=True))
-        queries = {group: [to_symbol.get(gene, gene) for gene in genes] for group, genes in queries.items()}
-        measured_genes = list(symbols)
     table = _database_table(database, species=species)
     source = str(table.attrs.get("source", _describe(database)))
 
     normalize = (lambda gene: gene) if case_sensitive else (lambda gene: gene.upper())
     table = table.assign(key=table["gene"].astype(str).map(normalize))
+    gene_symbols = resolve_gene_symbols(
+        adata, gene_symbols, set(table["key"]), normalize=normalize, what="the marker database"
+    )
+    measured_genes = [str(gene) for gene in adata.var_names]
+    if gene_symbols is not None:
+        symbols = adata.var[gene_symbols].astype(str).to_numpy()
+        to_symbol = dict(zip(measured_genes, symbols, strict=True))
+        queries = {group: [to_symbol.get(gene, gene) for gene in genes] for group, genes in queries.items()}
+        measured_genes = list(symbols)
     table = table.groupby(["cell_type", "key"], sort=False, as_index=False)["weight"].max()
     if universe == "var_names":
         measured = {normalize(gene) for gene in measured_genes}
@@ -182,15 +195,6 @@ def query_cell_types(
                 seen[gene_key] = gene
         in_universe = list(seen)
         n_query = len(in_universe)
-        if n_query == 0:
-            logger.warning(
-                "None of the %d query genes of group %r is in the database universe%s.",
-                len(query),
-                group,
-                ""
-                if gene_symbols is not None
-                else " (pass `gene_symbols` if adata.var_names are not symbols)",
-            )
         idx = genes.get_indexer(in_universe)
         hits = membership[:, idx]
         n_overlap = np.asarray(hits.sum(axis=1)).ravel().astype(np.int64)
@@ -230,6 +234,8 @@ def query_cell_types(
         columns += ["pvalue", "fdr"]
     results = pd.concat(frames, ignore_index=True)[columns]
     results["group"] = pd.Categorical(results["group"], categories=list(queries))
+    best = results.loc[results["rank"] == 1]
+    _warn_unnamed(best, where="the query")
 
     params = {
         "key": key,
@@ -246,14 +252,13 @@ def query_cell_types(
         "gene_symbols": gene_symbols,
     }
     adata.uns[key_added] = {"results": results, "params": params}
-    best = results.loc[results["rank"] == 1, ["group", "cell_type"]]
     logger.info(
         "Queried %d cell types for %d groups (%s); added to adata.uns[%r]. Best: %s",
         len(cell_types),
         len(queries),
         method,
         key_added,
-        dict(zip(best["group"].astype(str), best["cell_type"], strict=True)),
+        _names(best),
     )
     return results
 
@@ -282,7 +287,8 @@ def annotate_clusters(
     Returns
     -------
     `None`. Sets ``adata.obs[key_added]`` (categorical): the rank-1 cell type of each cell's
-    group, missing for groups that were not queried.
+    group; missing for groups that were not queried and, with a :class:`UserWarning`, for
+    groups whose rank-1 type shares no gene with their query (``n_overlap == 0``).
     """
     if key not in adata.uns:
         raise KeyError(f"adata.uns has no {key!r}; run scsalient.tl.query_cell_types first.")
@@ -301,15 +307,17 @@ def annotate_clusters(
         )
     results = entry["results"]
     best = results.loc[results["rank"] == 1]
-    mapping = dict(zip(best["group"].astype(str), best["cell_type"].astype(str), strict=True))
+    queried = set(best["group"].astype(str))
+    mapping = {group: name for group, name in _names(best).items() if name is not None}
     labels = adata.obs[groupby]
     keys = labels.astype(str).where(labels.notna())
-    missing = sorted(set(keys.dropna()) - set(mapping))
+    missing = sorted(set(keys.dropna()) - queried)
     if len(missing) == keys.dropna().nunique():
         raise ValueError(f"None of the groups of adata.obs[{groupby!r}] is in adata.uns[{key!r}].")
     if missing:
         logger.warning("Groups %s were not queried; their cells get no label.", missing)
-    categories = list(dict.fromkeys(mapping[group] for group in mapping))
+    _warn_unnamed(best.loc[best["group"].astype(str).isin(set(keys.dropna()))], where=f"adata.uns[{key!r}]")
+    categories = list(dict.fromkeys(mapping.values()))
     adata.obs[key_added] = pd.Categorical(keys.map(mapping), categories=categories)
     logger.info("Added adata.obs[%r] with %d cell types.", key_added, len(categories))
 
@@ -366,6 +374,40 @@ def _database_table(database: Any, *, species: str) -> pd.DataFrame:
     table["cell_type"] = table["cell_type"].astype(str)
     table["weight"] = table["weight"].astype(np.float64)
     return table
+
+
+def _names(best: pd.DataFrame) -> dict[str, str | None]:
+    """Group -> its rank-1 cell type, or ``None`` when that type shares no gene with the query."""
+    return {
+        str(group): (str(cell_type) if n_overlap > 0 else None)
+        for group, cell_type, n_overlap in zip(
+            best["group"], best["cell_type"], best["n_overlap"], strict=True
+        )
+    }
+
+
+def _warn_unnamed(best: pd.DataFrame, *, where: str) -> None:
+    """Warn about groups whose rank-1 type shares no gene with their query (they get no name)."""
+    unnamed = best.loc[best["n_overlap"] <= 0]
+    if unnamed.empty:
+        return
+    no_query = unnamed.loc[unnamed["n_query"] <= 0, "group"].astype(str).tolist()
+    details = []
+    if no_query:
+        details.append(
+            f"none of the query genes of {no_query} is in the database (check the species, and "
+            "`gene_symbols` if adata.var_names are not gene symbols)"
+        )
+    other = unnamed.loc[unnamed["n_query"] > 0, "group"].astype(str).tolist()
+    if other:
+        details.append(f"the best-ranked type of {other} lists none of their query genes")
+    warnings.warn(
+        f"Groups {unnamed['group'].astype(str).tolist()} get no cell-type name from {where}: "
+        + "; ".join(details)
+        + ". A group is never named from zero overlapping genes; their cells stay unlabelled.",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _overlap_strings(hits: sparse.csr_matrix, genes: list[str]) -> list[str]:

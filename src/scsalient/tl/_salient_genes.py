@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +55,9 @@ def salient_genes(
     them enters that cell's list with an equal fractional count so that the list still counts
     ``n_top`` genes; the result therefore does not depend on the gene order.
 
-    Cells without a label in ``adata.obs[groupby]`` are ignored.
+    Cells without a label in ``adata.obs[groupby]`` (missing values, e.g. cells a classifier gave
+    no prediction) are ignored, and groups without cells (unused categories, e.g. classes never
+    predicted) are skipped with a :class:`UserWarning`.
 
     Parameters
     ----------
@@ -235,12 +238,20 @@ def _group_codes(adata: AnnData, groupby: str) -> tuple[np.ndarray, list[str]]:
             f"Groups of adata.obs[{groupby!r}] are not unique once converted to strings: {names}."
         )
     sizes = np.bincount(codes[codes >= 0], minlength=len(names))
-    empty = [name for name, size in zip(names, sizes, strict=True) if size == 0]
-    if empty:
-        raise ValueError(
-            f"Groups {empty} of adata.obs[{groupby!r}] have no cells; drop them first, e.g. with "
-            f"adata.obs[{groupby!r}] = adata.obs[{groupby!r}].cat.remove_unused_categories()."
+    empty = sizes == 0
+    if empty.all():
+        raise ValueError(f"adata.obs[{groupby!r}] holds no labels (every cell's label is missing).")
+    if empty.any():
+        # e.g. classes a classifier never predicted: categories without cells
+        warnings.warn(
+            f"Skipping groups {[name for name, e in zip(names, empty, strict=True) if e]} of "
+            f"adata.obs[{groupby!r}]: no cell has these labels.",
+            UserWarning,
+            stacklevel=3,
         )
+        new_code = np.cumsum(~empty) - 1
+        codes = np.where(codes >= 0, new_code[np.maximum(codes, 0)], -1)
+        names = [name for name, e in zip(names, empty, strict=True) if not e]
     n_unlabelled = int((codes < 0).sum())
     if n_unlabelled:
         logger.info("Ignoring %d cells without a label in adata.obs[%r].", n_unlabelled, groupby)

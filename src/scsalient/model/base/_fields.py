@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import rich.table
 from scipy import sparse
 from scvi.data.fields import LayerField
@@ -111,10 +113,12 @@ class ExpressionLayerField(LayerField):
 
 
 class AccessibilityLayerField(LayerField):
-    """Chromatin accessibility field: checks the values and warns about peaks never accessible.
+    """Chromatin accessibility field: checks the values and that the modality holds peaks.
 
     NaN/inf and negative values raise a :class:`ValueError`; peaks with no accessible cell give a
-    :class:`UserWarning` (they carry no information and only cost memory and time).
+    :class:`UserWarning` (they carry no information and only cost memory and time). A modality
+    that does not look like accessibility (see :func:`check_looks_like_accessibility`), e.g.
+    CITE-seq protein counts, raises a :class:`ValueError`.
 
     Parameters
     ----------
@@ -122,10 +126,13 @@ class AccessibilityLayerField(LayerField):
         Key to register the field under.
     layer
         Layer holding the matrix; ``None`` for ``.X``.
+    modality
+        Name of the modality in the MuData, for messages.
     """
 
-    def __init__(self, registry_key: str, layer: str | None) -> None:
+    def __init__(self, registry_key: str, layer: str | None, modality: str | None = None) -> None:
         super().__init__(registry_key, layer, is_count_data=False, correct_data_format=True)
+        self.modality = modality
 
     def register_field(self, adata: AnnData) -> dict:
         """Register the field after validating the matrix.
@@ -136,15 +143,47 @@ class AccessibilityLayerField(LayerField):
             The AnnData to register.
         """
         state = super().register_field(adata)
-        check_accessibility(self.get_field_data(adata), describe_location(self.attr_key), adata.var_names)
+        where = describe_location(self.attr_key)
+        if self.modality is not None:
+            where = f"{where} of modality {self.modality!r}"
+        n_accessible, large_share = _scan_accessibility(self.get_field_data(adata), where)
+        check_looks_like_accessibility(adata.var, large_share, where)
+        _warn_never_accessible(n_accessible, where, adata.var_names)
         return state
+
+
+#: non-zero accessibility values above this are rare in peak or bin count matrices (0/1, or
+#: counts of cut sites: mostly 1 and 2)
+SMALL_ACCESSIBILITY_COUNT = 4
+#: share of the non-zero values above SMALL_ACCESSIBILITY_COUNT from which a matrix does not look
+#: like accessibility (MOp SNARE-seq2 ATAC: 0.0002%; BMMC CITE-seq ADT: 65%, its RNA: 26%)
+MAX_LARGE_COUNT_SHARE = 0.05
+#: fewer features than this are unusual for accessibility (CITE-seq panels hold ~100-200 proteins)
+MIN_PEAKS = 1000
+#: region names such as ``chr1:100-200``, ``chr1-100-200``, ``chr1_100_200``, ``GL000194.1:5-9``
+PEAK_NAME = re.compile(r"^[\w.]+?[:_-]\d+[-_]\d+$")
+_COORDINATE_COLUMNS = (
+    ("chrom", "chr", "chromosome", "seqnames", "seqname"),
+    ("start", "chromstart"),
+    ("end", "chromend", "stop"),
+)
 
 
 def check_accessibility(x, where: str, var_names, *, warn_empty: bool = True) -> None:
     """Raise on NaN/inf or negative accessibility; warn about peaks accessible in no cell."""
+    n_accessible, _ = _scan_accessibility(x, where)
+    if warn_empty:
+        _warn_never_accessible(n_accessible, where, var_names)
+
+
+def _scan_accessibility(x, where: str) -> tuple[np.ndarray, float]:
+    """Cells in which each peak is accessible, and the share of the non-zero values above
+    :data:`SMALL_ACCESSIBILITY_COUNT` (0 without non-zeros); raises on NaN/inf or negatives.
+    """
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{where} is empty (shape {x.shape}).")
     n_accessible = np.zeros(x.shape[1], dtype=np.int64)
+    n_nonzero = n_large = 0
     for _, block in iter_row_blocks(x):
         values = block.data if sparse.issparse(block) else block
         if values.size and not np.isfinite(values).all():
@@ -152,12 +191,73 @@ def check_accessibility(x, where: str, var_names, *, warn_empty: bool = True) ->
         if values.size and (values < 0).any():
             raise ValueError(f"{where} contains negative values; accessibility must be counts or 0/1.")
         n_accessible += np.asarray((block > 0).sum(axis=0)).ravel()
+        n_nonzero += int(np.count_nonzero(values))
+        n_large += int((values > SMALL_ACCESSIBILITY_COUNT).sum())
+    return n_accessible, (n_large / n_nonzero if n_nonzero else 0.0)
+
+
+def _warn_never_accessible(n_accessible: np.ndarray, where: str, var_names) -> None:
     never = np.flatnonzero(n_accessible == 0)
-    if never.size and warn_empty:
+    if never.size:
         warnings.warn(
-            f"{never.size} of {x.shape[1]} peaks in {where} are accessible in no cell "
+            f"{never.size} of {len(n_accessible)} peaks in {where} are accessible in no cell "
             f"(e.g. {list(var_names[never[:3]])}); they carry no information. Consider removing them, "
             "e.g. with `sc.pp.filter_genes(atac, min_cells=1)`.",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
+
+
+def has_peak_coordinates(var: pd.DataFrame) -> bool:
+    """Whether features carry genomic coordinates: region names or chrom/start/end columns."""
+    columns = {str(column).lower() for column in var.columns}
+    if all(any(name in columns for name in names) for names in _COORDINATE_COLUMNS):
+        return True
+    names = var.index.astype(str)
+    return len(names) > 0 and names.str.match(PEAK_NAME).mean() > 0.5
+
+
+def check_looks_like_accessibility(var: pd.DataFrame, large_share: float, where: str) -> None:
+    """Raise when a matrix registered as accessibility looks like another assay.
+
+    Accessibility has peak coordinates (region names or ``var`` columns chrom/start/end), values
+    that are mostly 0/1 or small counts, and many features. Features without coordinates that
+    also have large counts or fewer than :data:`MIN_PEAKS` features (as CITE-seq protein panels
+    do) raise; peaks with coordinates but large counts only warn.
+
+    Parameters
+    ----------
+    var
+        The modality's ``var`` (its index holds the feature names).
+    large_share
+        Share of the non-zero values above :data:`SMALL_ACCESSIBILITY_COUNT`.
+    where
+        Where the matrix lives, for messages.
+    """
+    large = large_share > MAX_LARGE_COUNT_SHARE
+    counts = f"{large_share:.0%} of its non-zero values are above {SMALL_ACCESSIBILITY_COUNT}"
+    if has_peak_coordinates(var):
+        if large:
+            warnings.warn(
+                f"{where} has peak coordinates, but {counts}; accessibility is mostly 0/1 or small "
+                "counts. Check that this modality holds chromatin accessibility.",
+                UserWarning,
+                stacklevel=3,
+            )
+        return
+    problems = []
+    if large:
+        problems.append(f"{counts} (accessibility is mostly 0/1 or small counts)")
+    if len(var) < MIN_PEAKS:
+        problems.append(f"it has only {len(var)} features (accessibility has thousands of peaks)")
+    if not problems:
+        return
+    examples = [str(name) for name in var.index[:3]]
+    raise ValueError(
+        f"{where} does not look like chromatin accessibility: its features {examples} have no "
+        "peak coordinates (names like 'chr1:100-200', 'chr1-100-200' or 'chr1_100_200', or "
+        f"var columns chrom/start/end), and {' and '.join(problems)}. This looks like another "
+        "assay, e.g. CITE-seq protein counts (ADT) or gene expression. Translator.setup_mudata "
+        "needs paired RNA and ATAC: name the ATAC modality with modalities={'atac_layer': ...}; "
+        "if these are peaks, add their coordinates as var columns chrom, start and end."
+    )

@@ -14,6 +14,7 @@ from anndata import AnnData
 from mudata import MuData
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
+from scvi.data._constants import _SCVI_UUID_KEY
 from scvi.data.fields import MuDataCategoricalObsField, MuDataWrapper
 from scvi.model.base import BaseModelClass
 from scvi.utils import setup_anndata_dsp
@@ -286,6 +287,12 @@ class Translator(SaveLoadMixin, TrainingMixin, BaseModelClass):
         may be counts or 0/1. Both modalities must hold the same cells in the same order. Peaks
         accessible in no cell give a warning.
 
+        The ATAC modality must look like chromatin accessibility: features with peak coordinates
+        (names such as ``chr1:100-200``, ``chr1-100-200``, ``chr1_100_200``, or ``var`` columns
+        ``chrom``, ``start``, ``end``), or else many features (at least 1,000) with mostly 0/1
+        or small values. Anything else, e.g. the ~100-200 protein counts (ADT) of CITE-seq,
+        raises a :class:`ValueError`; peaks with coordinates but large counts only warn.
+
         Parameters
         ----------
         mdata
@@ -333,7 +340,11 @@ class Translator(SaveLoadMixin, TrainingMixin, BaseModelClass):
                 mod_required=True,
             ),
             MuDataWrapper(AccessibilityLayerField)(
-                REGISTRY_KEYS.ATAC_X_KEY, atac_layer, mod_key=modalities.atac_layer, mod_required=True
+                REGISTRY_KEYS.ATAC_X_KEY,
+                atac_layer,
+                modality=modalities.atac_layer,
+                mod_key=modalities.atac_layer,
+                mod_required=True,
             ),
             MuDataCategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key, mod_key=modalities.batch_key),
         ]
@@ -353,6 +364,27 @@ class Translator(SaveLoadMixin, TrainingMixin, BaseModelClass):
             Unused.
         """
         raise NotImplementedError("Translator trains on paired RNA + ATAC: use Translator.setup_mudata.")
+
+    @classmethod
+    def _get_most_recent_anndata_manager(cls, adata: AnnData | MuData, required: bool = False):
+        if required:
+            _require_setup(cls, adata, stores=(cls._setup_adata_manager_store,))
+        return super()._get_most_recent_anndata_manager(adata, required=required)
+
+    def get_anndata_manager(self, adata: AnnData | MuData, required: bool = False):
+        """The data manager of ``adata`` for this model; see :meth:`scvi.model.base.BaseModelClass`.
+
+        Parameters
+        ----------
+        adata
+            A MuData registered with :meth:`setup_mudata`.
+        required
+            Raise (naming :meth:`setup_mudata`) instead of returning `None` when it is not set up.
+        """
+        if required and adata is not None:
+            stores = (self._setup_adata_manager_store, self._per_instance_manager_store.get(self.id, {}))
+            _require_setup(type(self), adata, stores=stores)
+        return super().get_anndata_manager(adata, required=required)
 
     # ------------------------------------------------------------------ registry helpers
     def _state(self, key: str) -> dict:
@@ -794,6 +826,18 @@ def expected_log1p_cp10k(
             values[i : i + step] = (log_pmf.exp() * torch.log1p(ci * k)).sum(-1)
         out[small] = values
     return out
+
+
+def _require_setup(cls: type, data: object, *, stores: tuple[dict, ...]) -> None:
+    """Raise, naming ``setup_mudata``, unless ``data`` is a MuData registered in one of ``stores``."""
+    setup = f"{cls.__name__}.setup_mudata"
+    if not isinstance(data, MuData):
+        raise ValueError(
+            f"{cls.__name__} needs a MuData of paired RNA and ATAC registered with {setup}(mdata), got "
+            f"{type(data).__name__} (setup_anndata is not available: the model needs both modalities)."
+        )
+    if not any(data.uns.get(_SCVI_UUID_KEY, None) in store for store in stores):
+        raise ValueError(f"This MuData is not set up for the {cls.__name__}: run {setup}(mdata) first.")
 
 
 def _check_modality(modality: str) -> Modality:
