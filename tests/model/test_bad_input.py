@@ -1,13 +1,20 @@
-"""NACT and SCTAB on awkward input: the training split, training without a seed."""
+"""NACT and SCTAB on awkward input: split, seeds, labels, gene names, input kinds."""
 
 from __future__ import annotations
 
+import logging
+import warnings
+
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
+import scanpy as sc
 import scvi
+from scipy import sparse
 
 import scsalient as ss
+from scsalient.model.base import inspect_expression
 from scsalient.model.base._blocks import BlockDataSplitter, stratified_split
 
 QUIET = {"enable_progress_bar": False}
@@ -110,3 +117,172 @@ def test_backed_training_without_a_seed(tmp_path):
         assert len(model.history["f1_macro_validation"]) == 2
     finally:
         backed.file.close()
+
+
+# ---------------------------------------------------------------- 5. clear errors
+@pytest.mark.parametrize("model_cls", [ss.model.NACT, ss.model.SCTAB])
+def test_too_few_cells_fail_at_setup_naming_the_minimum(model_cls):
+    adata = _sim(200)
+    adata = adata[np.argsort(adata.obs["cell_type"].to_numpy())[::40]].copy()  # 5 cells, 2+ types
+    with pytest.raises(ValueError, match="5 cell.*at least 10"):
+        model_cls.setup_anndata(adata, labels_key="cell_type")
+    ten = _sim(200)[:10].copy()
+    model_cls.setup_anndata(ten, labels_key="cell_type")
+    model = model_cls(ten, n_ensemble=1)
+    model.train(max_epochs=1, **QUIET)
+
+
+@pytest.mark.parametrize("model_cls", [ss.model.NACT, ss.model.SCTAB])
+def test_duplicated_gene_names_are_refused_at_setup(model_cls):
+    adata = _sim(100)
+    adata.var_names = [*adata.var_names[:-1], adata.var_names[0]]
+    with pytest.raises(ValueError, match=r"duplicated.*var_names_make_unique\(\)"):
+        model_cls.setup_anndata(adata, labels_key="cell_type")
+
+
+def test_mixed_type_labels_become_strings_and_the_column_is_kept():
+    adata = _sim(200)
+    codes = adata.obs["cell_type"].cat.codes.to_numpy()
+    mixed = [int(c) if c % 2 else f"t{c}" for c in codes]
+    adata.obs["mixed"] = pd.Series(mixed, index=adata.obs_names, dtype=object)
+    with pytest.warns(UserWarning, match="mixes strings and other types"):
+        ss.model.NACT.setup_anndata(adata, labels_key="mixed")
+    assert list(adata.obs["mixed"]) == mixed  # untouched
+    model = ss.model.NACT(adata, n_ensemble=1)
+    assert sorted(model.classes) == ["1", "3", "t0", "t2"]
+    model.train(max_epochs=1, **QUIET)
+    assert set(model.predict(adata[:20].copy())) <= set(model.classes)
+
+
+def test_unused_categories_are_dropped_and_the_column_is_kept():
+    adata = _sim(200)
+    adata.obs["cell_type"] = adata.obs["cell_type"].cat.add_categories(["ghost"])
+    before = adata.obs["cell_type"].copy()
+    with pytest.warns(UserWarning, match=r"1 categor.*without cells.*ghost"):
+        ss.model.SCTAB.setup_anndata(adata, labels_key="cell_type")
+    pd.testing.assert_series_equal(adata.obs["cell_type"], before)
+    model = ss.model.SCTAB(adata, n_ensemble=1, n_d=8, n_a=8)
+    assert "ghost" not in model.classes and len(model.classes) == 4
+    assert model.summary_stats.n_labels == 4
+    model.train(max_epochs=1, **QUIET)
+    model.annotate()
+    assert list(adata.obs["sctab_prediction"].cat.categories) == list(model.classes)
+
+
+def test_clustering_a_backed_file_is_refused_clearly(tmp_path):
+    path = tmp_path / "sim.h5ad"
+    _sim(100).write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    try:
+        with pytest.raises(ValueError, match=r"labels_key=None.*in memory.*to_memory\(\)"):
+            ss.model.NACT.setup_anndata(backed)
+    finally:
+        backed.file.close()
+
+
+# ---------------------------------------------------------------- 6. counts or log-normalised
+def _counts() -> sparse.csr_matrix:
+    return sparse.csr_matrix(_sim(300).X, dtype=np.float32)
+
+
+def _lognorm(target_sum: float) -> sparse.csr_matrix:
+    adata = ad.AnnData(_counts())
+    sc.pp.normalize_total(adata, target_sum=target_sum)
+    sc.pp.log1p(adata)
+    return adata.X
+
+
+def _expected_counts(seed: int = 0) -> sparse.csr_matrix:
+    """Non-integer counts, as from an EM read assignment, with a maximum below 20."""
+    low = _sim(300, library_size=150).X
+    x = sparse.csr_matrix(low, dtype=np.float64)
+    x.data = x.data * np.random.default_rng(seed).uniform(0.2, 1.0, x.nnz)
+    x.data = np.round(x.data, 2)
+    assert 1 < x.max() < 20
+    return x
+
+
+def _decision(x) -> tuple[str, list[str]]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kind = inspect_expression(x, "adata.X")
+    return kind, [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+
+
+def test_integer_counts_are_logged_not_warned(caplog):
+    with caplog.at_level(logging.INFO, logger="scsalient"):
+        kind, warned = _decision(_counts())
+    assert kind == "counts" and warned == []
+    assert "integer counts" in caplog.text
+
+
+@pytest.mark.parametrize(("target_sum", "shown"), [(1e4, "1e+04"), (1e6, "1e+06")])
+def test_log1p_normalised_is_detected_from_the_expm1_totals(target_sum, shown):
+    kind, warned = _decision(_lognorm(target_sum))
+    assert kind == "lognorm" and len(warned) == 1
+    assert f"expm1(x) all sum to {shown}" in warned[0] and "used as given" in warned[0]
+
+
+def test_log1p_normalised_subset_of_genes_is_still_lognorm():
+    kind, warned = _decision(_lognorm(1e4)[:, :120])  # the totals no longer agree
+    assert kind == "lognorm" and "log-scale" in warned[0]
+
+
+def test_expected_counts_below_20_are_counts_with_a_warning():
+    kind, warned = _decision(_expected_counts())
+    assert kind == "counts"
+    assert (
+        len(warned) == 1 and "non-integer counts" in warned[0] and "normalised inside the model" in warned[0]
+    )
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [lambda c: c * 0.37, lambda c: c * 37.3, lambda c: sparse.csr_matrix(c / c.sum(axis=1) * 1e4)],
+    ids=["downsampled", "scaled", "cp10k-not-logged"],
+)
+def test_rescaled_counts_are_counts(transform):
+    kind, warned = _decision(sparse.csr_matrix(transform(_counts().astype(np.float64))))
+    assert kind == "counts" and len(warned) == 1
+
+
+def test_backed_expected_counts_are_streamed_and_detected(tmp_path):
+    path = tmp_path / "expected.h5ad"
+    ad.AnnData(_expected_counts()).write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    try:
+        kind, _ = _decision(backed.X)
+    finally:
+        backed.file.close()
+    assert kind == "counts"
+
+
+def test_models_normalise_expected_counts():
+    adata = _sim(300, library_size=150)
+    adata.X = _expected_counts()
+    with pytest.warns(UserWarning, match="non-integer counts"):
+        ss.model.NACT.setup_anndata(adata, labels_key="cell_type")
+    model = ss.model.NACT(adata, n_ensemble=1)
+    assert model.input_kind == "counts" and model.module.normalize_input
+
+
+def test_scanpy_pbmc68k_raw_is_lognorm():
+    raw = sc.datasets.pbmc68k_reduced().raw
+    kind, warned = _decision(raw.X)
+    assert kind == "lognorm" and len(warned) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("transfer/pancreas_lawlor_cepo.h5ad", "counts"),
+        ("transfer/pancreas_xin_scclassify.h5ad", "lognorm"),
+        ("spectra_tils_1k_lognorm.h5ad", "lognorm"),
+    ],
+)
+def test_real_files_are_detected_as_their_uns_says(shared_data, name, expected):
+    adata = ad.read_h5ad(shared_data / name)
+    said = str(adata.uns.get("X_is", "")).lower()
+    assert ("expected" in said) if expected == "counts" else ("log" in said)
+    kind, warned = _decision(adata.X)
+    assert kind == expected and len(warned) == 1

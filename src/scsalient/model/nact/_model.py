@@ -11,12 +11,12 @@ import pandas as pd
 import torch
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
-from scvi.data.fields import CategoricalObsField
 from scvi.model.base import BaseModelClass
 from scvi.utils import setup_anndata_dsp
 
 from scsalient._constants import ClusterKeys, NACTKeys
-from scsalient.model.base import ClassifierMixin, ExpressionLayerField, check_labels
+from scsalient.model.base import ClassifierMixin, ExpressionLayerField, LabelsField, check_labels
+from scsalient.model.base._blocks import is_backed
 from scsalient.model.base._checks import check_batch_key
 from scsalient.model.base._expression import has_validation_split
 from scsalient.model.base._memory import check_training_memory
@@ -327,8 +327,12 @@ class NACT(ClassifierMixin, BaseModelClass):
 
         The expression can be raw counts (normalised inside the model to log1p(CP10k)) or
         log-normalised values; which one is detected and shown by
-        :meth:`~scvi.model.base.BaseModelClass.view_anndata_setup`. The whole matrix is checked:
-        NaN/inf, negative values and all-zero cells raise a :class:`ValueError`.
+        :meth:`~scvi.model.base.BaseModelClass.view_anndata_setup`; any decision other than
+        integer counts comes with a warning (see the user guide, "Inputs"). The whole matrix is
+        checked: NaN/inf, negative values, all-zero cells, duplicated ``var_names`` and fewer
+        than 10 cells raise a :class:`ValueError`. Labels mixing strings and other types are
+        used as strings, and unused categories are left out of the classes (each with a
+        warning; ``adata.obs[labels_key]`` is not changed).
 
         Parameters
         ----------
@@ -349,6 +353,12 @@ class NACT(ClassifierMixin, BaseModelClass):
         setup_method_args = cls._get_setup_method_args(**locals())
         if labels_key is None:
             labels_key = ClusterKeys.LEIDEN
+            if labels_key not in adata.obs and is_backed(adata):
+                raise ValueError(
+                    "labels_key=None clusters the cells, which needs the expression in memory, but this "
+                    "AnnData is backed (on disk). Give labels_key, or load the data with "
+                    "`adata = adata.to_memory()` first."
+                )
             if labels_key not in adata.obs:
                 from scsalient.pp import cluster_labels
 
@@ -359,7 +369,7 @@ class NACT(ClassifierMixin, BaseModelClass):
             check_batch_key(adata, batch_key)
         fields = [
             ExpressionLayerField(REGISTRY_KEYS.X_KEY, layer),
-            CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
+            LabelsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
         ]
         adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
         adata_manager.register_fields(adata, **kwargs)

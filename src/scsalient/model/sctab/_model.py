@@ -10,12 +10,11 @@ import pandas as pd
 from scipy import sparse
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
-from scvi.data.fields import CategoricalObsField
 from scvi.model.base import BaseModelClass
 from scvi.utils import setup_anndata_dsp
 
 from scsalient._constants import SCTABKeys
-from scsalient.model.base import ClassifierMixin, ExpressionLayerField, check_labels
+from scsalient.model.base import ClassifierMixin, ExpressionLayerField, LabelsField, check_labels
 from scsalient.model.base._checks import check_batch_key
 from scsalient.model.base._expression import has_validation_split
 from scsalient.model.base._memory import check_training_memory
@@ -257,8 +256,13 @@ class SCTAB(ClassifierMixin, BaseModelClass):
 
         The expression should be raw counts (normalised inside the model to log1p(CP10k), as
         scTab); log-normalised values are used as given. The whole matrix is checked block by
-        block (so a backed AnnData is never loaded at once): NaN/inf, negative values and
-        all-zero cells raise a :class:`ValueError`.
+        block (so a backed AnnData is never loaded at once): NaN/inf, negative values, all-zero
+        cells, duplicated ``var_names`` and fewer than 10 cells raise a :class:`ValueError`.
+        Non-integer values are taken as counts or as log-normalised values from their row
+        totals and distribution, with a warning saying which (see the NACT user guide,
+        "Inputs"). Labels mixing strings and other types are used as strings, and unused
+        categories are left out of the classes (each with a warning; ``adata.obs[labels_key]``
+        is not changed).
 
         Parameters
         ----------
@@ -280,7 +284,7 @@ class SCTAB(ClassifierMixin, BaseModelClass):
             check_batch_key(adata, batch_key)
         fields = [
             ExpressionLayerField(REGISTRY_KEYS.X_KEY, layer),
-            CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
+            LabelsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
         ]
         adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
         adata_manager.register_fields(adata, **kwargs)
