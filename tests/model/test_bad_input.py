@@ -1,4 +1,4 @@
-"""NACT and SCTAB on awkward input: split, seeds, labels, gene names, input kinds."""
+"""NACT and SCTAB on awkward input: split, seeds, labels, gene names, input kinds, empty query cells."""
 
 from __future__ import annotations
 
@@ -286,3 +286,75 @@ def test_real_files_are_detected_as_their_uns_says(shared_data, name, expected):
     assert ("expected" in said) if expected == "counts" else ("log" in said)
     kind, warned = _decision(adata.X)
     assert kind == expected and len(warned) == 1
+
+
+# ---------------------------------------------------------------- 7. query cells without known genes
+def _query_with_unknown_cell(adata: ad.AnnData) -> ad.AnnData:
+    """``adata`` plus an unknown gene and two extra cells: one expressing only it, one all-zero."""
+    x = sparse.csr_matrix(adata.X)
+    extra_gene = sparse.csr_matrix((x.shape[0], 1), dtype=x.dtype)
+    x = sparse.hstack([x, extra_gene], format="csr")
+    lonely = np.zeros((2, x.shape[1]), dtype=np.float32)
+    lonely[0, -1] = 5.0  # only a gene the model does not know
+    x = sparse.vstack([x[:7], sparse.csr_matrix(lonely), x[7:]], format="csr")
+    names = [*adata.obs_names[:7], "unknown_only", "all_zero", *adata.obs_names[7:]]
+    return ad.AnnData(x, obs=pd.DataFrame(index=names), var=pd.DataFrame(index=[*adata.var_names, "NEW1"]))
+
+
+@pytest.fixture(scope="module")
+def trained_models():
+    scvi.settings.seed = 0
+    adata = _sim(300)
+    models = {}
+    for cls, kwargs in ((ss.model.NACT, {}), (ss.model.SCTAB, {"n_d": 16, "n_a": 8})):
+        data = adata.copy()
+        cls.setup_anndata(data, labels_key="cell_type")
+        model = cls(data, n_ensemble=2, **kwargs)
+        model.train(max_epochs=2, **QUIET)
+        models[cls.__name__] = model
+    return adata, models
+
+
+@pytest.mark.parametrize("name", ["NACT", "SCTAB"])
+def test_query_cells_without_known_genes_are_flagged_not_blocking(trained_models, name):
+    adata, models = trained_models
+    model = models[name]
+    base = adata[:60].copy()
+    query = _query_with_unknown_cell(base)
+    flagged = ["unknown_only", "all_zero"]
+    expected = model.predict(base, soft=True)
+    with pytest.warns(UserWarning, match=r"2 of 62 query cell.*unknown_only.*all_zero.*no prediction"):
+        probs = model.predict(query, soft=True)
+    assert probs.loc[flagged].isna().all(axis=None)
+    np.testing.assert_allclose(
+        probs.drop(index=flagged).to_numpy(), expected.to_numpy(), rtol=1e-5, atol=1e-6
+    )
+    with pytest.warns(UserWarning, match="no prediction"):
+        labels = model.predict(query)
+    assert labels[7] is None and labels[8] is None
+    others = np.delete(labels, [7, 8])
+    np.testing.assert_array_equal(others.astype(str), model.predict(base))
+    with pytest.warns(UserWarning, match="no prediction"):
+        model.annotate(query)
+    key = name.lower()
+    assert query.obs[f"{key}_prediction"].isna().tolist() == [n in flagged for n in query.obs_names]
+    score = f"{key}_confidence" if name == "NACT" else f"{key}_uncertainty"
+    assert query.obs.loc[flagged, score].isna().all()
+    assert query.obs.drop(index=flagged)[score].notna().all()
+    pd.testing.assert_series_equal(
+        query.obs[f"{key}_prediction"].drop(index=flagged).astype(str),
+        pd.Series(model.predict(base), index=base.obs_names, name=f"{key}_prediction"),
+    )
+
+
+def test_query_of_only_unknown_genes_is_an_error(trained_models):
+    adata, models = trained_models
+    base = adata[:5].copy()
+    query = ad.AnnData(
+        np.ones((5, 120), dtype=np.float32),
+        obs=pd.DataFrame(index=base.obs_names),
+        var=pd.DataFrame(index=[*base.var_names[:100], *[f"NEW{i}" for i in range(20)]]),
+    )
+    query.X[:, :100] = 0
+    with pytest.raises(ValueError, match="No cell of the query"):
+        models["NACT"].predict(query)

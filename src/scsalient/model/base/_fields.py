@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
@@ -51,18 +51,25 @@ class ExpressionLayerField(LayerField):
         Layer holding the matrix; ``None`` for ``.X``.
     allowed
         Input kinds the model accepts.
+    empty_query_cells
+        What query data (a transferred setup) may hold: ``"raise"`` refuses all-zero cells, as
+        training data always do; ``"keep"`` records them in the state registry under
+        ``"empty_cells"`` for the model to flag (the query must still have a non-zero cell).
     """
 
     INPUT_KIND_KEY = "input_kind"
+    EMPTY_CELLS_KEY = "empty_cells"
 
     def __init__(
         self,
         registry_key: str,
         layer: str | None,
         allowed: tuple[InputKind, ...] = ("counts", "lognorm"),
+        empty_query_cells: Literal["raise", "keep"] = "raise",
     ) -> None:
         super().__init__(registry_key, layer, is_count_data=False, correct_data_format=True)
         self.allowed = tuple(allowed)
+        self.empty_query_cells = empty_query_cells
         self._query = False
 
     @property
@@ -82,7 +89,15 @@ class ExpressionLayerField(LayerField):
             check_var_names(adata)
         state = super().register_field(adata)
         scan = scan_expression(self.get_field_data(adata), self.where)
-        raise_on_zero_cells(scan.zero_cells, self.where, adata.obs_names)
+        if self._query and self.empty_query_cells == "keep":
+            if len(scan.zero_cells) == adata.n_obs:
+                raise ValueError(
+                    f"No cell of the query has a non-zero value in {self.where} for any of the model's "
+                    "genes: check that the query's gene names match the model's."
+                )
+            state[self.EMPTY_CELLS_KEY] = scan.zero_cells
+        else:
+            raise_on_zero_cells(scan.zero_cells, self.where, adata.obs_names)
         decision = decide_input_kind(scan)
         report_input_kind(decision, self.where, warn=not self._query)
         kind = decision.kind
