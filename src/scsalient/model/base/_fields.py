@@ -167,6 +167,9 @@ class LabelsField(CategoricalObsField):
         Column of ``adata.obs`` holding the labels.
     """
 
+    def __init__(self, registry_key: str, attr_key: str) -> None:
+        super().__init__(registry_key, attr_key)
+
     def register_field(self, adata: AnnData) -> dict:
         """Register the cleaned labels (codes in ``obs["_scvi_labels"]``).
 

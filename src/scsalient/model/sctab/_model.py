@@ -459,7 +459,10 @@ class SCTAB(ClassifierMixin, BaseModelClass):
         Returns
         -------
         With ``soft=False`` an array of predicted labels; with ``soft=True`` a DataFrame of
-        probabilities (cells x classes, indexed by ``obs_names``).
+        probabilities (cells x classes, indexed by ``obs_names``). Query cells with no
+        expression in any of the model's genes get no prediction (with a warning naming
+        them): a row of NaN probabilities, and ``None`` among the labels (the array is then of
+        dtype ``object``).
         """
         return super().predict(adata, indices=indices, soft=soft, batch_size=batch_size)
 
