@@ -78,6 +78,26 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+def shared_seed() -> int:
+    """``scvi.settings.seed``, or, when it is ``None`` (its default), a freshly drawn seed.
+
+    Under distributed training the drawn seed is rank 0's, so that every process draws the
+    same split and the same order of blocks.
+    """
+    if settings.seed is not None:
+        return int(settings.seed)
+    return _from_rank_zero(int(np.random.SeedSequence().entropy % 2**32))
+
+
+def _from_rank_zero(value: int) -> int:
+    """Rank 0's ``value`` under distributed training; ``value`` itself otherwise."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return int(box[0])
+    return value
+
+
 class BlockDataset(IterableDataset):
     """Minibatches of registered data, read from ``indices`` in contiguous blocks.
 
@@ -122,6 +142,7 @@ class BlockDataset(IterableDataset):
         self.block_size = int(block_size)
         self.buffer_blocks = int(buffer_blocks)
         self.epoch = 0
+        self.seed: int | None = None  # drawn at the first shuffled pass
 
     def __len__(self) -> int:
         if self.shuffle:  # the count depends on the processes' shares of blocks
@@ -140,7 +161,9 @@ class BlockDataset(IterableDataset):
                 rows = self.indices[start : start + self.batch_size]
                 yield self._batch(read_rows(self.x, rows), rows)
             return
-        rng = np.random.default_rng([settings.seed, self.epoch])
+        if self.seed is None:
+            self.seed = shared_seed()
+        rng = np.random.default_rng([self.seed, self.epoch])
         self.epoch += 1
         blocks = [self.indices[i : i + self.block_size] for i in range(0, len(self.indices), self.block_size)]
         order = rng.permutation(len(blocks))
@@ -192,12 +215,74 @@ def block_loader(adata_manager, indices, batch_size: int, *, shuffle: bool, **kw
     return DataLoader(dataset, batch_size=None, num_workers=0)
 
 
-class BlockDataSplitter(DataSplitter):
-    """:class:`~scvi.dataloaders.DataSplitter` that reads backed AnnData in contiguous blocks.
+def stratified_split(
+    labels: np.ndarray,
+    train_fraction: float,
+    validation_fraction: float,
+    seed: int,
+    block_size: int = 1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Training, validation and test cells drawn class by class.
 
-    In-memory data are split and loaded exactly as by the parent class. For backed data, the
-    validation cells are whole blocks of consecutive rows (drawn at random with the scvi-tools
-    seed), so training and validation both read contiguous slices of the file.
+    Each class is split in the given proportions (rounded), with two guarantees: every class
+    keeps at least one training cell, and, when there is a validation split, every class with
+    at least two cells has at least one validation cell. The totals can therefore differ from
+    the fractions by a cell or so per class.
+
+    The rows are cut into blocks of ``block_size`` consecutive rows, put in one random order
+    shared by all classes; each class gives its validation cells, then its test cells, from
+    its cells in that order. Validation and test cells are therefore mostly whole blocks of
+    rows (which on-disk data read in one slice), and single cells with ``block_size=1``.
+
+    Parameters
+    ----------
+    labels
+        Class code of each cell.
+    train_fraction
+        Fraction of each class for training.
+    validation_fraction
+        Fraction of each class for validation; the rest (if any) is the test split.
+    seed
+        Seed of the random draw.
+    block_size
+        Rows per block.
+
+    Returns
+    -------
+    Sorted row numbers of the training, validation and test cells.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    n_obs = len(labels)
+    rows = np.arange(n_obs)
+    rank = np.random.default_rng(seed).permutation(-(-n_obs // block_size))[rows // block_size]
+    ordered = np.lexsort((rows, rank))  # rows by the rank of their block, then by position
+    test_fraction = max(1.0 - train_fraction - validation_fraction, 0.0)
+    parts: tuple[list, list, list] = ([], [], [])
+    for code in np.unique(labels):
+        drawn = ordered[labels[ordered] == code]
+        n = len(drawn)
+        n_val = round(n * validation_fraction)
+        if validation_fraction > 0 and n >= 2:
+            n_val = max(n_val, 1)
+        n_val = min(n_val, n - 1)
+        n_test = min(round(n * test_fraction), n - n_val - 1)
+        parts[1].append(drawn[:n_val])
+        parts[2].append(drawn[n_val : n_val + n_test])
+        parts[0].append(drawn[n_val + n_test :])
+    return tuple(np.sort(np.concatenate(p)).astype(np.int64) for p in parts)
+
+
+class BlockDataSplitter(DataSplitter):
+    """:class:`~scvi.dataloaders.DataSplitter` that splits by class and reads backed AnnData in blocks.
+
+    The split is stratified by the registered labels (see :func:`stratified_split`): every
+    class keeps training cells and, with a validation split, every class of two or more cells
+    has validation cells, in memory as on disk. The split is drawn once, with the scvi-tools
+    seed (``scvi.settings.seed``, or a seed drawn once when it is ``None``), so repeated calls of
+    :meth:`setup` return the same cells. In-memory data are then loaded as by the parent class.
+    For backed data, validation cells are drawn by blocks of ``block_size`` rows where the
+    classes allow (see :func:`stratified_split`), and training reads contiguous blocks of rows
+    (:class:`BlockDataset`).
 
     Parameters
     ----------
@@ -228,30 +313,44 @@ class BlockDataSplitter(DataSplitter):
         self.block_size = block_size
         self.buffer_blocks = buffer_blocks
         self.backed = is_backed(adata_manager.adata)
+        self._split: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._seed = shared_seed()
 
     def setup(self, stage: str | None = None) -> None:
-        """Split the cells; for backed data, by whole blocks of consecutive rows.
+        """Split the cells class by class (drawn once; later calls return the same split).
 
         Parameters
         ----------
         stage
             Lightning stage (unused).
+
+        Raises
+        ------
+        ValueError
+            If a validation split is asked for but no class has two cells to give it.
         """
-        if not self.backed or self.external_indexing is not None:
+        if self.external_indexing is not None:
             super().setup(stage)
             return
-        n_obs = self.adata_manager.adata.n_obs
-        starts = np.arange(0, n_obs, self.block_size)
-        order = np.random.RandomState(seed=settings.seed).permutation(len(starts))
-        blocks = [np.arange(s, min(s + self.block_size, n_obs)) for s in starts[order]]
-        sizes = np.cumsum([len(b) for b in blocks])
-        n_val_blocks = int(np.searchsorted(sizes, self.n_val)) + 1 if self.n_val > 0 else 0
-        n_val_blocks = min(n_val_blocks, len(blocks) - 1)
-        empty = np.zeros(0, dtype=np.int64)
-        rest = np.concatenate(blocks[n_val_blocks:])
-        self.val_idx = np.sort(np.concatenate(blocks[:n_val_blocks])) if n_val_blocks else empty
-        self.train_idx = np.sort(rest[: self.n_train])
-        self.test_idx = np.sort(rest[self.n_train :])
+        seed = _from_rank_zero(self._seed)  # a seed drawn before the processes were joined
+        if seed != self._seed:
+            self._seed, self._split = seed, None
+        if self._split is None:
+            labels = self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)
+            n_obs = self.adata_manager.adata.n_obs
+            self._split = stratified_split(
+                np.asarray(labels).reshape(-1),
+                self.n_train / n_obs,
+                self.n_val / n_obs,
+                self._seed,
+                block_size=self.block_size if self.backed else 1,
+            )
+            if self.n_val > 0 and len(self._split[1]) == 0:
+                raise ValueError(
+                    "No class has two cells, so none can be held out for validation: "
+                    "train with train_size=1.0 (and without early stopping)."
+                )
+        self.train_idx, self.val_idx, self.test_idx = self._split
 
     def _loader(self, indices: np.ndarray, shuffle: bool) -> DataLoader:
         batch_size = self.data_loader_kwargs.get("batch_size") or settings.batch_size

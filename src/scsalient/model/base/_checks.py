@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -12,10 +15,12 @@ from scipy import sparse
 if TYPE_CHECKING:
     from anndata import AnnData
 
+logger = logging.getLogger(__name__)
+
 InputKind = Literal["counts", "lognorm"]
 
-#: largest value accepted as log-normalised input: log1p(CP10k) stays below ~9.3 and
-#: log1p(CPM) below ~13.9; anything non-integer and larger is neither counts nor log1p data.
+#: largest value of log-normalised input: log1p(CP10k) stays below ~9.3, log1p(CPM) below
+#: ~13.9 and log2(CPM + 1) below ~19.9; non-integer values beyond are taken as counts.
 MAX_LOGNORM_VALUE = 20.0
 
 
@@ -43,8 +48,40 @@ def describe_location(layer: str | None) -> str:
     return "adata.X" if layer is None else f"adata.layers['{layer}']"
 
 
-def inspect_expression(x, where: str, obs_names: pd.Index | None = None) -> InputKind:
-    """Validate an expression matrix and decide whether it holds counts or log-normalised values.
+#: a cell total is "common" when it lies within this relative distance of the median total
+COMMON_TOTAL_TOLERANCE = 0.01
+#: ... for this fraction of the cells
+COMMON_TOTAL_SHARE = 0.9
+#: non-integer values whose largest is this many times their median and whose skewness is
+#: above :data:`COUNT_LIKE_SKEW` are taken as counts. Measured on non-zero values: real
+#: log-normalised files (Spectra TILs, Xin, Wang, Puram, Tirosh pancreas/tumour, scanpy's
+#: pbmc68k_reduced().raw) and log1p of simulated counts: ratio 1.1-10, skewness -1.2-2.0;
+#: simulated expected, downsampled and ambient-corrected counts with a maximum of 14-37:
+#: ratio 30-70, skewness 3.5-5.0.
+COUNT_LIKE_RATIO = 20.0
+COUNT_LIKE_SKEW = 2.5
+#: non-zero values kept per block of rows for the distribution of values
+SAMPLE_PER_BLOCK = 20_000
+
+
+@dataclass
+class ExpressionScan:
+    """What one pass over an expression matrix found (see :func:`scan_expression`)."""
+
+    integer: bool
+    max_value: float
+    zero_cells: np.ndarray
+    totals: np.ndarray
+    expm1_totals: np.ndarray
+    sample: np.ndarray
+
+
+def scan_expression(x, where: str) -> ExpressionScan:
+    """Read an expression matrix block by block, raising on NaN/inf or negative values.
+
+    Every value is checked; the row totals of ``x`` and of ``expm1(x)`` are exact, and the
+    distribution of non-zero values is kept as a sample of up to :data:`SAMPLE_PER_BLOCK` per
+    block of rows (seeded, so the result is reproducible).
 
     Parameters
     ----------
@@ -52,25 +89,13 @@ def inspect_expression(x, where: str, obs_names: pd.Index | None = None) -> Inpu
         Cells x genes matrix (dense, sparse, or a backed on-disk dataset).
     where
         Where the matrix lives, used in error messages (e.g. ``"adata.X"``).
-    obs_names
-        Cell names, used to name all-zero cells in the error message.
-
-    Returns
-    -------
-    ``"counts"`` when every value is a non-negative integer, ``"lognorm"`` otherwise.
-
-    Raises
-    ------
-    ValueError
-        On NaN or infinite values, negative values, all-zero cells, or non-integer values too
-        large to be log-normalised data.
     """
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{where} is empty (shape {x.shape}).")
-    integer = True
-    max_value = 0.0
-    zero_cells: list[int] = []
-    for start, block in iter_row_blocks(x):
+    rng = np.random.default_rng(0)
+    integer, max_value = True, 0.0
+    totals, expm1_totals, samples = [], [], []
+    for _, block in iter_row_blocks(x):
         values = _values(block)
         if values.size:
             if not np.isfinite(values).all():
@@ -83,26 +108,185 @@ def inspect_expression(x, where: str, obs_names: pd.Index | None = None) -> Inpu
             max_value = max(max_value, float(values.max()))
             if integer and np.any(np.mod(values, 1) != 0):
                 integer = False
-        row_sums = np.asarray(block.sum(axis=1)).ravel()
-        zero_cells.extend((start + np.flatnonzero(row_sums == 0)).tolist())
-    if zero_cells:
-        names = list(obs_names[zero_cells[:5]]) if obs_names is not None else zero_cells[:5]
+        totals.append(np.asarray(block.sum(axis=1), dtype=np.float64).ravel())
+        if max_value <= MAX_LOGNORM_VALUE:
+            expm1_totals.append(_expm1_totals(block))
+        nonzero = values[values > 0].astype(np.float64) if values.size else np.zeros(0)
+        if nonzero.size > SAMPLE_PER_BLOCK:
+            nonzero = rng.choice(nonzero, SAMPLE_PER_BLOCK, replace=False)
+        samples.append(nonzero)
+    totals_ = np.concatenate(totals)
+    complete = not integer and max_value <= MAX_LOGNORM_VALUE and len(expm1_totals) == len(totals)
+    return ExpressionScan(
+        integer=integer,
+        max_value=max_value,
+        zero_cells=np.flatnonzero(totals_ == 0),
+        totals=totals_,
+        expm1_totals=np.concatenate(expm1_totals) if complete else np.zeros(0),
+        sample=np.concatenate(samples),
+    )
+
+
+def _expm1_totals(block) -> np.ndarray:
+    if sparse.issparse(block):
+        block = block.copy()
+        block.data = np.expm1(block.data.astype(np.float64))
+        return np.asarray(block.sum(axis=1)).ravel()
+    return np.expm1(np.asarray(block, dtype=np.float64)).sum(axis=1)
+
+
+def common_total(totals: np.ndarray) -> float | None:
+    """The total that the (non-zero) cell totals share, or ``None`` if they do not share one.
+
+    Needs at least three cells; shared means :data:`COMMON_TOTAL_SHARE` of them lie within
+    :data:`COMMON_TOTAL_TOLERANCE` of the median.
+    """
+    totals = totals[totals > 0]
+    if len(totals) < 3:
+        return None
+    median = float(np.median(totals))
+    close = np.abs(totals / median - 1.0) <= COMMON_TOTAL_TOLERANCE
+    return median if close.mean() >= COMMON_TOTAL_SHARE else None
+
+
+def _skewness(values: np.ndarray) -> float:
+    sd = values.std()
+    return float(((values - values.mean()) ** 3).mean() / sd**3) if sd > 0 else 0.0
+
+
+@dataclass
+class InputDecision:
+    """What an expression matrix was taken to hold, and why."""
+
+    kind: InputKind
+    reason: str
+
+    @property
+    def obvious(self) -> bool:
+        """Integer counts: nothing the user needs to be told."""
+        return self.reason == "integer counts"
+
+
+def decide_input_kind(scan: ExpressionScan) -> InputDecision:
+    """Decide whether scanned expression holds counts or log-normalised values.
+
+    * Integer values: counts.
+    * Non-integer values whose ``expm1`` rows share a total (``log1p`` of CP10k, CPM, ...):
+      log-normalised.
+    * Non-integer values whose rows share a total (normalised, not log-transformed): counts,
+      as the model's own normalisation leaves them as they are.
+    * Non-integer values above :data:`MAX_LOGNORM_VALUE` (no log scale reaches that): counts,
+      e.g. expected counts (RSEM, salmon) or ambient-corrected counts.
+    * Otherwise the distribution of non-zero values decides: heavy-tailed like counts (largest
+      over median above :data:`COUNT_LIKE_RATIO` and skewness above :data:`COUNT_LIKE_SKEW`):
+      counts; compressed like log data: log-normalised.
+    """
+    if scan.integer:
+        return InputDecision("counts", "integer counts")
+    if len(scan.expm1_totals):
+        total = common_total(scan.expm1_totals)
+        if total is not None:
+            return InputDecision("lognorm", f"the rows of expm1(x) all sum to {total:.4g}: log1p-normalised")
+    total = common_total(scan.totals)
+    if total is not None:
+        return InputDecision(
+            "counts",
+            f"the rows all sum to {total:.4g}: normalised but not log-transformed, so taken as "
+            "non-integer counts (normalising them again changes nothing)",
+        )
+    if scan.max_value > MAX_LOGNORM_VALUE:
+        return InputDecision(
+            "counts",
+            f"values reach {scan.max_value:.4g}, beyond any log scale: taken as non-integer counts "
+            "(e.g. expected or ambient-corrected counts)",
+        )
+    sample = scan.sample
+    ratio = float(sample.max() / np.median(sample)) if sample.size else 0.0
+    skew = _skewness(sample)
+    shape = f"non-zero values up to {scan.max_value:.3g}, largest / median {ratio:.3g}, skewness {skew:.2f}"
+    if ratio > COUNT_LIKE_RATIO and skew > COUNT_LIKE_SKEW:
+        return InputDecision("counts", f"{shape}, heavy-tailed like counts: taken as non-integer counts")
+    return InputDecision("lognorm", f"{shape}, compressed like log-scale data: taken as log-normalised")
+
+
+def report_input_kind(decision: InputDecision, where: str, *, warn: bool = True) -> None:
+    """Say what was decided: a :class:`UserWarning` unless the data are integer counts."""
+    treatment = {
+        "counts": "normalised inside the model to log1p(CP10k)",
+        "lognorm": "used as given",
+    }[decision.kind]
+    message = f"{where} holds non-integer values; {decision.reason}. They are {treatment}."
+    if decision.obvious:
+        logger.info("%s holds integer counts: %s.", where, treatment)
+    elif warn:
+        if decision.kind == "counts":
+            message += " If these are log-normalised values, set the model up on raw counts instead."
+        else:
+            message += " If these are counts, set the model up on them as integers or as a counts layer."
+        warnings.warn(message, UserWarning, stacklevel=3)
+    else:
+        logger.info(message)
+
+
+def raise_on_zero_cells(zero_cells: np.ndarray, where: str, obs_names: pd.Index | None) -> None:
+    """Raise a :class:`ValueError` naming the all-zero cells, if there are any."""
+    if len(zero_cells):
+        names = list(obs_names[zero_cells[:5]]) if obs_names is not None else zero_cells[:5].tolist()
         raise ValueError(
             f"{where} has {len(zero_cells)} all-zero cell(s) (e.g. {names}); "
             "filter them first, e.g. with `sc.pp.filter_cells(adata, min_counts=1)`."
         )
-    if integer:
-        return "counts"
-    if max_value > MAX_LOGNORM_VALUE:
-        raise ValueError(
-            f"{where} holds non-integer values up to {max_value:.3g}: these are neither raw counts nor "
-            "log1p-normalised expression. Pass raw counts (e.g. a 'counts' layer) or log1p(CP10k) values."
-        )
-    return "lognorm"
+
+
+def inspect_expression(x, where: str, obs_names: pd.Index | None = None, *, warn: bool = True) -> InputKind:
+    """Validate an expression matrix and decide whether it holds counts or log-normalised values.
+
+    The matrix is read block by block (a backed matrix is never loaded at once). The decision
+    (see :func:`decide_input_kind`) is logged for integer counts and otherwise given as a
+    :class:`UserWarning` (or logged, with ``warn=False``).
+
+    Parameters
+    ----------
+    x
+        Cells x genes matrix (dense, sparse, or a backed on-disk dataset).
+    where
+        Where the matrix lives, used in messages (e.g. ``"adata.X"``).
+    obs_names
+        Cell names, used to name all-zero cells in the error message.
+    warn
+        Warn about a decision that is not integer counts (otherwise it is only logged).
+
+    Returns
+    -------
+    ``"counts"`` (integer or non-integer counts, normalised by the models) or ``"lognorm"``.
+
+    Raises
+    ------
+    ValueError
+        On NaN or infinite values, negative values, or all-zero cells.
+    """
+    scan = scan_expression(x, where)
+    raise_on_zero_cells(scan.zero_cells, where, obs_names)
+    decision = decide_input_kind(scan)
+    report_input_kind(decision, where, warn=warn)
+    return decision.kind
+
+
+#: fewest cells a classifier is trained on
+MIN_TRAINING_CELLS = 10
 
 
 def check_labels(adata: AnnData, labels_key: str) -> None:
-    """Raise a clear :class:`ValueError` when a labels column cannot train a classifier."""
+    """Raise a clear :class:`ValueError` when a labels column cannot train a classifier.
+
+    The column must exist, have no missing labels and at least two classes, and the data must
+    hold at least :data:`MIN_TRAINING_CELLS` cells.
+    """
+    if adata.n_obs < MIN_TRAINING_CELLS:
+        raise ValueError(
+            f"The data hold {adata.n_obs} cell(s); a classifier needs at least {MIN_TRAINING_CELLS} "
+            "to train and validate on."
+        )
     if labels_key not in adata.obs:
         raise KeyError(f"labels_key '{labels_key}' is not a column of adata.obs.")
     labels = adata.obs[labels_key]
@@ -130,4 +314,18 @@ def check_batch_key(adata: AnnData, batch_key: str | None) -> None:
         raise ValueError(
             f"adata.obs['{batch_key}'] has {n_missing} missing (NaN) batch(es); "
             "give every cell a batch (donor, sample) first."
+        )
+
+
+def check_var_names(adata: AnnData, what: str = "genes") -> None:
+    """Raise a clear :class:`ValueError` when ``adata.var_names`` has duplicates.
+
+    Query data are matched to a model's genes by name, which a duplicated name makes ambiguous.
+    """
+    names = pd.Index(adata.var_names)
+    if names.has_duplicates:
+        dup = names[names.duplicated()].unique()
+        raise ValueError(
+            f"adata.var_names has {len(dup)} duplicated name(s) (e.g. {dup[:5].tolist()}): {what} are "
+            "matched by name, so names must be unique. Run `adata.var_names_make_unique()` first."
         )

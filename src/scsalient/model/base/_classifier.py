@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -22,6 +23,21 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 logger = logging.getLogger(__name__)
+
+
+def predicted_labels(probs: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """The most probable class of each row; ``None`` (in an object array) for rows of NaN."""
+    missing = np.isnan(probs).any(axis=1)
+    labels = classes[np.where(missing, 0, np.nan_to_num(probs).argmax(axis=1))]
+    if missing.any():
+        labels = labels.astype(object)
+        labels[missing] = None
+    return labels
+
+
+def predicted_codes(probs: np.ndarray) -> np.ndarray:
+    """The most probable class of each row, ``-1`` (missing in a categorical) for rows of NaN."""
+    return np.where(np.isnan(probs).any(axis=1), -1, np.nan_to_num(probs).argmax(axis=1))
 
 
 def _best_validation_f1(model) -> float | None:
@@ -261,13 +277,33 @@ class ClassifierMixin(ExpressionModelMixin):
 
     # ------------------------------------------------------------------ query data
     def _prepare_adata(self, adata: AnnData | None) -> AnnData:
-        """The training data, or a query aligned to the model's genes and validated."""
+        """The training data, or a query aligned to the model's genes and validated.
+
+        Query cells with no expression in the model's genes (all-zero after alignment) are not
+        an error: they are named in a :class:`UserWarning` and get no prediction (see
+        :meth:`_empty_cells`).
+        """
         if adata is None:
             return self._validate_anndata(None)
         query = self._align_query(adata)
         placeholder = pd.Categorical([self.classes[0]] * query.n_obs, categories=self.classes)
         query.obs[self.labels_key] = placeholder
-        return self._validate_anndata(query)
+        prepared = self._validate_anndata(query)
+        empty = self._empty_cells(prepared)
+        if len(empty):
+            warnings.warn(
+                f"{len(empty)} of {prepared.n_obs} query cell(s) have no expression in any of the model's "
+                f"genes (e.g. {prepared.obs_names[empty[:5]].tolist()}) and get no prediction: NaN "
+                "probabilities and a missing label.",
+                UserWarning,
+                stacklevel=3,
+            )
+        return prepared
+
+    def _empty_cells(self, prepared: AnnData) -> np.ndarray:
+        """Rows of a prepared AnnData with no expression in the model's genes (none for training data)."""
+        state = self.get_anndata_manager(prepared).get_state_registry(REGISTRY_KEYS.X_KEY)
+        return np.asarray(state.get("empty_cells", []), dtype=np.int64)
 
     @torch.inference_mode()
     def _iter_inference(
@@ -278,18 +314,30 @@ class ClassifierMixin(ExpressionModelMixin):
         keys: Sequence[str],
         desc: str,
     ) -> Iterator[dict[str, np.ndarray]]:
-        """Yield the module's inference outputs ``keys`` (softmaxed logits as ``"probabilities"``)."""
+        """Yield the module's inference outputs ``keys`` (softmaxed logits as ``"probabilities"``).
+
+        Cells with no expression in the model's genes (:meth:`_empty_cells`) are skipped; each
+        batch carries ``"positions"``, the places of its cells among the cells asked for
+        (``indices``, or all cells).
+        """
         self._check_if_trained(warn=True)
         self.module.eval()
         batch_size = batch_size or 1024
+        rows = np.arange(adata.n_obs) if indices is None else np.asarray(indices, dtype=np.int64)
+        positions = np.flatnonzero(~np.isin(rows, self._empty_cells(adata)))
+        rows = rows[positions]
+        if len(rows) == 0:
+            return
         if is_backed(adata):  # contiguous reads instead of one read per cell
-            rows = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
             loader = block_loader(self.get_anndata_manager(adata), rows, batch_size, shuffle=False)
         else:
-            loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+            loader = self._make_data_loader(adata=adata, indices=rows, batch_size=batch_size)
+        start = 0
         for tensors in tqdm(loader, desc=desc, disable=len(loader) < 10, leave=False):
             out = self.module.inference(**self.module._get_inference_input(tensors))
-            batch = {}
+            n = len(out["logits"])
+            batch = {"positions": positions[start : start + n]}
+            start += n
             for key in keys:
                 if key == "probabilities":
                     batch[key] = torch.softmax(out["logits"], dim=-1).cpu().numpy()
@@ -322,16 +370,16 @@ class ClassifierMixin(ExpressionModelMixin):
         Returns
         -------
         With ``soft=False`` an array of predicted labels; with ``soft=True`` a DataFrame of
-        probabilities (cells x classes, indexed by ``obs_names``).
+        probabilities (cells x classes, indexed by ``obs_names``). Query cells with no
+        expression in any of the model's genes get no prediction (with a warning naming
+        them): a row of NaN probabilities, and ``None`` among the labels (the array is then of
+        dtype ``object``).
         """
         prepared = self._prepare_adata(adata)
-        probs = np.concatenate(
-            [
-                b["probabilities"]
-                for b in self._iter_inference(prepared, indices, batch_size, ["probabilities"], "predict")
-            ]
-        )
-        if not soft:
-            return self.classes[probs.argmax(axis=1)]
         names = prepared.obs_names if indices is None else prepared.obs_names[np.asarray(indices)]
-        return pd.DataFrame(probs, index=names, columns=self.classes)
+        probs = np.full((len(names), len(self.classes)), np.nan, dtype=np.float32)
+        for b in self._iter_inference(prepared, indices, batch_size, ["probabilities"], "predict"):
+            probs[b["positions"]] = b["probabilities"]
+        if soft:
+            return pd.DataFrame(probs, index=names, columns=self.classes)
+        return predicted_labels(probs, self.classes)

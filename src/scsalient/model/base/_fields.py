@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
 import rich.table
 from scipy import sparse
-from scvi.data.fields import LayerField
+from scvi.data.fields import CategoricalObsField, LayerField
 
-from ._checks import InputKind, describe_location, inspect_expression, iter_row_blocks
+from ._checks import (
+    InputKind,
+    check_var_names,
+    decide_input_kind,
+    describe_location,
+    iter_row_blocks,
+    raise_on_zero_cells,
+    report_input_kind,
+    scan_expression,
+)
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -27,9 +36,11 @@ _TREATMENT = {
 class ExpressionLayerField(LayerField):
     """Expression matrix field that validates the data and records whether it holds counts.
 
-    The whole matrix is scanned block by block at registration: NaN/inf, negative values and
-    all-zero cells raise a :class:`ValueError` naming the layer. The detected input kind
-    (``"counts"`` or ``"log-normalised"``) is stored in the state registry, shown by
+    The whole matrix is scanned block by block at registration: NaN/inf, negative values,
+    all-zero cells and duplicated ``var_names`` raise a :class:`ValueError` naming the problem.
+    The detected input kind (``"counts"`` or ``"log-normalised"``, see
+    :func:`~scsalient.model.base._checks.decide_input_kind`) is stated (a :class:`UserWarning`
+    unless the values are integer counts), stored in the state registry, shown by
     :meth:`~scvi.model.base.BaseModelClass.view_anndata_setup`, and enforced when the setup is
     transferred to query data.
 
@@ -41,18 +52,26 @@ class ExpressionLayerField(LayerField):
         Layer holding the matrix; ``None`` for ``.X``.
     allowed
         Input kinds the model accepts.
+    empty_query_cells
+        What query data (a transferred setup) may hold: ``"raise"`` refuses all-zero cells, as
+        training data always do; ``"keep"`` records them in the state registry under
+        ``"empty_cells"`` for the model to flag (the query must still have a non-zero cell).
     """
 
     INPUT_KIND_KEY = "input_kind"
+    EMPTY_CELLS_KEY = "empty_cells"
 
     def __init__(
         self,
         registry_key: str,
         layer: str | None,
         allowed: tuple[InputKind, ...] = ("counts", "lognorm"),
+        empty_query_cells: Literal["raise", "keep"] = "raise",
     ) -> None:
         super().__init__(registry_key, layer, is_count_data=False, correct_data_format=True)
         self.allowed = tuple(allowed)
+        self.empty_query_cells = empty_query_cells
+        self._query = False
 
     @property
     def where(self) -> str:
@@ -67,8 +86,22 @@ class ExpressionLayerField(LayerField):
         adata
             The AnnData to register.
         """
+        if not self._query:
+            check_var_names(adata)
         state = super().register_field(adata)
-        kind = inspect_expression(self.get_field_data(adata), self.where, adata.obs_names)
+        scan = scan_expression(self.get_field_data(adata), self.where)
+        if self._query and self.empty_query_cells == "keep":
+            if len(scan.zero_cells) == adata.n_obs:
+                raise ValueError(
+                    f"No cell of the query has a non-zero value in {self.where} for any of the model's "
+                    "genes: check that the query's gene names match the model's."
+                )
+            state[self.EMPTY_CELLS_KEY] = scan.zero_cells
+        else:
+            raise_on_zero_cells(scan.zero_cells, self.where, adata.obs_names)
+        decision = decide_input_kind(scan)
+        report_input_kind(decision, self.where, warn=not self._query)
+        kind = decision.kind
         if kind not in self.allowed:
             wanted = " or ".join(_NAME[k] for k in self.allowed)
             raise ValueError(f"{self.where} holds {_NAME[kind]}, but this model needs {wanted}.")
@@ -87,7 +120,11 @@ class ExpressionLayerField(LayerField):
         **kwargs
             Passed to :meth:`scvi.data.fields.LayerField.transfer_field`.
         """
-        state = super().transfer_field(state_registry, adata_target, **kwargs)
+        self._query = True
+        try:
+            state = super().transfer_field(state_registry, adata_target, **kwargs)
+        finally:
+            self._query = False
         expected = state_registry.get(self.INPUT_KIND_KEY)
         if expected is not None and state[self.INPUT_KIND_KEY] != expected:
             raise ValueError(
@@ -110,6 +147,135 @@ class ExpressionLayerField(LayerField):
         table.add_column("Detected input", justify="center", style="green")
         table.add_row(self.where, _TREATMENT[state_registry[self.INPUT_KIND_KEY]])
         return table
+
+
+class LabelsField(CategoricalObsField):
+    """Labels field that registers a cleaned copy of the labels; ``adata.obs[labels_key]`` is not changed.
+
+    * Labels of mixed types (e.g. ``1`` and ``"B"``) are turned into strings, with a
+      :class:`UserWarning`: labels are names.
+    * Unused categories of a categorical column are dropped, with a :class:`UserWarning`: a
+      class without cells would be a class never trained.
+
+    The class names of the registry are strings, in the column's order of categories (sorted
+    for a non-categorical column).
+
+    Parameters
+    ----------
+    registry_key
+        Key to register the field under.
+    attr_key
+        Column of ``adata.obs`` holding the labels.
+    """
+
+    def __init__(self, registry_key: str, attr_key: str) -> None:
+        super().__init__(registry_key, attr_key)
+
+    def register_field(self, adata: AnnData) -> dict:
+        """Register the cleaned labels (codes in ``obs["_scvi_labels"]``).
+
+        Parameters
+        ----------
+        adata
+            The AnnData to register.
+        """
+        self.validate_field(adata)
+        labels = clean_labels(adata.obs[self._original_attr_key], self._original_attr_key)
+        adata.obs[self.attr_key] = labels.codes
+        return {
+            self.CATEGORICAL_MAPPING_KEY: labels.categories.to_numpy(copy=True),
+            self.ORIGINAL_ATTR_KEY: self._original_attr_key,
+        }
+
+    def transfer_field(
+        self, state_registry: dict, adata_target: AnnData, extend_categories: bool = False, **kwargs
+    ) -> dict:
+        """Register the labels of new data against the source's classes.
+
+        Parameters
+        ----------
+        state_registry
+            State registry of the source setup.
+        adata_target
+            Data the setup is transferred to.
+        extend_categories
+            Add classes the source did not have (otherwise they raise a :class:`ValueError`).
+        **kwargs
+            Unused.
+        """
+        self.validate_field(adata_target)
+        mapping = pd.Index(np.asarray(state_registry[self.CATEGORICAL_MAPPING_KEY]).astype(str))
+        values = _as_strings(adata_target.obs[self._original_attr_key])
+        unknown = pd.Index(pd.unique(values)).difference(mapping)
+        if len(unknown) and not extend_categories:
+            raise ValueError(
+                f"Category {unknown[0]} not found in source registry. "
+                "Cannot transfer setup without `extend_categories = True`."
+            )
+        categories = mapping.append(unknown)
+        adata_target.obs[self.attr_key] = pd.Categorical(values, categories=categories).codes
+        return {
+            self.CATEGORICAL_MAPPING_KEY: categories.to_numpy(),
+            self.ORIGINAL_ATTR_KEY: self._original_attr_key,
+        }
+
+
+def _as_strings(column: pd.Series) -> np.ndarray:
+    """The labels as strings (missing labels stay missing)."""
+    values = column.astype(object).to_numpy()
+    missing = pd.isna(values)
+    out = values.astype(str).astype(object)
+    out[missing] = np.nan
+    return out
+
+
+def clean_labels(column: pd.Series, key: str) -> pd.Categorical:
+    """The labels of ``column`` as a categorical of string class names (``column`` is not changed).
+
+    Mixed types become strings and unused categories are dropped, each with a
+    :class:`UserWarning` (see :class:`LabelsField`).
+
+    Parameters
+    ----------
+    column
+        Labels of each cell.
+    key
+        Name of the column, for messages.
+    """
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        categories = column.cat.categories
+        unused = categories.difference(pd.unique(column.dropna()))
+        if len(unused):
+            warnings.warn(
+                f"adata.obs['{key}'] has {len(unused)} categor(ies) without cells "
+                f"({list(unused[:5])}); they are left out of the classes (the column is not changed).",
+                UserWarning,
+                stacklevel=4,
+            )
+        categories = categories.difference(unused, sort=False)
+        order = list(categories)
+    else:
+        order = None
+    present = column.dropna()
+    types = {type(v) for v in (present.cat.categories if order is not None else present)}
+    if len({str in t.__mro__ for t in types}) > 1:
+        warnings.warn(
+            f"adata.obs['{key}'] mixes strings and other types ({sorted(t.__name__ for t in types)}); "
+            "the labels are used as strings (the column is not changed).",
+            UserWarning,
+            stacklevel=4,
+        )
+    values = _as_strings(column)
+    if order is not None:
+        names = pd.Index([str(c) for c in order]).unique()
+    else:
+        ordered = pd.unique(present)
+        try:
+            ordered = sorted(ordered)
+        except TypeError:  # mixed types
+            ordered = sorted(str(v) for v in ordered)
+        names = pd.Index([str(v) for v in ordered]).unique()
+    return pd.Categorical(values, categories=names)
 
 
 class AccessibilityLayerField(LayerField):

@@ -11,13 +11,20 @@ import pandas as pd
 import torch
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
-from scvi.data.fields import CategoricalObsField
 from scvi.model.base import BaseModelClass
 from scvi.utils import setup_anndata_dsp
 
 from scsalient._constants import ClusterKeys, NACTKeys
-from scsalient.model.base import ClassifierMixin, ExpressionLayerField, SaveLoadMixin, check_labels
+from scsalient.model.base import (
+    ClassifierMixin,
+    ExpressionLayerField,
+    LabelsField,
+    SaveLoadMixin,
+    check_labels,
+)
+from scsalient.model.base._blocks import is_backed
 from scsalient.model.base._checks import check_batch_key
+from scsalient.model.base._classifier import predicted_codes
 from scsalient.model.base._expression import has_validation_split
 from scsalient.model.base._memory import check_training_memory
 from scsalient.model.base._moments import expression_moments
@@ -327,8 +334,12 @@ class NACT(SaveLoadMixin, ClassifierMixin, BaseModelClass):
 
         The expression can be raw counts (normalised inside the model to log1p(CP10k)) or
         log-normalised values; which one is detected and shown by
-        :meth:`~scvi.model.base.BaseModelClass.view_anndata_setup`. The whole matrix is checked:
-        NaN/inf, negative values and all-zero cells raise a :class:`ValueError`.
+        :meth:`~scvi.model.base.BaseModelClass.view_anndata_setup`; any decision other than
+        integer counts comes with a warning (see the user guide, "Inputs"). The whole matrix is
+        checked: NaN/inf, negative values, all-zero cells, duplicated ``var_names`` and fewer
+        than 10 cells raise a :class:`ValueError`. Labels mixing strings and other types are
+        used as strings, and unused categories are left out of the classes (each with a
+        warning; ``adata.obs[labels_key]`` is not changed).
 
         Parameters
         ----------
@@ -349,6 +360,12 @@ class NACT(SaveLoadMixin, ClassifierMixin, BaseModelClass):
         setup_method_args = cls._get_setup_method_args(**locals())
         if labels_key is None:
             labels_key = ClusterKeys.LEIDEN
+            if labels_key not in adata.obs and is_backed(adata):
+                raise ValueError(
+                    "labels_key=None clusters the cells, which needs the expression in memory, but this "
+                    "AnnData is backed (on disk). Give labels_key, or load the data with "
+                    "`adata = adata.to_memory()` first."
+                )
             if labels_key not in adata.obs:
                 from scsalient.pp import cluster_labels
 
@@ -358,8 +375,8 @@ class NACT(SaveLoadMixin, ClassifierMixin, BaseModelClass):
             check_labels(adata, labels_key)
             check_batch_key(adata, batch_key)
         fields = [
-            ExpressionLayerField(REGISTRY_KEYS.X_KEY, layer),
-            CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
+            ExpressionLayerField(REGISTRY_KEYS.X_KEY, layer, empty_query_cells="keep"),
+            LabelsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
         ]
         adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
         adata_manager.register_fields(adata, **kwargs)
@@ -531,15 +548,14 @@ class NACT(SaveLoadMixin, ClassifierMixin, BaseModelClass):
         Returns
         -------
         float32 array, cells x the model's genes (in the order of
-        :meth:`~scvi.model.base.BaseModelClass.get_var_names`); each row sums to 1.
+        :meth:`~scvi.model.base.BaseModelClass.get_var_names`); each row sums to 1, except
+        for query cells with no expression in the model's genes, whose rows are 0.
         """
         prepared = self._prepare_adata(adata)
         n = prepared.n_obs if indices is None else len(indices)
-        out = np.empty((n, self.module.n_input), dtype=np.float32)
-        start = 0
+        out = np.zeros((n, self.module.n_input), dtype=np.float32)
         for batch in self._iter_inference(prepared, indices, batch_size, ["attention"], "attention"):
-            out[start : start + len(batch["attention"])] = batch["attention"]
-            start += len(batch["attention"])
+            out[batch["positions"]] = batch["attention"]
         return out
 
     def annotate(
@@ -562,6 +578,10 @@ class NACT(SaveLoadMixin, ClassifierMixin, BaseModelClass):
           the model does not know),
         * ``uns["nact"]``: classes, labels key, input kind and model settings.
 
+        Query cells with no expression in any of the model's genes get no prediction (with a
+        warning naming them): a missing prediction, NaN confidence and probabilities, and
+        attention 0.
+
         Parameters
         ----------
         adata
@@ -577,28 +597,26 @@ class NACT(SaveLoadMixin, ClassifierMixin, BaseModelClass):
         gene_pos = model_genes.get_indexer(target.var_names)  # model column of each adata gene
         known = gene_pos >= 0
         n_classes = len(self.classes)
-        probs = np.empty((target.n_obs, n_classes), dtype=np.float32)
+        probs = np.full((target.n_obs, n_classes), np.nan, dtype=np.float32)
         att = np.zeros((target.n_obs, target.n_vars), dtype=np.float32) if attention else None
         sums = np.zeros((n_classes, len(model_genes)), dtype=np.float64)
-        start = 0
         for batch in self._iter_inference(
             prepared, None, batch_size, ["probabilities", "attention"], "annotate"
         ):
-            stop = start + len(batch["probabilities"])
-            probs[start:stop] = batch["probabilities"]
+            rows = batch["positions"]
+            probs[rows] = batch["probabilities"]
             predicted = batch["probabilities"].argmax(axis=1)
             np.add.at(sums, predicted, batch["attention"])
             if att is not None:
-                att[start:stop, known] = batch["attention"][:, gene_pos[known]]
-            start = stop
-        predicted = probs.argmax(axis=1)
-        counts = np.bincount(predicted, minlength=n_classes).astype(np.float64)
+                att[np.ix_(rows, np.flatnonzero(known))] = batch["attention"][:, gene_pos[known]]
+        predicted = predicted_codes(probs)
+        counts = np.bincount(predicted[predicted >= 0], minlength=n_classes).astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             means = sums / counts[:, None]
         mean_df = pd.DataFrame(np.nan, index=target.var_names, columns=self.classes)
         mean_df.loc[known] = means[:, gene_pos[known]].T
         target.obs[NACTKeys.PREDICTION] = pd.Categorical.from_codes(predicted, categories=self.classes)
-        target.obs[NACTKeys.CONFIDENCE] = probs.max(axis=1)
+        target.obs[NACTKeys.CONFIDENCE] = np.max(probs, axis=1)
         target.obsm[NACTKeys.PROBABILITIES] = pd.DataFrame(
             probs, index=target.obs_names, columns=self.classes
         )

@@ -10,13 +10,19 @@ import pandas as pd
 from scipy import sparse
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
-from scvi.data.fields import CategoricalObsField
 from scvi.model.base import BaseModelClass
 from scvi.utils import setup_anndata_dsp
 
 from scsalient._constants import SCTABKeys
-from scsalient.model.base import ClassifierMixin, ExpressionLayerField, SaveLoadMixin, check_labels
+from scsalient.model.base import (
+    ClassifierMixin,
+    ExpressionLayerField,
+    LabelsField,
+    SaveLoadMixin,
+    check_labels,
+)
 from scsalient.model.base._checks import check_batch_key
+from scsalient.model.base._classifier import predicted_codes
 from scsalient.model.base._expression import has_validation_split
 from scsalient.model.base._memory import check_training_memory
 
@@ -257,8 +263,13 @@ class SCTAB(SaveLoadMixin, ClassifierMixin, BaseModelClass):
 
         The expression should be raw counts (normalised inside the model to log1p(CP10k), as
         scTab); log-normalised values are used as given. The whole matrix is checked block by
-        block (so a backed AnnData is never loaded at once): NaN/inf, negative values and
-        all-zero cells raise a :class:`ValueError`.
+        block (so a backed AnnData is never loaded at once): NaN/inf, negative values, all-zero
+        cells, duplicated ``var_names`` and fewer than 10 cells raise a :class:`ValueError`.
+        Non-integer values are taken as counts or as log-normalised values from their row
+        totals and distribution, with a warning saying which (see the NACT user guide,
+        "Inputs"). Labels mixing strings and other types are used as strings, and unused
+        categories are left out of the classes (each with a warning; ``adata.obs[labels_key]``
+        is not changed).
 
         Parameters
         ----------
@@ -279,8 +290,8 @@ class SCTAB(SaveLoadMixin, ClassifierMixin, BaseModelClass):
             check_labels(adata, labels_key)
             check_batch_key(adata, batch_key)
         fields = [
-            ExpressionLayerField(REGISTRY_KEYS.X_KEY, layer),
-            CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
+            ExpressionLayerField(REGISTRY_KEYS.X_KEY, layer, empty_query_cells="keep"),
+            LabelsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
         ]
         adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
         adata_manager.register_fields(adata, **kwargs)
@@ -454,7 +465,10 @@ class SCTAB(SaveLoadMixin, ClassifierMixin, BaseModelClass):
         Returns
         -------
         With ``soft=False`` an array of predicted labels; with ``soft=True`` a DataFrame of
-        probabilities (cells x classes, indexed by ``obs_names``).
+        probabilities (cells x classes, indexed by ``obs_names``). Query cells with no
+        expression in any of the model's genes get no prediction (with a warning naming
+        them): a row of NaN probabilities, and ``None`` among the labels (the array is then of
+        dtype ``object``).
         """
         return super().predict(adata, indices=indices, soft=soft, batch_size=batch_size)
 
@@ -484,6 +498,10 @@ class SCTAB(SaveLoadMixin, ClassifierMixin, BaseModelClass):
           model does not know),
         * ``uns["sctab"]``: classes, labels key, input kind, model and training settings.
 
+        Query cells with no expression in any of the model's genes get no prediction (with a
+        warning naming them): a missing prediction, NaN uncertainty, disagreement,
+        probabilities and embedding, and an empty mask row.
+
         Parameters
         ----------
         adata
@@ -501,35 +519,34 @@ class SCTAB(SaveLoadMixin, ClassifierMixin, BaseModelClass):
         gene_pos = model_genes.get_indexer(target.var_names)
         known = np.flatnonzero(gene_pos >= 0)
         n_classes = len(self.classes)
-        probs = np.empty((target.n_obs, n_classes), dtype=np.float32)
-        disagreement = np.empty(target.n_obs, dtype=np.float32)
+        probs = np.full((target.n_obs, n_classes), np.nan, dtype=np.float32)
+        disagreement = np.full(target.n_obs, np.nan, dtype=np.float32)
         emb = (
-            np.empty((target.n_obs, self.n_ensemble * self.module.n_d), dtype=np.float32)
+            np.full((target.n_obs, self.n_ensemble * self.module.n_d), np.nan, dtype=np.float32)
             if embedding
             else None
         )
-        masks = []
+        masks, mask_rows = [], []
         sums = np.zeros((n_classes, len(model_genes)), dtype=np.float64)
-        start = 0
         for batch in self._iter_inference(
             prepared, None, batch_size, ["probabilities", "member_logits", "embedding", "mask"], "annotate"
         ):
-            stop = start + len(batch["probabilities"])
-            probs[start:stop] = batch["probabilities"]
+            rows = batch["positions"]
+            probs[rows] = batch["probabilities"]
             predicted = batch["probabilities"].argmax(axis=1)
             member_votes = batch["member_logits"].argmax(axis=-1)  # (E, B)
-            disagreement[start:stop] = (member_votes != predicted[None]).mean(axis=0)
+            disagreement[rows] = (member_votes != predicted[None]).mean(axis=0)
             if emb is not None:
-                emb[start:stop] = batch["embedding"].transpose(1, 0, 2).reshape(stop - start, -1)
+                emb[rows] = batch["embedding"].transpose(1, 0, 2).reshape(len(rows), -1)
             mean_mask = batch["mask"].mean(axis=0)
             np.add.at(sums, predicted, mean_mask)
             if mask:
                 sub = sparse.csr_matrix(mean_mask[:, gene_pos[known]])
                 masks.append(sparse.csr_matrix((sub.data, known[sub.indices], sub.indptr),
-                                               shape=(stop - start, target.n_vars)))  # fmt: skip
-            start = stop
-        predicted = probs.argmax(axis=1)
-        counts = np.bincount(predicted, minlength=n_classes).astype(np.float64)
+                                               shape=(len(rows), target.n_vars)))  # fmt: skip
+                mask_rows.append(rows)
+        predicted = predicted_codes(probs)
+        counts = np.bincount(predicted[predicted >= 0], minlength=n_classes).astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             means = sums / counts[:, None]
         mean_df = pd.DataFrame(np.nan, index=target.var_names, columns=self.classes)
@@ -542,8 +559,13 @@ class SCTAB(SaveLoadMixin, ClassifierMixin, BaseModelClass):
         )
         if emb is not None:
             target.obsm[SCTABKeys.EMBEDDING] = emb
-        if mask:
-            target.obsm[SCTABKeys.MASK] = sparse.vstack(masks, format="csr").astype(np.float32)
+        if mask:  # rows of cells without a prediction stay empty
+            rows = np.concatenate(mask_rows)
+            place = sparse.csr_matrix(
+                (np.ones(len(rows), dtype=np.float32), (rows, np.arange(len(rows)))),
+                shape=(target.n_obs, len(rows)),
+            )
+            target.obsm[SCTABKeys.MASK] = (place @ sparse.vstack(masks, format="csr")).astype(np.float32)
         target.varm[SCTABKeys.MASK_MEAN] = mean_df
         target.uns[SCTABKeys.UNS] = {
             "classes": self.classes.tolist(),
