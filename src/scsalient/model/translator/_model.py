@@ -260,6 +260,7 @@ class Translator(SaveLoadMixin, TrainingMixin, BaseModelClass):
         shares = np.zeros(rna.shape[1])
         accessible = np.zeros(atac.shape[1])
         for _, block in iter_row_blocks(rna):
+            block = block.astype(np.float64)  # a float16 sum would round the library sizes
             library = np.asarray(block.sum(axis=1)).reshape(-1, 1)
             shares += np.asarray((block / np.maximum(library, 1)).sum(axis=0)).ravel()
         for _, block in iter_row_blocks(atac):
