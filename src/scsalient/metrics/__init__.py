@@ -1,17 +1,21 @@
 """Metrics that compare model read-outs with known ground truth."""
 
+from ._calibration import expected_calibration_error, reliability_table, unseen_type_auroc
 from ._markers import precision_at_k, precision_at_k_per_group
 from ._modules import module_recovery
 from ._ontology import ontology_f1, ontology_f1_report
 from ._translation import feature_means, translation_controls, translation_scores
 
 __all__ = [
+    "expected_calibration_error",
     "feature_means",
     "module_recovery",
     "ontology_f1",
     "ontology_f1_report",
     "precision_at_k",
     "precision_at_k_per_group",
+    "reliability_table",
     "translation_controls",
     "translation_scores",
+    "unseen_type_auroc",
 ]
