@@ -288,3 +288,14 @@ def test_salient_gene_table_without_assigned_cells_is_empty():
     table = cli.salient_gene_table(adata, NACTKeys, n_genes=5)
     assert list(table.columns) == cli.SALIENT_COLUMNS
     assert table.empty
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["annotate"]])
+def test_docs_page_shows_the_current_help(command):
+    result = CliRunner().invoke(
+        cli.cli, [*command, "--help"], prog_name="scsalient", terminal_width=78
+    )  # an 80-column terminal
+    assert result.exit_code == 0
+    page = (ROOT / "docs" / "cli.md").read_text()
+    block = f"$ {' '.join(['scsalient', *command, '--help'])}\n{result.output.rstrip()}\n```"
+    assert block in page, "docs/cli.md is out of date: paste the output of this --help into it"
