@@ -216,3 +216,19 @@ def test_heatmaps_draw_no_grid_under_grid_styles(adata):
         assert not any(line.get_visible() for line in heatmap.get_xgridlines() + heatmap.get_ygridlines())
         _, reference = plt.subplots()
         assert any(line.get_visible() for line in reference.get_xgridlines())
+
+
+def test_attention_correlation_does_not_colour_the_diagonal_like_the_strongest_pair(adata):
+    # the colour scale covers the off-diagonal values, so the diagonal (1 by definition) lies
+    # beyond its top; clipped to the top colour it would look like the strongest pair (A, A2)
+    ax = pl.attention_correlation(adata, "group", show=False)
+    image = ax.images[0]
+    colours = image.to_rgba(image.get_array())
+    order = tick_texts(ax.get_xticklabels())
+    i, j = order.index("A"), order.index("A2")
+    strongest = colours[i, j]
+    np.testing.assert_allclose(strongest, image.cmap(image.cmap.N - 1))  # the top of the scale
+    for k in range(len(order)):
+        assert not np.allclose(colours[k, k], strongest), f"diagonal cell {order[k]} looks like (A, A2)"
+    np.testing.assert_allclose(colours[0, 0], colours[1, 1])  # one neutral colour for the diagonal
+    np.testing.assert_allclose(np.diag(np.asarray(image.get_array())), 1.0)  # the values are kept

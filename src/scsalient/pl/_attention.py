@@ -32,6 +32,9 @@ from ._utils import finish_plot, panel_grid
 
 logger = logging.getLogger(__name__)
 
+#: colour of the diagonal of :func:`attention_correlation` (outside its colour scale)
+DIAGONAL_COLOUR = "lightgrey"
+
 
 def attention_correlation(
     adata: AnnData,
@@ -75,6 +78,8 @@ def attention_correlation(
         Colour map of the heatmap.
     vmin, vmax
         Colour limits; by default symmetric around 0 and covering all off-diagonal values.
+        The diagonal (1 by definition) is drawn grey, outside the colour scale, so that no
+        pair of groups looks as correlated as a group with itself.
     batch_size
         Number of cells read at once.
     ax
@@ -89,7 +94,7 @@ def attention_correlation(
     Returns
     -------
     The heatmap axes (`None` if shown). The correlation matrix in plotting order is
-    ``ax.images[0].get_array()``.
+    ``ax.images[0].get_array()`` (a masked array: the diagonal is masked, its values kept).
     """
     if method not in ("pearson", "spearman"):
         raise ValueError(f"`method` must be 'pearson' or 'spearman', got {method!r}.")
@@ -134,7 +139,11 @@ def attention_correlation(
         limit = limit if limit > 0 else 1.0
         vmin = -limit if vmin is None else vmin
         vmax = limit if vmax is None else vmax
-    image = ax.imshow(corr, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
+    # the diagonal (1 by definition) lies above a scale fitted to the off-diagonal values; drawn
+    # clipped to the top colour it would look like the strongest pair, so it is masked (grey)
+    shown = np.ma.masked_array(corr, mask=np.eye(n, dtype=bool))
+    colours = plt.get_cmap(cmap).with_extremes(bad=DIAGONAL_COLOUR)
+    image = ax.imshow(shown, cmap=colours, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
     ax.grid(False)  # styles such as scanpy's set_figure_params draw a grid over the cells
     ax.set_xticks(np.arange(n), labels=names, rotation=90)
     ax.set_yticks(np.arange(n), labels=names)
