@@ -28,7 +28,7 @@ from scsalient.tl._salient_genes import (
     _group_means,
 )
 
-from ._utils import finish_plot, panel_grid
+from ._utils import finish_plot, panel_grid, without_grid
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,6 @@ def attention_correlation(
     shown = np.ma.masked_array(corr, mask=np.eye(n, dtype=bool))
     colours = plt.get_cmap(cmap).with_extremes(bad=DIAGONAL_COLOUR)
     image = ax.imshow(shown, cmap=colours, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
-    ax.grid(False)  # styles such as scanpy's set_figure_params draw a grid over the cells
     ax.set_xticks(np.arange(n), labels=names, rotation=90)
     ax.set_yticks(np.arange(n), labels=names)
     ax.set_xlabel(label)
@@ -153,6 +152,7 @@ def attention_correlation(
     divider = make_axes_locatable(ax)
     colorbar_ax = divider.append_axes("right", size=0.15, pad=0.1)
     ax.figure.colorbar(image, cax=colorbar_ax, label=f"{method.capitalize()} correlation of mean attention")
+    without_grid(ax, colorbar_ax)
     if linkage is not None:
         dendrogram_ax = divider.append_axes("top", size=0.6, pad=0.05)
         hierarchy.dendrogram(
@@ -263,8 +263,8 @@ def salient_genes(
         _, ax = plt.subplots(figsize=size_in)
     if kind == "heatmap":
         image = ax.imshow(colour, cmap=cmap, aspect="auto", interpolation="nearest")
-        ax.grid(False)  # styles such as scanpy's set_figure_params draw a grid over the cells
-        ax.figure.colorbar(image, ax=ax, label=colour_label, fraction=0.05, pad=0.02)
+        colorbar = ax.figure.colorbar(image, ax=ax, label=colour_label, fraction=0.05, pad=0.02)
+        without_grid(ax, colorbar.ax)
     else:
         x, y = np.meshgrid(np.arange(n_cols), np.arange(n_rows))
         max_area = 200.0
