@@ -299,3 +299,24 @@ def test_docs_page_shows_the_current_help(command):
     page = (ROOT / "docs" / "cli.md").read_text()
     block = f"$ {' '.join(['scsalient', *command, '--help'])}\n{result.output.rstrip()}\n```"
     assert block in page, "docs/cli.md is out of date: paste the output of this --help into it"
+
+
+def test_sctab_is_trained_and_annotate_picks_its_class_from_the_model_dir(files, tmp_path):
+    model_dir = tmp_path / "sctab_model"
+    result = invoke(
+        "train", files["reference"], "--labels", "cell_type", "--model", "sctab", "--model-dir", model_dir,
+        "--max-epochs", "1",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "Saved the SCTAB model" in result.output
+    result = invoke("annotate", files["query_a"], "--model-dir", model_dir, "--output", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "Loading the SCTAB model" in result.output
+    annotated = ad.read_h5ad(tmp_path / "out" / "query_a_annotated.h5ad")
+    table = pd.read_csv(tmp_path / "out" / "query_a_predictions.csv")
+    assert table["prediction"].tolist() == annotated.obs["sctab_prediction"].astype(str).tolist()
+    # scTab writes its uncertainty; the table gives the confidence, as for N-ACT
+    np.testing.assert_allclose(table["confidence"], 1 - annotated.obs["sctab_uncertainty"], rtol=1e-5)
+    genes = pd.read_csv(tmp_path / "out" / "query_a_salient_genes.csv")
+    assert not genes.empty
+    assert set(genes["cell_type"]) <= set(table["prediction"])
