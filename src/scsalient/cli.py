@@ -8,7 +8,6 @@ with a one-line message. See ``docs/cli.md``.
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,8 +20,6 @@ if TYPE_CHECKING:
     import pandas as pd
     from anndata import AnnData
 
-#: exit status of a run that did what it was asked
-EXIT_OK = 0
 #: exit status of an input that cannot be used (click's own usage errors use it too)
 EXIT_INPUT = 2
 #: ``--model`` choices and the classes they name
@@ -143,7 +140,7 @@ Examples:
   scsalient train reference.h5ad --labels cell_type --model-dir pbmc_model
 
 \b
-  # scTab; the donor of each cell given, so that training learns to ignore donor effects
+  # scTab, with the donor of each cell (training then relies less on donor effects)
   scsalient train reference.h5ad --labels cell_type --batch-key donor --model sctab --model-dir pbmc_sctab
 
 \b
@@ -177,8 +174,9 @@ Exit status: 0 done, 2 unusable input (message on one line), 1 unexpected failur
     "--batch-key",
     metavar="KEY",
     default=None,
-    help="Column of adata.obs with the donor, sample or batch of each cell (optional); "
-    "training then learns to ignore differences between batches.",
+    help="Column of adata.obs with the donor, sample or batch of each cell (optional). "
+    "Training then adds differences between batches to the cells, so that the model relies "
+    "less on batch effects. Query files do not need this column.",
 )
 @click.option(
     "--max-epochs",
@@ -475,4 +473,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
