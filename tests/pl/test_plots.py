@@ -243,7 +243,7 @@ def scanpy_figure_params():
         setattr(sc.settings, name, value)
 
 
-def test_heatmaps_and_colour_bars_draw_no_grid_after_scanpy_figure_params(adata, scanpy_figure_params):
+def test_matrix_plots_and_colour_bars_draw_no_grid_after_scanpy_figure_params(adata, scanpy_figure_params):
     from scsalient._constants import ModuleAEKeys
 
     impact = ad.AnnData(obs=pd.DataFrame(index=["c0"]))
@@ -256,6 +256,7 @@ def test_heatmaps_and_colour_bars_draw_no_grid_after_scanpy_figure_params(adata,
     figures = {
         "attention_correlation": pl.attention_correlation(adata, "group", show=False).figure,
         "salient_genes heatmap": pl.salient_genes(adata, n_genes=3, kind="heatmap", show=False).figure,
+        "salient_genes dotplot": pl.salient_genes(adata, n_genes=3, kind="dotplot", show=False).figure,
         "gene_set_impact": pl.gene_set_impact(impact, show=False).figure,
     }
     for name, figure in figures.items():

@@ -264,7 +264,6 @@ def salient_genes(
     if kind == "heatmap":
         image = ax.imshow(colour, cmap=cmap, aspect="auto", interpolation="nearest")
         colorbar = ax.figure.colorbar(image, ax=ax, label=colour_label, fraction=0.05, pad=0.02)
-        without_grid(ax, colorbar.ax)
     else:
         x, y = np.meshgrid(np.arange(n_cols), np.arange(n_rows))
         max_area = 200.0
@@ -277,7 +276,7 @@ def salient_genes(
             edgecolors="grey",
             linewidths=0.3,
         )
-        ax.figure.colorbar(points, ax=ax, label=colour_label, fraction=0.05, pad=0.02)
+        colorbar = ax.figure.colorbar(points, ax=ax, label=colour_label, fraction=0.05, pad=0.02)
         ax.set_xlim(-0.5, n_cols - 0.5)
         ax.set_ylim(n_rows - 0.5, -0.5)
         handles = [
@@ -292,6 +291,7 @@ def salient_genes(
             bbox_to_anchor=(1.18, 1.0),
             frameon=False,
         )
+    without_grid(ax, colorbar.ax)  # a grid would cross every cell, and every dot at its centre
     ax.set_xticks(np.arange(n_cols), labels=labels, rotation=90)
     ax.set_yticks(np.arange(n_rows), labels=all_groups)
     ax.set_ylabel(params.get("groupby") or "group")
