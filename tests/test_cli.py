@@ -7,6 +7,7 @@ same function, and the error cases run in-process through click's test runner.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -320,3 +321,28 @@ def test_sctab_is_trained_and_annotate_picks_its_class_from_the_model_dir(files,
     genes = pd.read_csv(tmp_path / "out" / "query_a_salient_genes.csv")
     assert not genes.empty
     assert set(genes["cell_type"]) <= set(table["prediction"])
+
+
+def _model_json(folder: Path, content: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    header = {"format": "scsalient-model", "format_version": 1}
+    (folder / "model.json").write_text(json.dumps({**header, **content}))
+    return folder
+
+
+def test_a_model_of_another_kind_exits_2(files, tmp_path):
+    model_dir = _model_json(tmp_path / "ae", {"model_class": "ModuleAE", "attributes": {}})
+    result = invoke("annotate", files["query_a"], "--model-dir", model_dir, "--output", tmp_path / "out")
+    assert result.exit_code == 2
+    line = _error_line(result)
+    assert "holds a ModuleAE model; annotate needs a cell-type classifier (NACT or SCTAB)" in line
+
+
+def test_saved_model_class_falls_back_to_the_registry(tmp_path):
+    from scsalient.model.base._save_load import saved_model_class
+
+    older = _model_json(tmp_path / "older", {"attributes": {"registry_": {"model_name": "SCTAB"}}})
+    assert saved_model_class(older) == "SCTAB"
+    unnamed = _model_json(tmp_path / "unnamed", {"attributes": {}})
+    with pytest.raises(ValueError, match="does not name the class"):
+        saved_model_class(unnamed)
