@@ -338,8 +338,33 @@ class ClassifierTrainingPlan(EpochTrainingPlan):
         return config
 
 
+# Why an in-memory copy rather than Lightning's ModelCheckpoint or scvi-tools' SaveCheckpoint
+# (read against Lightning 2.6 and scvi-tools 1.4.2):
+#
+# * With weight averaging (BestEpochEMA) the weights that are validated, and so the ones to keep,
+#   are the average, swapped into the module for the validation epoch only. ModelCheckpoint
+#   saves in ``on_validation_end``, after the swap back: with ``save_weights_only=True`` it stores
+#   the raw weights, not those that scored (checked on a toy model). Only a full checkpoint holds
+#   the average (WeightAveraging's ``on_save_checkpoint`` moves it into ``state_dict``), and a
+#   full checkpoint also holds the raw weights, Adam's two moments, the loops' and callbacks'
+#   states and the plan's hyper-parameters: about four copies of the weights written to disk at
+#   every improvement, and read back with a pickle-enabled ``torch.load``.
+# * SaveCheckpoint saves the whole model with ``model.save`` at every improvement (for scsalient:
+#   the registry, gene names, history and indices as JSON besides the weights) and, to do so,
+#   switches the module to eval mode and marks the model trained in the middle of the fit; its
+#   ``load_best_on_end`` reads scvi-tools' pickled ``model.pt``, which scsalient's ``save`` does
+#   not write (safetensors + JSON), so it cannot restore anything.
+# * Only the module's weights matter (they are what the model saves and predicts with); the
+#   plan's metric states and the distillation teacher (held outside the plan's submodules) do
+#   not. One copy of the module's state dict, on the module's device, replaced at each
+#   improvement, is the whole cost; nothing touches the disk.
 class RestoreBestState(Callback):
     """Keep the module weights of the best epoch in memory and restore them when training ends.
+
+    Used with early stopping instead of a checkpoint on disk (see the comment above the class):
+    the copy is taken in ``on_validation_epoch_end``, while the weights that were validated
+    (with :class:`BestEpochEMA`, the averaged ones) are still in the module, so the callback
+    must come before :class:`BestEpochEMA` in the callback list.
 
     Parameters
     ----------
