@@ -1,5 +1,6 @@
 """Metrics that compare model read-outs with known ground truth."""
 
+from ._links import link_recovery
 from ._markers import precision_at_k, precision_at_k_per_group
 from ._modules import module_recovery
 from ._ontology import ontology_f1, ontology_f1_report
@@ -7,6 +8,7 @@ from ._translation import feature_means, translation_controls, translation_score
 
 __all__ = [
     "feature_means",
+    "link_recovery",
     "module_recovery",
     "ontology_f1",
     "ontology_f1_report",
