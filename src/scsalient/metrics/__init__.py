@@ -1,5 +1,6 @@
 """Metrics that compare model read-outs with known ground truth."""
 
+from ._calibration import expected_calibration_error, reliability_table, unseen_type_auroc
 from ._links import link_recovery
 from ._markers import precision_at_k, precision_at_k_per_group
 from ._modules import module_recovery
@@ -7,6 +8,7 @@ from ._ontology import ontology_f1, ontology_f1_report
 from ._translation import feature_means, translation_controls, translation_scores
 
 __all__ = [
+    "expected_calibration_error",
     "feature_means",
     "link_recovery",
     "module_recovery",
@@ -14,6 +16,8 @@ __all__ = [
     "ontology_f1_report",
     "precision_at_k",
     "precision_at_k_per_group",
+    "reliability_table",
     "translation_controls",
     "translation_scores",
+    "unseen_type_auroc",
 ]
