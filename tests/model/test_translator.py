@@ -93,6 +93,29 @@ def test_links_recover_planted_regulation(trained, sim):
     assert (genes["chrom"].to_numpy() == peaks["chrom"].to_numpy()).all()
     np.testing.assert_allclose(links["distance"], peaks["centre"].to_numpy() - genes["tss"].to_numpy())
     assert links["distance"].abs().max() <= 500_000
+    # ranked by default by the distance x correlation link score; the attributions stay in `score`
+    assert mdata.uns[TranslatorKeys.UNS]["params"]["rank_by"] == "link_score"
+    expected = ss.tl.distance_correlation_score(links["distance"], links["correlation_z"])
+    np.testing.assert_allclose(links["link_score"], expected)
+    for _, group in links.groupby(
+        ["direction", np.where(links["direction"] == "rna_to_atac", links["peak"], links["gene"])]
+    ):
+        ordered = group.sort_values("rank")["link_score"].to_numpy()
+        assert (np.diff(ordered) <= 0).all()
+    by_score = ss.tl.peak_gene_links(
+        model,
+        mdata,
+        peaks=list(truth["peak"][:5]),
+        direction="rna_to_atac",
+        rank_by="score",
+        n_steps=4,
+        n_cells=50,
+        copy=True,
+    )
+    for _, group in by_score.groupby("peak"):
+        assert (np.diff(group.sort_values("rank")["score"].to_numpy()) <= 0).all()
+    with pytest.raises(ValueError, match="needs a window"):
+        ss.tl.peak_gene_links(model, mdata, window=None, n_top=3, rank_by="link_score")
 
     # restricted to the 30 linked genes and peaks, chance of a top-1 hit is 1/30;
     # measured 0.90-0.93 (peak -> gene) and 1.0 (gene -> peak) over two training seeds

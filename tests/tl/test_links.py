@@ -63,6 +63,14 @@ def test_distance_score_is_the_nearest_gene_rule():
     assert score[0] == 1 and score[1] == score[2] > score[3] > 0 and score[4] == 0
 
 
+def test_distance_correlation_score_orders_by_distance_then_correlation():
+    score = ss.tl.distance_correlation_score([0, 0, 100_000, 100_000, 0], [3.0, -3.0, 3.0, np.nan, np.nan])
+    assert score[0] > score[4] > score[1]  # same distance: the correlated pair first; NaN z counts as 0
+    assert score[2] > score[3]  # at 100 kb too
+    assert score[4] > score[2]  # an uncorrelated pair at the TSS beats a correlated one 100 kb away
+    assert score[4] == 0.5
+
+
 def test_link_recovery_on_known_rankings():
     pairs = pd.DataFrame(
         {

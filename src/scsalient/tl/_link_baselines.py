@@ -35,6 +35,33 @@ def distance_score(distance, scale: float = DISTANCE_SCALE) -> np.ndarray:
     return np.where(np.isfinite(d), np.exp(-d / scale), 0.0)
 
 
+def distance_correlation_score(distance, zscore, scale: float = DISTANCE_SCALE) -> np.ndarray:
+    r"""The default link score: genomic distance, with correlation ordering pairs at a distance.
+
+    :math:`\exp(-|d| / \mathrm{scale}) \cdot \sigma(z)`, the :func:`distance_score` times the
+    logistic of the correlation z-score of :func:`peak_gene_correlation` (``NaN`` z counts as
+    0). On the benchmark of the Translator user guide it is the only score that is at or near
+    the best both on simulated planted links (where correlation and the Translator's
+    attributions are perfect and distance alone is not) and on MOp's annotated region-gene
+    pairs (where distance alone leads, ahead of correlation and the attributions).
+
+    Parameters
+    ----------
+    distance
+        Peak centre minus TSS, bp (array-like).
+    zscore
+        Correlation z-scores of the same pairs (array-like).
+    scale
+        Decay length in bp.
+
+    Returns
+    -------
+    float array in ``[0, 1]``.
+    """
+    z = np.nan_to_num(np.asarray(zscore, dtype=float), nan=0.0)
+    return distance_score(distance, scale) / (1 + np.exp(-np.clip(z, -50, 50)))
+
+
 def peak_gene_correlation(
     rna,
     atac,

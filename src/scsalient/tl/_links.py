@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from scsalient._constants import TranslatorKeys
 
 from ._genome import DEFAULT_WINDOW, gene_positions, pairs_in_window, peak_positions
+from ._link_baselines import distance_correlation_score, peak_gene_correlation
 
 if TYPE_CHECKING:
     from mudata import MuData
@@ -36,6 +37,7 @@ def peak_gene_links(
     n_cells: int | None = 256,
     n_steps: int = 16,
     baseline: Literal["mean", "zero"] = "mean",
+    rank_by: Literal["link_score", "score"] | None = None,
     batch_size: int = 32,
     seed: int = 0,
     key_added: str = TranslatorKeys.UNS,
@@ -67,11 +69,15 @@ def peak_gene_links(
     For an ensemble, :math:`f` is the members' mean. The ``score`` of a pair is the mean
     absolute attribution over cells; ``sign`` is +1 when more of the source raises the target.
 
-    Attributions explain the model, and the model predicts a peak from every gene that tells
-    the cell's state; within a window they rank the genes near a peak. On simulated data with
-    planted links and on MOp, they are compared with the genomic distance and with
-    gene-peak correlations (:func:`scsalient.tl.peak_gene_correlation`) in the Translator
-    user guide.
+    **Ranking.** Attributions explain the model, and the model predicts a peak from every gene
+    that tells the cell's state. On MOp's annotated region-gene pairs they rank worse than the
+    genomic distance alone (precision at 1: 0.82-0.84 against 0.95; see the Translator user
+    guide), as correlation does. So with a window, links are ranked by default
+    (``rank_by=None`` or ``"link_score"``) by ``link_score``, the distance score times the
+    logistic of the gene-peak correlation z-score
+    (:func:`scsalient.tl.distance_correlation_score`), which held up on both the simulated
+    planted links and MOp; ``rank_by="score"`` ranks by the attributions. ``score`` is
+    reported either way.
 
     Cost: one backward pass per target feature (a peak for ``"rna_to_atac"``, a gene for
     ``"atac_to_rna"``) that has a candidate, per block of ``batch_size`` cells x ``n_steps``;
@@ -102,6 +108,10 @@ def peak_gene_links(
         Riemann steps (midpoint rule) of the integral.
     baseline
         ``"mean"``: the mean input of the cells used; ``"zero"``: no expression / all closed.
+    rank_by
+        Column the links of a target are ranked (and ``n_top`` kept) by: ``"link_score"``
+        (needs a window) or ``"score"`` (the attributions); ``None``: ``"link_score"`` with a
+        window, ``"score"`` without.
     batch_size
         Cells per forward pass (each expanded to ``n_steps`` inputs).
     seed
@@ -115,9 +125,10 @@ def peak_gene_links(
     -------
     With ``copy=True`` a DataFrame with one row per link: ``gene``, ``peak``, ``score`` (mean
     absolute attribution over cells), ``sign`` (+1 or -1), ``direction``, ``rank`` (1 =
-    strongest for the target feature) and ``distance`` (peak centre minus TSS in bp; NaN
-    without a window). Otherwise ``None``, and ``mdata.uns[key_added]`` holds ``{"links": <that
-    table>, "params": {...}}``.
+    strongest for the target feature by ``rank_by``) and ``distance`` (peak centre minus TSS in
+    bp; NaN without a window); with a window also ``correlation_z`` (of
+    :func:`scsalient.tl.peak_gene_correlation`) and ``link_score``. Otherwise ``None``, and
+    ``mdata.uns[key_added]`` holds ``{"links": <that table>, "params": {...}}``.
 
     Raises
     ------
@@ -126,6 +137,10 @@ def peak_gene_links(
     """
     if direction not in ("rna_to_atac", "atac_to_rna", "both"):
         raise ValueError(f"direction must be 'rna_to_atac', 'atac_to_rna' or 'both', got {direction!r}.")
+    if rank_by not in (None, "link_score", "score"):
+        raise ValueError(f"rank_by must be 'link_score', 'score' or None, got {rank_by!r}.")
+    if rank_by == "link_score" and window is None:
+        raise ValueError("rank_by='link_score' needs a window (the score uses the genomic distance).")
     if baseline not in ("mean", "zero"):
         raise ValueError(f"baseline must be 'mean' or 'zero', got {baseline!r}.")
     if window is None and n_top is None:
@@ -167,10 +182,17 @@ def peak_gene_links(
                 candidates,
                 cells,
                 (n_steps, batch_size, baseline),
-                n_top,
             )
         )
     links = pd.concat(tables, ignore_index=True)
+    rank_by = ("link_score" if window is not None else "score") if rank_by is None else rank_by
+    if window is not None:
+        rna_name, atac_name = model.modality_name("rna"), model.modality_name("atac")
+        z = peak_gene_correlation(mdata.mod[rna_name], mdata.mod[atac_name], window=window, seed=seed)
+        z = z.set_index(["gene", "peak"])["zscore"]
+        links["correlation_z"] = z.reindex(pd.MultiIndex.from_frame(links[["gene", "peak"]])).to_numpy()
+        links["link_score"] = distance_correlation_score(links["distance"], links["correlation_z"])
+    links = _rank(links, rank_by, n_top)
     if copy:
         return links
     mdata.uns[key_added] = {
@@ -179,6 +201,7 @@ def peak_gene_links(
             "direction": direction,
             "window": None if window is None else float(window),
             "n_top": None if n_top is None else int(n_top),
+            "rank_by": rank_by,
             "n_cells": int(len(cells)),
             "n_steps": int(n_steps),
             "baseline": baseline,
@@ -189,8 +212,23 @@ def peak_gene_links(
     return None
 
 
-def _links_of(model, mdata, direction, features, candidates, cells, settings, n_top) -> pd.DataFrame:
-    """Scores of the candidate pairs for one direction, ranked within each target."""
+def _rank(links: pd.DataFrame, rank_by: str, n_top: int | None) -> pd.DataFrame:
+    """Rank the sources of every target (1 = highest ``rank_by``) and keep the ``n_top`` first."""
+    target = np.where(links["direction"] == "rna_to_atac", links["peak"], links["gene"])
+    links = links.assign(_target=target)
+    links = links.sort_values(
+        ["direction", "_target", rank_by], ascending=[False, True, False], kind="stable"
+    )
+    links["rank"] = links.groupby(["direction", "_target"], sort=False).cumcount() + 1
+    if n_top is not None:
+        links = links[links["rank"] <= n_top]
+    columns = ["gene", "peak", "score", "sign", "direction", "rank", "distance"]
+    columns += [c for c in ("correlation_z", "link_score") if c in links.columns]
+    return links[columns].reset_index(drop=True)
+
+
+def _links_of(model, mdata, direction, features, candidates, cells, settings) -> pd.DataFrame:
+    """Attribution scores of the candidate pairs for one direction."""
     gene_names, gene_index, peak_names, peak_index = features
     pair_gene, pair_peak, distance = candidates
     source = "rna" if direction == "rna_to_atac" else "atac"
@@ -222,13 +260,7 @@ def _links_of(model, mdata, direction, features, candidates, cells, settings, n_
             "distance": distance,
         }
     )
-    target_column = "peak" if source == "rna" else "gene"
-    table = table.sort_values([target_column, "score"], ascending=[True, False], kind="stable")
-    table["rank"] = table.groupby(target_column, sort=False).cumcount() + 1
-    if n_top is not None:
-        table = table[table["rank"] <= n_top]
-    columns = ["gene", "peak", "score", "sign", "direction", "rank", "distance"]
-    return table[columns].reset_index(drop=True)
+    return table
 
 
 def _integrated_gradients(
