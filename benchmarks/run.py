@@ -509,6 +509,10 @@ def main_suite(args: argparse.Namespace) -> None:
         else:
             available.append(name)
     dataset_info = prepare_splits(available)
+    # every finished run is appended to runs.jsonl at once, so an interrupted invocation keeps
+    # what it measured (``report.py --from-runs`` renders the tables from that file)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "datasets.json").write_text(json.dumps(dataset_info, indent=1))
 
     runs = []
     for dataset in available:
@@ -532,6 +536,8 @@ def main_suite(args: argparse.Namespace) -> None:
                 record = run_child(system_name, dataset, seed, budget, args.timeout, args.out, args.threads)
                 record["environment"] = state
                 runs.append(record)
+                with open(args.out / "runs.jsonl", "a") as handle:
+                    handle.write(json.dumps(record) + "\n")
                 if record["status"] == "ok":
                     onto = record.get("ontology_macro_f1")
                     print(
@@ -620,6 +626,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, help="with --one: where to write the result")
     parser.add_argument(
+        "--from-runs",
+        type=Path,
+        nargs="+",
+        metavar="FOLDER",
+        help="write the results into --out from the runs.jsonl of earlier invocations (no training)",
+    )
+    parser.add_argument(
         "--merge",
         action="store_true",
         help="keep the runs of an earlier classification.json in --out that this invocation does not repeat",
@@ -639,7 +652,61 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit("--one needs --json OUT")
         system, dataset, seed = args.one
         raise SystemExit(run_one(system, dataset, int(seed), args.budget, args.json, args.threads))
+    if args.from_runs:
+        assemble(args)
+        return
     main_suite(args)
+
+
+def assemble(args: argparse.Namespace) -> None:
+    """Results of the finished runs in the ``runs.jsonl`` of ``args.from_runs``, written to ``args.out``.
+
+    For invocations that ran side by side or were interrupted: the last record of each
+    (system, dataset, seed) wins, the datasets keep the order of :data:`ANNOTATION_TASKS`.
+    """
+    from report import write_classification_figure, write_classification_markdown
+
+    runs: dict[tuple, dict] = {}
+    dataset_info: dict = {}
+    for folder in args.from_runs:
+        dataset_info.update(json.loads((folder / "datasets.json").read_text()))
+        for line in (folder / "runs.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            runs[(record["system"], record["dataset"], record["seed"])] = record
+    order = ANNOTATION_TASKS + [d for d in dataset_info if d not in ANNOTATION_TASKS]
+    datasets = {name: dataset_info[name] for name in order if name in dataset_info}
+    systems = [name for name in SYSTEMS if any(key[0] == name for key in runs)]
+    records = sorted(
+        runs.values(), key=lambda r: (order.index(r["dataset"]), systems.index(r["system"]), r["seed"])
+    )
+    # each invocation writes datasets.json when it starts
+    started = min(os.path.getmtime(folder / "datasets.json") for folder in args.from_runs)
+    results = {
+        "budget": args.budget,
+        "started": dt.datetime.fromtimestamp(started).astimezone().isoformat(timespec="seconds"),
+        "total_seconds": float(sum(r.get("wall_seconds", 0.0) for r in records)),
+        "seeds": sorted({r["seed"] for r in records}),
+        "threads": args.threads,
+        "environment": environment(),
+        "datasets": datasets,
+        "systems": {
+            name: {
+                "label": SYSTEMS[name].label,
+                "family": SYSTEMS[name].family,
+                "description": SYSTEMS[name].description,
+                "input": SYSTEMS[name].input,
+            }
+            for name in systems
+        },
+        "skipped": [],
+        "runs": records,
+    }
+    results["summary"] = summarise(results["runs"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "classification.json").write_text(json.dumps(results, indent=1))
+    write_classification_markdown(results, args.out / "classification.md")
+    write_classification_figure(results, args.out / "classification.png")
+    print(f"wrote {args.out / 'classification.md'} from {len(records)} runs", flush=True)
 
 
 if __name__ == "__main__":

@@ -58,12 +58,11 @@ def test_distilled_network_reproduces_the_ensemble(name):
         assert record["consistent"] is False
         assert student.training_settings_["early_stopping"] is False
     else:
+        # NACT's network: a member's settings and training (no early stopping), teacher unshifted
         assert record["model_kwargs"] == {}
-        # the teacher sees the cells as the network does; the network trains with input dropout
-        assert record["consistent"] is True
-        assert student.training_settings_["input_dropout"] == 0.25
-        assert student.training_settings_["early_stopping"] is True
-        assert ensemble.training_settings_["input_dropout"] == 0.0
+        assert record["consistent"] is False
+        assert student.training_settings_["input_dropout"] == 0.0
+        assert student.training_settings_["early_stopping"] is False
     best = record["best_validation_f1"]
     assert best["ensemble"] == pytest.approx(ensemble.history["f1_macro_validation"].iloc[:, 0].max())
     assert best["network"] == pytest.approx(student.history["f1_macro_validation"].iloc[:, 0].max())
@@ -73,10 +72,14 @@ def test_distilled_network_reproduces_the_ensemble(name):
     teacher = ensemble.predict(indices=val, soft=True).to_numpy()
     kl_student = _kl(teacher, student.predict(indices=val, soft=True).to_numpy())
     kl_alone = _kl(teacher, alone.predict(indices=val, soft=True).to_numpy())
-    # measured, KL(ensemble || network) on the validation cells, distilled vs alone: NACT 0.080 vs
-    # 0.454, SCTAB 0.619 vs 1.842 (training seeds 0, 1); NACT 0.347 vs 0.395, SCTAB 0.547 vs 2.099
-    # (seeds 5, 6)
-    assert kl_student < kl_alone, (kl_student, kl_alone)
+    # measured, KL(ensemble || network) on the validation cells, distilled vs alone: SCTAB 0.619
+    # vs 1.842 (training seeds 0, 1), 0.547 vs 2.099 (seeds 5, 6). N-ACT's network, trained to
+    # convergence on its own, is as close to its ensemble as the distilled one (0.640 vs 0.622,
+    # seeds 0, 1): distillation does not help it, which the user guide says
+    if name == "sctab":
+        assert kl_student < kl_alone, (kl_student, kl_alone)
+    else:
+        assert kl_student < 1.5 * kl_alone, (kl_student, kl_alone)
 
 
 def test_distilled_loss_replaces_the_cross_entropy():
@@ -224,14 +227,15 @@ def test_which_epoch_the_distilled_network_keeps():
         cls.setup_anndata(adata, labels_key="cell_type")
         ensemble = cls(adata, n_ensemble=2, **SMALL[name])
         ensemble.train(max_epochs=6, enable_progress_bar=False)
-        assert ensemble.training_settings_["early_stopping"] is True
+        # SCTAB stops early on its validation cells; NACT trains its fixed schedule
+        assert ensemble.training_settings_["early_stopping"] is (name == "sctab")
         student = ensemble.distill(enable_progress_bar=False)
         kept[name] = (student.training_settings_["early_stopping"], len(student.history["f1_macro_train"]))
         if name == "sctab":  # the network's own early stopping, on request
             again = ensemble.distill(early_stopping=True, enable_progress_bar=False)
             assert again.training_settings_["early_stopping"] is True
-    # NACT keeps its best epoch on the validation macro-F1; SCTAB trains every epoch, keeps the last
-    assert kept["nact"][0] is True
+    # both networks train every epoch and keep the last
+    assert kept["nact"] == (False, 6)
     assert kept["sctab"] == (False, 6)
 
 
@@ -256,6 +260,7 @@ def test_distilled_network_kept_at_its_closest_epoch_to_the_ensemble():
         return torch.softmax(torch.as_tensor(np.log(np.clip(p, 1e-12, 1))) / t, -1).numpy()
 
     teacher = soften(ensemble.predict(indices=val, soft=True).to_numpy())
+    student.module.set_temperature(1.0)  # the divergence was logged before the network's calibration
     network = soften(student.predict(indices=val, soft=True).to_numpy())
     assert _kl(teacher, network) == pytest.approx(kl.min(), rel=0.02, abs=1e-4)
 

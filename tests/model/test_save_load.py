@@ -102,7 +102,7 @@ def _outputs(model, data) -> dict[str, np.ndarray]:
         return {"latent": model.get_latent_representation(data)}
     out = {"probabilities": model.predict(data, soft=True).to_numpy()}
     if isinstance(model, ss.model.NACT):
-        out["attention"] = model.get_attention(data)
+        out["attention"] = model.get_attention(data, dense=True)
     return out
 
 

@@ -242,7 +242,19 @@ class ClassifierTrainingPlan(EpochTrainingPlan):
         )
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """One optimiser step's loss; the epoch's metrics are accumulated and logged at its end."""
+        """One optimiser step's loss; the epoch's metrics are accumulated and logged at its end.
+
+        Parameters
+        ----------
+        batch
+            The minibatch, as the data loader gives it.
+        batch_idx
+            Its index in the epoch.
+
+        Returns
+        -------
+        The loss to minimise.
+        """
         _, _, loss_output = self.forward(batch, loss_kwargs=self.loss_kwargs)
         n_obs = loss_output.n_obs_minibatch
         self.train_means["train_loss"].update(loss_output.loss.detach(), n_obs)
