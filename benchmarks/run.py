@@ -48,7 +48,26 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 #: threads per run: at a fixed seed, a network's result depends on the thread count (the order
 #: of its floating-point reductions), so every run uses the same number and records it
 DEFAULT_THREADS = 1
-BUDGET_DATASETS = {"quick": ["kang", "mop"], "full": ["kang", "mop", "spectra"]}
+#: the annotation tasks: within-study splits, then reference -> query pairs across studies,
+#: technologies, conditions and species (``datasets.TRANSFER_TASKS``)
+ANNOTATION_TASKS = [
+    "kang",
+    "mop",
+    "spectra",
+    "pbmc68k",
+    "kang_stim",
+    "pbmc_celseq2",
+    "pancreas_smartseq2",
+    "pancreas_c1",
+    "pancreas_xin_wang",
+    "tme",
+    "kidney",
+    "celllines_dropseq",
+    "celllines_10x",
+    "celllines5",
+    "mesc",
+]
+BUDGET_DATASETS = {"quick": ["kang_stim", "pbmc_celseq2", "pancreas_smartseq2"], "full": ANNOTATION_TASKS}
 BUDGET_SEEDS = {"quick": [0], "full": [0, 1, 2]}
 #: scripts run after the classification benchmark, each as ``script [args] --budget B --out DIR``
 EXTRA_BENCHMARKS = [
@@ -92,9 +111,21 @@ def peak_rss_mb() -> float:
     return value / 2**20 if sys.platform == "darwin" else value / 1024
 
 
-def score(truth: np.ndarray, predictions: np.ndarray) -> dict:
+#: confidence thresholds at which the share of cells left unassigned is recorded
+UNASSIGNED_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def score(truth: np.ndarray, predictions: np.ndarray, known: set[str] | None = None) -> dict:
+    """Macro-F1 and accuracy over the test cells of the types the training cells contain.
+
+    Cells of a type the reference never saw (``known`` lacks it) cannot be labelled right by a
+    classifier; they are left out here and scored by :func:`trust_scores` instead.
+    """
     from sklearn.metrics import accuracy_score, f1_score
 
+    if known is not None:
+        keep = np.isin(truth, sorted(known))
+        truth, predictions = truth[keep], predictions[keep]
     labels = np.unique(np.concatenate([truth, predictions]))
     per_class = f1_score(truth, predictions, labels=labels, average=None, zero_division=0)
     support = {label: int((truth == label).sum()) for label in labels}
@@ -105,6 +136,40 @@ def score(truth: np.ndarray, predictions: np.ndarray) -> dict:
         "test_support": {str(label): count for label, count in support.items()},
         "n_predicted_classes_absent_from_test": int(sum(support[label] == 0 for label in labels)),
     }
+
+
+def trust_scores(truth: np.ndarray, probabilities, known: set[str]) -> dict:
+    """How far the predicted probabilities can be trusted, from a system's per-cell probabilities.
+
+    ``ece``: expected calibration error (15 bins of the top probability) on the cells of known
+    types; ``unseen_auroc``: how well a low top probability separates cells of types the
+    reference lacks from the others (when the test cells have such types); and the share of
+    unseen- and known-type cells whose top probability is under each threshold of
+    ``UNASSIGNED_THRESHOLDS`` (they would be left unassigned).
+    """
+    from scsalient.metrics import expected_calibration_error, unseen_type_auroc
+
+    probs = probabilities.to_numpy(dtype=np.float64)
+    classes = probabilities.columns.astype(str).to_numpy()
+    valid = ~np.isnan(probs).any(axis=1)
+    probs, truth = probs[valid], truth[valid]
+    confidence = probs.max(axis=1)
+    is_known = np.isin(truth, sorted(known))
+    out = {
+        "ece": expected_calibration_error(probs[is_known], truth[is_known], classes),
+        "mean_confidence_known": float(confidence[is_known].mean()),
+        "known_left_unassigned": {
+            str(t): float((confidence[is_known] < t).mean()) for t in UNASSIGNED_THRESHOLDS
+        },
+    }
+    if (~is_known).any():
+        out["unseen_types"] = sorted(set(truth[~is_known]))
+        out["n_unseen_cells"] = int((~is_known).sum())
+        out["unseen_auroc"] = unseen_type_auroc(confidence, ~is_known)
+        out["unseen_left_unassigned"] = {
+            str(t): float((confidence[~is_known] < t).mean()) for t in UNASSIGNED_THRESHOLDS
+        }
+    return out
 
 
 #: CL ID given to a predicted label without one: the root term "cell", never a true type or a
@@ -198,11 +263,12 @@ def run_one(system_name: str, dataset_name: str, seed: int, budget: str, out: Pa
         result = system.fit_predict(train, test, LABEL_KEY, seed, budget)
         predictions = np.asarray(result["predictions"]).astype(str)
         truth = test.obs[LABEL_KEY].astype(str).to_numpy()
+        known = set(train.obs[LABEL_KEY].astype(str))
         if predictions.shape != truth.shape:
             raise ValueError(
                 f"{system_name} returned {predictions.shape} predictions for {truth.shape} cells"
             )
-        record.update(score(truth, predictions))
+        record.update(score(truth, predictions, known))
         record.update(
             status="ok",
             # per-cell labels, for paired comparisons on the same cells (paired.py)
@@ -216,6 +282,8 @@ def run_one(system_name: str, dataset_name: str, seed: int, budget: str, out: Pa
         )
         # after peak_rss_mb: the ontology and scsalient's imports are not the system's memory
         record.update(ontology_score(train.obs, test.obs, predictions))
+        if result.get("probabilities") is not None:
+            record.update(trust_scores(truth, result["probabilities"], known))
     except Exception as error:  # noqa: BLE001 - any failure of a system is recorded, not fatal
         record.update(
             status="error", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc()

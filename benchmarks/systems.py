@@ -24,8 +24,8 @@ from scipy import sparse
 
 BUDGETS = ("quick", "full")
 
-#: NACT's largest number of epochs per budget (the default preset stops early on validation macro-F1)
-NACT_EPOCHS = {"quick": 15, "full": 30}
+#: epochs of NACT and SCTAB under the quick budget (the full budget uses each model's defaults)
+QUICK_EPOCHS = 15
 #: obs columns used as the batch (augmentation) key of NACT and SCTAB, first found wins
 BATCH_KEYS = ("donor_id", "donor", "batch")
 # scANVI epochs: the protocol of peers.md (SCVI 100, SCANVI 20, query 20)
@@ -106,22 +106,15 @@ def _quiet_lightning() -> None:
 # ---------------------------------------------------------------------------------- scsalient
 
 
-def train_nact(
-    adata: AnnData,
-    label_key: str,
-    seed: int,
-    *,
-    preset: str = "auto",
-    max_epochs: int | None = None,
-    n_ensemble: int = 1,
-    distill: bool | dict = False,
-):
-    """Set up and train NACT on ``adata`` (in place); return the model and the seconds it took.
+def batch_key_of(adata: AnnData) -> str | None:
+    """The data's batch column (donor, sample, plate), used for the models' batch augmentation."""
+    return next((key for key in BATCH_KEYS if key in adata.obs), None)
 
-    The default preset uses the data's batch column (``BATCH_KEYS``) for its augmentation; the
-    paper preset ignores batches, as published. With ``distill`` (``True`` or the keyword
-    arguments of ``model.distill()``) the trained ensemble is distilled into one network, which
-    is returned; the seconds include both trainings.
+
+def train_classifier(model_name: str, adata: AnnData, label_key: str, seed: int, budget: str, **init):
+    """Set up and train NACT or SCTAB with its defaults on ``adata`` (in place); return model, seconds.
+
+    The ``quick`` budget caps the epochs (``QUICK_EPOCHS``); ``full`` uses the model's defaults.
     """
     _quiet_lightning()
     import scvi
@@ -129,61 +122,33 @@ def train_nact(
     import scsalient as ss
 
     scvi.settings.seed = seed
-    batch_key = next((key for key in BATCH_KEYS if key in adata.obs), None) if preset != "paper" else None
+    cls = getattr(ss.model, model_name)
     start = time.perf_counter()
-    ss.model.NACT.setup_anndata(adata, labels_key=label_key, batch_key=batch_key)
-    model = ss.model.NACT(adata, n_ensemble=n_ensemble)
-    model.train(max_epochs=max_epochs, preset=preset, enable_progress_bar=False)
-    if distill:
-        model = distilled(model, **(distill if isinstance(distill, dict) else {}))
+    cls.setup_anndata(adata, labels_key=label_key, batch_key=batch_key_of(adata))
+    model = cls(adata, **init)
+    train_kwargs = {"max_epochs": QUICK_EPOCHS} if budget == "quick" else {}
+    model.train(enable_progress_bar=False, **train_kwargs)
     return model, time.perf_counter() - start
 
 
-def distilled(ensemble, **train_kwargs):
-    """One network distilled from a trained ensemble, with the ensemble kept as ``teacher_``."""
-    student = ensemble.distill(enable_progress_bar=False, **train_kwargs)
-    student.teacher_ = ensemble  # for teacher_record
-    return student
-
-
-def teacher_record(model, test: AnnData, label_key: str) -> dict:
-    """Macro-F1 on the test cells of the ensemble a distilled model learnt from (none otherwise)."""
-    teacher = getattr(model, "teacher_", None)
-    if teacher is None:
-        return {}
-    from sklearn.metrics import f1_score
-
-    truth = test.obs[label_key].astype(str).to_numpy()
-    predictions = np.asarray(teacher.predict(test)).astype(str)
-    labels = np.unique(np.concatenate([truth, predictions]))
-    return {
-        "teacher_macro_f1": float(
-            f1_score(truth, predictions, labels=labels, average="macro", zero_division=0)
-        ),
-        "teacher_epochs_run": len(teacher.history["f1_macro_validation"]),
-    }
-
-
-def _nact(train: AnnData, test: AnnData, label_key: str, seed: int, **train_kwargs):
-    model, fit_seconds = train_nact(train.copy(), label_key, seed, **train_kwargs)
-    predictions, predict_seconds = _timed(model.predict, test)
+def _ours(model_name: str, train: AnnData, test: AnnData, label_key: str, seed: int, budget: str, **init):
+    model, fit_seconds = train_classifier(model_name, train.copy(), label_key, seed, budget, **init)
+    query = test.copy()
+    _, predict_seconds = _timed(model.annotate, query, explanation=False, latent=False, min_confidence=None)
+    prefix = model._keys.UNS
+    probabilities = query.obsm[model._keys.PROBABILITIES]
     history = model.history
-    epochs = len(history["f1_macro_validation"])
     extra = {
-        **teacher_record(model, test, label_key),
-        "epochs_run": epochs,
-        "seconds_per_epoch": fit_seconds / epochs,
+        "epochs_run": len(history["f1_macro_train"]),
         "n_parameters": int(sum(p.numel() for p in model.module.parameters())),
         "input_kind": model.input_kind,
         "batch_key": model.batch_key,
         "model_settings": _jsonable(model.init_params_["non_kwargs"]),
         "training_settings": _jsonable(model.training_settings_),
     }
-    for key in ("f1_macro_validation", "f1_macro_train", "ce_validation"):
-        if key in history:
-            extra[f"{key}_per_epoch"] = [round(float(v), 4) for v in history[key].iloc[:, 0]]
     return {
-        "predictions": np.asarray(predictions).astype(str),
+        "predictions": query.obs[f"{prefix}_prediction"].astype(str).to_numpy(),
+        "probabilities": probabilities,
         "fit_seconds": fit_seconds,
         "predict_seconds": predict_seconds,
         "extra": extra,
@@ -191,114 +156,19 @@ def _nact(train: AnnData, test: AnnData, label_key: str, seed: int, **train_kwar
 
 
 def nact(train, test, label_key, seed, budget):
-    return _nact(train, test, label_key, seed, max_epochs=NACT_EPOCHS[budget])
+    return _ours("NACT", train, test, label_key, seed, budget)
 
 
 def nact_ensemble(train, test, label_key, seed, budget):
-    return _nact(train, test, label_key, seed, max_epochs=NACT_EPOCHS[budget], n_ensemble=5)
-
-
-def nact_distilled(train, test, label_key, seed, budget):
-    return _nact(train, test, label_key, seed, max_epochs=NACT_EPOCHS[budget], n_ensemble=5, distill=True)
-
-
-#: distill()'s settings for NACT before the consistent teacher and the network's input dropout
-NACT_EARLIER_DISTILL = {"consistent": False, "input_dropout": 0.0}
-
-
-def nact_distilled_earlier(train, test, label_key, seed, budget):
-    epochs = NACT_EPOCHS[budget]
-    return _nact(train, test, label_key, seed, max_epochs=epochs, n_ensemble=5, distill=NACT_EARLIER_DISTILL)
-
-
-def nact_paper(train, test, label_key, seed, budget):
-    return _nact(train, test, label_key, seed, preset="paper")
-
-
-#: SCTAB's largest number of epochs (early stopping on validation macro-F1 usually ends sooner)
-SCTAB_EPOCHS = {"quick": 20, "full": 30}
-
-
-def _sctab(
-    train: AnnData,
-    test: AnnData,
-    label_key: str,
-    seed: int,
-    *,
-    budget: str,
-    n_ensemble: int,
-    distill: bool = False,
-    distill_model_kwargs: dict | None = None,
-):
-    _quiet_lightning()
-    import scvi
-
-    import scsalient as ss
-
-    scvi.settings.seed = seed
-    adata = train.copy()
-    batch_key = next((key for key in BATCH_KEYS if key in adata.obs), None)
-    start = time.perf_counter()
-    ss.model.SCTAB.setup_anndata(adata, labels_key=label_key, batch_key=batch_key)
-    model = ss.model.SCTAB(adata, n_ensemble=n_ensemble)
-    model.train(max_epochs=SCTAB_EPOCHS[budget], enable_progress_bar=False)
-    if distill:
-        model = distilled(model, max_epochs=SCTAB_EPOCHS[budget], model_kwargs=distill_model_kwargs)
-    fit_seconds = time.perf_counter() - start
-    query = test.copy()
-    _, predict_seconds = _timed(model.annotate, query, mask=False, embedding=False)
-    epochs = len(model.history["f1_macro_validation"])
-    extra = {
-        **teacher_record(model, test, label_key),
-        "n_ensemble": n_ensemble,
-        "batch_key": batch_key,
-        "epochs_run": epochs,
-        "seconds_per_epoch": fit_seconds / epochs,
-        "n_parameters": int(sum(p.numel() for p in model.module.parameters())),
-        "training_settings": _jsonable(model.training_settings_),
-        "f1_macro_validation_per_epoch": [
-            round(float(v), 4) for v in model.history["f1_macro_validation"].iloc[:, 0]
-        ],
-    }
-    return {
-        "predictions": query.obs["sctab_prediction"].astype(str).to_numpy(),
-        "fit_seconds": fit_seconds,
-        "predict_seconds": predict_seconds,
-        "extra": extra,
-    }
+    return _ours("NACT", train, test, label_key, seed, budget, n_ensemble=5)
 
 
 def sctab(train, test, label_key, seed, budget):
-    return _sctab(train, test, label_key, seed, budget=budget, n_ensemble=1)
+    return _ours("SCTAB", train, test, label_key, seed, budget)
 
 
-def sctab_ensemble(train, test, label_key, seed, budget):
-    return _sctab(train, test, label_key, seed, budget=budget, n_ensemble=5)
-
-
-def sctab_distilled(train, test, label_key, seed, budget):
-    # a network as wide as a member: distill()'s default before the wider network
-    return _sctab(
-        train, test, label_key, seed, budget=budget, n_ensemble=5, distill=True, distill_model_kwargs={}
-    )
-
-
-#: the network SCTAB's ensemble is distilled into by default: four times as wide as a member
-#: (``distill()``; spelled out so that the system stays the same if that default changes)
-SCTAB_WIDE = {"n_d": 512, "n_a": 256}
-
-
-def sctab_distilled_wide(train, test, label_key, seed, budget):
-    return _sctab(
-        train,
-        test,
-        label_key,
-        seed,
-        budget=budget,
-        n_ensemble=5,
-        distill=True,
-        distill_model_kwargs=SCTAB_WIDE,
-    )
+def sctab_single(train, test, label_key, seed, budget):
+    return _ours("SCTAB", train, test, label_key, seed, budget, n_ensemble=1)
 
 
 # ---------------------------------------------------------------------------------- peers
@@ -314,9 +184,11 @@ def logreg(train, test, label_key, seed, budget):
         warnings.simplefilter("ignore")  # ConvergenceWarning is recorded in extra instead
         classifier.fit(X_train, y_train)
     fit_seconds = time.perf_counter() - start
-    predictions, predict_seconds = _timed(classifier.predict, lognorm(test))
+    probs, predict_seconds = _timed(classifier.predict_proba, lognorm(test))
+    probabilities = pd.DataFrame(probs, index=test.obs_names, columns=classifier.classes_.astype(str))
     return {
-        "predictions": predictions.astype(str),
+        "predictions": classifier.classes_[probs.argmax(axis=1)].astype(str),
+        "probabilities": probabilities,
         "fit_seconds": fit_seconds,
         "predict_seconds": predict_seconds,
         "extra": {"n_iter": int(np.max(classifier.n_iter_)), "max_iter": 1000, "solver": classifier.solver},
@@ -373,16 +245,22 @@ def celltypist(train, test, label_key, seed, budget):
             X = X.toarray() if sparse.issparse(X) else np.asarray(X)
             X = (X - model.scaler.mean_) / model.scaler.scale_
             np.minimum(X, 10, out=X)
-            return model.predict_labels_and_prob(X)[2]
+            _, probs, labels = model.predict_labels_and_prob(X)
+            return labels, probs
 
-        predictions, predict_seconds = _timed(predict)
+        (predictions, probs), predict_seconds = _timed(predict)
+        probabilities = pd.DataFrame(probs, index=test.obs_names, columns=model.classes.astype(str))
         how = "model scaler + classifier (annotate() rejects this scale)"
     else:
         result, predict_seconds = _timed(ct.annotate, test_ln, model=model, majority_voting=False)
         predictions = result.predicted_labels["predicted_labels"]
+        probabilities = result.probability_matrix
         how = "celltypist.annotate, best match, no majority voting"
     return {
         "predictions": np.asarray(predictions).astype(str),
+        # CellTypist's probabilities: a sigmoid of each class's decision score (not summing to 1);
+        # the top one is its confidence score
+        "probabilities": probabilities,
         "fit_seconds": fit_seconds,
         "predict_seconds": predict_seconds,
         "extra": {"version": ct.__version__, "use_SGD": False, "feature_selection": False, "prediction": how},
@@ -441,11 +319,13 @@ def scanvi(train, test, label_key, seed, budget):
         scvi.model.SCANVI.prepare_query_anndata(query, model)
         mapped = scvi.model.SCANVI.load_query_data(query, model)
         mapped.train(max_epochs=epochs["query"], plan_kwargs={"weight_decay": 0.0}, enable_progress_bar=False)
-        return mapped.predict()
+        return mapped.predict(soft=True)
 
-    predictions, predict_seconds = _timed(predict)
+    probabilities, predict_seconds = _timed(predict)
+    probabilities.columns = probabilities.columns.astype(str)
     return {
-        "predictions": np.asarray(predictions).astype(str),
+        "predictions": probabilities.columns.to_numpy()[probabilities.to_numpy().argmax(axis=1)],
+        "probabilities": probabilities,
         "fit_seconds": fit_seconds,
         "predict_seconds": predict_seconds,
         "extra": {"version": scvi.__version__, **{f"{k}_epochs": v for k, v in epochs.items()}},
@@ -457,111 +337,37 @@ SYSTEMS: dict[str, System] = {
     for system in [
         System(
             name="nact",
-            label="scsalient NACT, one network",
+            label="scsalient NACT (default)",
             family="scsalient",
             fit_predict=nact,
-            description=(
-                "N-ACT, one network (n_ensemble=1), default preset (see the NACT user guide), batch "
-                "augmentation when the data have a batch column, early stopping on the validation "
-                "macro-F1 of 10% of the train cells, at most 15 (quick) / 30 (full) epochs"
-            ),
+            description="NACT with its defaults (one network; see the NACT user guide), batch augmentation "
+            "when the data have a batch column",
             input="as given (counts are normalised inside the model)",
         ),
         System(
             name="nact_ensemble",
-            label="scsalient NACT (default: 5-member ensemble)",
+            label="scsalient NACT, 5-member ensemble",
             family="scsalient",
             fit_predict=nact_ensemble,
-            description=(
-                "the default: as nact, with a deep ensemble of 5 members trained together (n_ensemble=5)"
-            ),
+            description="as nact, with a deep ensemble of 5 networks (n_ensemble=5)",
             budgets=("full",),
-            input="as given (counts are normalised inside the model)",
-        ),
-        System(
-            name="nact_distilled_earlier",
-            label="scsalient NACT, one network distilled from the ensemble, earlier distill()",
-            family="scsalient",
-            fit_predict=nact_distilled_earlier,
-            description=(
-                "as nact_ensemble, then distilled into one network (model.distill(consistent=False, "
-                "input_dropout=0.0): temperature 2, the ensemble's probabilities of the unshifted "
-                "cells only, same training cells and settings; distill()'s default before the "
-                "consistent teacher and the input dropout); fit time includes both trainings"
-            ),
-            budgets=("full",),
-            input="as given (counts are normalised inside the model)",
-        ),
-        System(
-            name="nact_distilled",
-            label="scsalient NACT, one network distilled from the ensemble",
-            family="scsalient",
-            fit_predict=nact_distilled,
-            description=(
-                "as nact_ensemble, then distilled into one network (model.distill(): temperature 2, "
-                "the ensemble's probabilities of the batch-shifted cells the network sees, input "
-                "dropout 0.25, same training cells and other settings); fit time includes both "
-                "trainings"
-            ),
-            budgets=("full",),
-            input="as given (counts are normalised inside the model)",
-        ),
-        System(
-            name="nact_paper",
-            label="scsalient NACT, published settings",
-            family="scsalient",
-            fit_predict=nact_paper,
-            description=(
-                "N-ACT, preset 'paper': lr 1e-4, batch 128, 50 epochs (the published settings); seed 0 only"
-            ),
-            budgets=("full",),
-            max_seeds=1,
             input="as given (counts are normalised inside the model)",
         ),
         System(
             name="sctab",
-            label="scsalient SCTAB, one network",
+            label="scsalient SCTAB (default)",
             family="scsalient",
             fit_predict=sctab,
-            description=(
-                "scTab TabNet, one member, preset 'auto', donor augmentation when the data have a donor "
-                "column, early stopping on validation macro-F1 (at most 20 quick / 30 full epochs)"
-            ),
+            description="SCTAB with its defaults (see the SCTAB user guide), batch augmentation when the "
+            "data have a batch column",
             input="as given (counts are normalised inside the model)",
         ),
         System(
-            name="sctab_ensemble",
-            label="scsalient SCTAB (default: 5-member ensemble)",
+            name="sctab_single",
+            label="scsalient SCTAB, one network",
             family="scsalient",
-            fit_predict=sctab_ensemble,
-            description="the default: as sctab, with a deep ensemble of 5 members trained together",
-            budgets=("full",),
-            input="as given (counts are normalised inside the model)",
-        ),
-        System(
-            name="sctab_distilled",
-            label="scsalient SCTAB, one member-wide network distilled from the ensemble",
-            family="scsalient",
-            fit_predict=sctab_distilled,
-            description=(
-                "as sctab_ensemble, then distilled into one network as wide as a member "
-                "(model.distill(model_kwargs={}): temperature 2, the ensemble's probabilities only, "
-                "same training cells and settings; distill()'s default before the wider network); "
-                "fit time includes both trainings"
-            ),
-            budgets=("full",),
-            input="as given (counts are normalised inside the model)",
-        ),
-        System(
-            name="sctab_distilled_wide",
-            label="scsalient SCTAB, one network distilled from the ensemble (default: 4x as wide)",
-            family="scsalient",
-            fit_predict=sctab_distilled_wide,
-            description=(
-                "as sctab_distilled, with a network four times as wide as a member, distill()'s "
-                "default (n_d 512, n_a 256); fit time includes both trainings"
-            ),
-            budgets=("full",),
+            fit_predict=sctab_single,
+            description="as sctab, with one network (n_ensemble=1)",
             input="as given (counts are normalised inside the model)",
         ),
         System(

@@ -17,10 +17,17 @@ class NACTKeys:
     PREDICTION: Final = "nact_prediction"  # obs, categorical predicted label
     CONFIDENCE: Final = "nact_confidence"  # obs, float max class probability
     PROBABILITIES: Final = "nact_probabilities"  # obsm, DataFrame cells x classes
-    ATTENTION: Final = "nact_attention"  # obsm, float32 cells x genes
+    ATTENTION: Final = "nact_attention"  # obsm, sparse csr float32 cells x genes (top genes per cell)
     ATTENTION_MEAN: Final = "nact_attention_mean"  # varm, DataFrame genes x classes
+    LATENT: Final = "X_nact"  # obsm, float32 cells x latent dimensions
+    OVER_CLUSTERING: Final = "nact_over_clustering"  # obs, categorical over-clustering (majority voting)
+    MAJORITY_VOTING: Final = "nact_majority_voting"  # obs, categorical majority label of the cluster
+    AGREEMENT: Final = "nact_agreement"  # obs, float share of the cluster voting for that label
     UNS: Final = "nact"  # uns, dict with classes and settings
     CELL_TYPE: Final = "nact_cell_type"  # obs, cluster annotation from a marker query
+    # the generic names used by the classifiers' shared read-out
+    EXPLANATION: Final = ATTENTION
+    EXPLANATION_MEAN: Final = ATTENTION_MEAN
 
 
 class SCTABKeys:
@@ -33,7 +40,14 @@ class SCTABKeys:
     EMBEDDING: Final = "X_sctab"  # obsm, float32 cells x (members * n_d)
     MASK: Final = "sctab_mask"  # obsm, sparse csr float32 cells x genes
     MASK_MEAN: Final = "sctab_mask_mean"  # varm, DataFrame genes x classes
+    OVER_CLUSTERING: Final = "sctab_over_clustering"  # obs, categorical over-clustering (majority voting)
+    MAJORITY_VOTING: Final = "sctab_majority_voting"  # obs, categorical majority label of the cluster
+    AGREEMENT: Final = "sctab_agreement"  # obs, float share of the cluster voting for that label
     UNS: Final = "sctab"  # uns, dict with classes and settings
+    # the generic names used by the classifiers' shared read-out
+    EXPLANATION: Final = MASK
+    EXPLANATION_MEAN: Final = MASK_MEAN
+    LATENT: Final = EMBEDDING
 
 
 class ModuleAEKeys:

@@ -1,6 +1,7 @@
-"""Plotting functions for attention, salient genes, gene-set impact, translations and gene-peak links."""
+"""Plotting functions for calibration, attention, salient genes, gene-set impact, translations and links."""
 
 from ._attention import attention_correlation, attention_embedding, salient_genes
+from ._calibration import reliability_diagram
 from ._moduleae import gene_set_impact, unit_activity
 from ._query import cell_type_query
 from ._translation import peak_gene_links, translation_scatter
@@ -11,6 +12,7 @@ __all__ = [
     "cell_type_query",
     "gene_set_impact",
     "peak_gene_links",
+    "reliability_diagram",
     "salient_genes",
     "translation_scatter",
     "unit_activity",

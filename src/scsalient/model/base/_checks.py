@@ -228,17 +228,40 @@ def report_input_kind(decision: InputDecision, where: str, *, warn: bool = True)
         logger.info(message)
 
 
-def raise_on_zero_cells(zero_cells: np.ndarray, where: str, obs_names: pd.Index | None) -> None:
-    """Raise a :class:`ValueError` naming the all-zero cells, if there are any."""
+def raise_on_zero_cells(
+    zero_cells: np.ndarray, where: str, obs_names: pd.Index | None, *, query: bool = False
+) -> None:
+    """Raise a :class:`ValueError` naming the all-zero cells, if there are any.
+
+    Parameters
+    ----------
+    zero_cells
+        Rows without a non-zero value.
+    where
+        Where the matrix lives, for the message.
+    obs_names
+        Cell names, to name the cells in the message.
+    query
+        The matrix is query data aligned to a model's genes: its empty cells may express
+        genes the model does not know, and the message says so.
+    """
     if len(zero_cells):
         names = list(obs_names[zero_cells[:5]]) if obs_names is not None else zero_cells[:5].tolist()
+        if query:
+            raise ValueError(
+                f"{where} has {len(zero_cells)} query cell(s) with no expression in any of the model's "
+                f"genes (e.g. {names}): all-zero, or expressing only genes the model does not know. "
+                "This model cannot read them out; remove them from the query first."
+            )
         raise ValueError(
             f"{where} has {len(zero_cells)} all-zero cell(s) (e.g. {names}); "
             "filter them first, e.g. with `sc.pp.filter_cells(adata, min_counts=1)`."
         )
 
 
-def inspect_expression(x, where: str, obs_names: pd.Index | None = None, *, warn: bool = True) -> InputKind:
+def inspect_expression(
+    x, where: str, obs_names: pd.Index | None = None, *, warn: bool = True, query: bool = False
+) -> InputKind:
     """Validate an expression matrix and decide whether it holds counts or log-normalised values.
 
     The matrix is read block by block (a backed matrix is never loaded at once). The decision
@@ -255,6 +278,8 @@ def inspect_expression(x, where: str, obs_names: pd.Index | None = None, *, warn
         Cell names, used to name all-zero cells in the error message.
     warn
         Warn about a decision that is not integer counts (otherwise it is only logged).
+    query
+        ``x`` is query data aligned to a model's genes (see :func:`raise_on_zero_cells`).
 
     Returns
     -------
@@ -266,7 +291,7 @@ def inspect_expression(x, where: str, obs_names: pd.Index | None = None, *, warn
         On NaN or infinite values, negative values, or all-zero cells.
     """
     scan = scan_expression(x, where)
-    raise_on_zero_cells(scan.zero_cells, where, obs_names)
+    raise_on_zero_cells(scan.zero_cells, where, obs_names, query=query)
     decision = decide_input_kind(scan)
     report_input_kind(decision, where, warn=warn)
     return decision.kind
@@ -276,17 +301,30 @@ def inspect_expression(x, where: str, obs_names: pd.Index | None = None, *, warn
 MIN_TRAINING_CELLS = 10
 
 
+def check_n_cells(n_obs: int, what: str = "a model") -> None:
+    """Raise a clear :class:`ValueError` when data hold fewer than :data:`MIN_TRAINING_CELLS` cells.
+
+    Parameters
+    ----------
+    n_obs
+        Number of cells of the training data.
+    what
+        What is trained, for the message.
+    """
+    if n_obs < MIN_TRAINING_CELLS:
+        raise ValueError(
+            f"The data hold {n_obs} cell(s); {what} needs at least {MIN_TRAINING_CELLS} to train and "
+            "validate on."
+        )
+
+
 def check_labels(adata: AnnData, labels_key: str) -> None:
     """Raise a clear :class:`ValueError` when a labels column cannot train a classifier.
 
     The column must exist, have no missing labels and at least two classes, and the data must
     hold at least :data:`MIN_TRAINING_CELLS` cells.
     """
-    if adata.n_obs < MIN_TRAINING_CELLS:
-        raise ValueError(
-            f"The data hold {adata.n_obs} cell(s); a classifier needs at least {MIN_TRAINING_CELLS} "
-            "to train and validate on."
-        )
+    check_n_cells(adata.n_obs, "a classifier")
     if labels_key not in adata.obs:
         raise KeyError(f"labels_key '{labels_key}' is not a column of adata.obs.")
     labels = adata.obs[labels_key]

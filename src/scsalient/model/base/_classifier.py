@@ -11,9 +11,18 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 import torch
+from scipy import sparse
 from scvi import REGISTRY_KEYS, settings
 from tqdm.auto import tqdm
 
+from ._annotate import (
+    UNASSIGNED,
+    fit_temperature,
+    majority_vote,
+    over_cluster,
+    place_rows,
+    top_per_row,
+)
 from ._augment import batch_difference_vectors
 from ._blocks import BlockDataSplitter, block_loader, is_backed
 from ._expression import ExpressionModelMixin
@@ -143,6 +152,36 @@ class ClassifierMixin(ExpressionModelMixin):
         plan = self._training_plan_cls(self.module, n_classes=len(self.classes), **plan_kwargs)
         monitor, mode = plan.monitor
         self._fit(plan, monitor=monitor, monitor_mode=mode, **fit_kwargs)
+        self._calibrate()
+
+    def _calibrate(self) -> None:
+        """Temperature scaling of the predicted probabilities on the validation cells :cite:p:`Guo2017`.
+
+        The temperature that minimises the cross-entropy of the validation cells is kept in the
+        module (and so in the saved model) and recorded in ``training_settings_``. Without
+        validation cells (``train_size=1``) the probabilities are left as they are.
+        """
+        self.module.set_temperature(1.0)
+        validation = getattr(self, "validation_indices", None)
+        validation = np.asarray([] if validation is None else validation, dtype=np.int64)
+        settings_ = getattr(self, "training_settings_", None)
+        if len(validation) == 0:
+            logger.info("No validation cells: the predicted probabilities are not calibrated.")
+            if settings_ is not None:
+                settings_["temperature"] = None
+            return
+        adata = self._validate_anndata(None)
+        logits = np.concatenate(
+            [b["logits"] for b in self._iter_inference(adata, validation, None, ["logits"], "calibrate")]
+        )
+        labels = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).reshape(-1)
+        temperature = fit_temperature(logits, labels[validation])
+        self.module.set_temperature(temperature)
+        logger.info(
+            "Probabilities calibrated on %d validation cells: temperature %.3g.", len(validation), temperature
+        )
+        if settings_ is not None:
+            settings_["temperature"] = temperature
 
     def distill(
         self,
@@ -383,3 +422,245 @@ class ClassifierMixin(ExpressionModelMixin):
         if soft:
             return pd.DataFrame(probs, index=names, columns=self.classes)
         return predicted_labels(probs, self.classes)
+
+    # ------------------------------------------------------------------ read-outs shared by the classifiers
+    #: keys of what :meth:`annotate` writes (a class of ``scsalient._constants``)
+    _keys: Any = None
+    #: inference output holding the per-cell explanation over genes, ``(B, G)`` or ``(E, B, G)``
+    _explanation_output: str = ""
+    #: inference output holding the latent representation, ``(B, D)`` or ``(E, B, D)``
+    _latent_output: str = ""
+    #: default of :meth:`annotate`'s ``min_confidence`` (see the user guide, "How far to trust a prediction")
+    _default_min_confidence: float | None = None
+
+    def _annotate_extras(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Per-cell values (besides probabilities) a model writes into ``obs``: name -> values."""
+        return {}
+
+    @staticmethod
+    def _cells_first(values: np.ndarray) -> np.ndarray:
+        """``(E, B, D)`` members' outputs side by side as ``(B, E * D)``; ``(B, D)`` unchanged."""
+        if values.ndim == 3:
+            return values.transpose(1, 0, 2).reshape(values.shape[1], -1)
+        return values
+
+    @staticmethod
+    def _row_shares(values: np.ndarray) -> np.ndarray:
+        """Explanation rows as shares of their total (``(E, B, G)`` averaged over members first)."""
+        if values.ndim == 3:
+            values = values.mean(axis=0)
+        totals = values.sum(axis=1, keepdims=True)
+        return np.divide(values, totals, out=np.zeros_like(values), where=totals > 0)
+
+    def get_latent_representation(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """The model's representation of each cell (its last hidden layer), cells x dimensions.
+
+        Computed block by block. Use it like scANVI's: ``adata.obsm["X_nact"] =
+        model.get_latent_representation(adata)``, then ``sc.pp.neighbors(adata, use_rep="X_nact")``.
+
+        Parameters
+        ----------
+        adata
+            Data to represent; ``None`` for the training data. Genes are matched by name, as in
+            :meth:`predict`.
+        indices
+            Cells of ``adata``; ``None`` for all.
+        batch_size
+            Cells per forward pass.
+
+        Returns
+        -------
+        float32 array; for an ensemble the members' representations side by side. Query cells
+        with no expression in the model's genes get a row of NaN.
+        """
+        prepared = self._prepare_adata(adata)
+        n = prepared.n_obs if indices is None else len(indices)
+        out = None
+        for b in self._iter_inference(prepared, indices, batch_size, [self._latent_output], "latent"):
+            values = self._cells_first(b[self._latent_output])
+            if out is None:
+                out = np.full((n, values.shape[1]), np.nan, dtype=np.float32)
+            out[b["positions"]] = values
+        if out is None:
+            raise ValueError("No cell of adata expresses any of the model's genes.")
+        return out
+
+    def _explanations(
+        self,
+        adata: AnnData | None,
+        indices: Sequence[int] | None,
+        batch_size: int | None,
+        n_top_genes: int | None,
+        dense: bool,
+    ) -> np.ndarray | sparse.csr_matrix:
+        """Per-cell explanation over the model's genes, rows as shares, streamed block by block."""
+        prepared = self._prepare_adata(adata)
+        n = prepared.n_obs if indices is None else len(indices)
+        n_genes = len(self.get_var_names())
+        columns = np.arange(n_genes)
+        out = np.zeros((n, n_genes), dtype=np.float32) if dense else None
+        blocks, rows = [], []
+        for b in self._iter_inference(prepared, indices, batch_size, [self._explanation_output], "explain"):
+            shares = self._row_shares(b[self._explanation_output])
+            if dense:
+                out[b["positions"]] = shares
+            else:
+                blocks.append(top_per_row(shares, n_top_genes, columns, n_genes))
+                rows.append(b["positions"])
+        if dense:
+            return out
+        matrix = place_rows(blocks, rows, n)
+        return sparse.csr_matrix(matrix, shape=(n, n_genes))
+
+    def annotate(
+        self,
+        adata: AnnData | None = None,
+        *,
+        min_confidence: float | None | Literal["default"] = "default",
+        majority_voting: bool = False,
+        explanation: bool | Literal["dense"] = True,
+        n_top_genes: int | None = 100,
+        latent: bool = True,
+        batch_size: int | None = 1024,
+    ) -> None:
+        """Write predictions, their confidence and their explanation into ``adata``.
+
+        One pass over the cells writes (``<p>`` is the model's prefix, ``nact`` or ``sctab``;
+        the table "Where results are stored" of the docs lists every key):
+
+        * ``obs["<p>_prediction"]``: predicted cell type (categorical), ``"Unassigned"`` where
+          the confidence is below ``min_confidence``;
+        * the model's confidence column (NACT ``obs["nact_confidence"]``: the calibrated top
+          probability; SCTAB ``obs["sctab_uncertainty"]``: 1 - that probability, and
+          ``obs["sctab_disagreement"]``);
+        * ``obsm["<p>_probabilities"]``: DataFrame of calibrated class probabilities;
+        * the per-cell explanation (NACT ``obsm["nact_attention"]``, SCTAB ``obsm["sctab_mask"]``):
+          cells x ``adata.var_names``, each row the shares of the cell's explanation (summing to
+          1 over all genes), sparse with the ``n_top_genes`` largest of each cell kept;
+        * the mean explanation of the cells predicted as each class, genes x classes
+          (``varm``; computed from every gene, not only the kept ones);
+        * the latent representation (``obsm["X_nact"]`` / ``obsm["X_sctab"]``);
+        * with ``majority_voting``: ``obs["<p>_over_clustering"]``, ``obs["<p>_majority_voting"]``
+          and ``obs["<p>_agreement"]``;
+        * ``uns["<p>"]``: classes, labels key, input kind, settings and the threshold used.
+
+        Query cells with no expression in any of the model's genes get no prediction (with a
+        warning naming them): a missing label and NaN confidence and probabilities.
+
+        Parameters
+        ----------
+        adata
+            Data to annotate; ``None`` for the training data. Genes are matched by name;
+            nothing else in ``adata`` is changed.
+        min_confidence
+            Cells whose calibrated top probability is below this are labelled ``"Unassigned"``
+            (their probabilities and confidence are kept). ``"default"``: the model's default,
+            chosen on the annotation benchmark; ``None``: every cell gets its most probable type.
+        majority_voting
+            Over-cluster the cells (Leiden on a kNN graph of the model's latent representation,
+            at CellTypist's resolution for the number of cells :cite:p:`DominguezConde2022`) and
+            give each cell its cluster's most frequent prediction; the share of the cluster that
+            agrees is written as the agreement.
+        explanation
+            Store the per-cell explanation: ``True`` sparse (CSR), ``"dense"`` as a float32 array
+            (4 bytes per cell and gene), ``False`` not at all.
+        n_top_genes
+            Genes kept per cell in the sparse explanation; ``None`` keeps every non-zero one.
+        latent
+            Store the latent representation.
+        batch_size
+            Cells per forward pass.
+        """
+        keys = self._keys
+        if min_confidence == "default":
+            min_confidence = self._default_min_confidence
+        if min_confidence is not None and not 0.0 <= float(min_confidence) <= 1.0:
+            raise ValueError(f"min_confidence must be in [0, 1] or None, got {min_confidence!r}.")
+        if explanation not in (True, False, "dense"):
+            raise ValueError(f"explanation must be True, False or 'dense', got {explanation!r}.")
+        if n_top_genes is not None and n_top_genes < 1:
+            raise ValueError(f"n_top_genes must be a positive integer or None, got {n_top_genes!r}.")
+        target = self.adata if adata is None else adata
+        prepared = self._prepare_adata(adata)
+        model_genes = pd.Index(self.get_var_names())
+        columns = pd.Index(target.var_names).get_indexer(model_genes)  # adata column of each model gene
+        n_classes = len(self.classes)
+        probs = np.full((target.n_obs, n_classes), np.nan, dtype=np.float32)
+        sums = np.zeros((n_classes, len(model_genes)), dtype=np.float64)
+        extras: dict[str, np.ndarray] = {}
+        latent_values = None
+        blocks, block_rows = [], []
+        dense = np.zeros((target.n_obs, target.n_vars), dtype=np.float32) if explanation == "dense" else None
+        outputs = ["probabilities", "member_logits", self._explanation_output, self._latent_output]
+        for batch in self._iter_inference(prepared, None, batch_size, outputs, "annotate"):
+            rows = batch["positions"]
+            probs[rows] = batch["probabilities"]
+            shares = self._row_shares(batch[self._explanation_output])
+            np.add.at(sums, batch["probabilities"].argmax(axis=1), shares)
+            for name, values in self._annotate_extras(batch).items():
+                extras.setdefault(name, np.full(target.n_obs, np.nan, dtype=np.float32))[rows] = values
+            if latent:
+                values = self._cells_first(batch[self._latent_output])
+                if latent_values is None:
+                    latent_values = np.full((target.n_obs, values.shape[1]), np.nan, dtype=np.float32)
+                latent_values[rows] = values
+            if dense is not None:
+                dense[np.ix_(rows, columns[columns >= 0])] = shares[:, columns >= 0]
+            elif explanation:
+                blocks.append(top_per_row(shares, n_top_genes, columns, target.n_vars))
+                block_rows.append(rows)
+        codes = predicted_codes(probs)
+        confidence = np.max(probs, axis=1)
+        counts = np.bincount(codes[codes >= 0], minlength=n_classes).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = sums / counts[:, None]
+        mean_df = pd.DataFrame(np.nan, index=target.var_names, columns=self.classes)
+        mean_df.iloc[columns[columns >= 0]] = means[:, columns >= 0].T
+        categories = list(self.classes)
+        if min_confidence is not None:
+            categories.append(UNASSIGNED)
+            codes = np.where((codes >= 0) & (confidence < min_confidence), n_classes, codes)
+        prediction = pd.Categorical.from_codes(codes, categories=categories)
+        target.obs[keys.PREDICTION] = prediction
+        self._write_confidence(target, confidence, extras)
+        target.obsm[keys.PROBABILITIES] = pd.DataFrame(probs, index=target.obs_names, columns=self.classes)
+        if dense is not None:
+            target.obsm[keys.EXPLANATION] = dense
+        elif explanation:
+            target.obsm[keys.EXPLANATION] = place_rows(blocks, block_rows, target.n_obs)
+        target.varm[keys.EXPLANATION_MEAN] = mean_df
+        if latent and latent_values is not None:
+            target.obsm[keys.LATENT] = latent_values
+        if majority_voting:
+            if latent_values is None:
+                latent_values = self.get_latent_representation(adata, batch_size=batch_size)
+            clusters = over_cluster(latent_values, seed=0)
+            voted, agreement = majority_vote(prediction, clusters)
+            target.obs[keys.OVER_CLUSTERING] = pd.Categorical(clusters)
+            target.obs[keys.MAJORITY_VOTING] = voted
+            target.obs[keys.AGREEMENT] = agreement.astype(np.float32)
+        target.uns[keys.UNS] = {
+            "classes": self.classes.tolist(),
+            "labels_key": self.labels_key,
+            "input_kind": self.input_kind,
+            "n_ensemble": int(getattr(self.module, "n_members", 1)),
+            "n_model_genes": len(model_genes),
+            "n_genes_known": int((columns >= 0).sum()),
+            "min_confidence": min_confidence,
+            "n_top_genes": n_top_genes if explanation is True else None,
+            "settings": {k: v for k, v in self.init_params_["non_kwargs"].items() if v is not None},
+            "training": dict(getattr(self, "training_settings_", {})),
+        }
+
+    def _write_confidence(
+        self, target: AnnData, confidence: np.ndarray, extras: dict[str, np.ndarray]
+    ) -> None:
+        """Write the model's confidence column(s) and the per-cell extras into ``target.obs``."""
+        target.obs[self._keys.CONFIDENCE] = confidence
+        for name, values in extras.items():
+            target.obs[name] = values

@@ -94,3 +94,26 @@ def split_sizes(n: int, parts: int) -> list[int]:
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+class TemperatureScaled(nn.Module):
+    """Base of classifier modules whose logits are divided by a calibrated temperature at prediction time.
+
+    Holds the buffer ``temperature`` (1 until :meth:`set_temperature` is called; saved with the
+    model). :meth:`calibrated` divides logits by it outside training (temperature scaling
+    :cite:p:`Guo2017`), leaving training untouched.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("temperature", torch.ones(()))
+
+    def set_temperature(self, temperature: float) -> None:
+        """Temperature dividing the logits at prediction time (1: none)."""
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}.")
+        self.temperature = torch.as_tensor(float(temperature), device=self.temperature.device)
+
+    def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits / temperature`` outside training, ``logits`` in training."""
+        return logits if self.training else logits / self.temperature

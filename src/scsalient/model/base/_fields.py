@@ -9,11 +9,13 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 import rich.table
+from mudata import MuData
 from scipy import sparse
 from scvi.data.fields import CategoricalObsField, LayerField
 
 from ._checks import (
     InputKind,
+    check_n_cells,
     check_var_names,
     decide_input_kind,
     describe_location,
@@ -36,11 +38,13 @@ _TREATMENT = {
 class ExpressionLayerField(LayerField):
     """Expression matrix field that validates the data and records whether it holds counts.
 
-    The whole matrix is scanned block by block at registration: NaN/inf, negative values,
-    all-zero cells and duplicated ``var_names`` raise a :class:`ValueError` naming the problem.
-    The detected input kind (``"counts"`` or ``"log-normalised"``, see
+    A MuData raises a :class:`TypeError` naming a modality to set up instead. The whole matrix
+    is scanned block by block at registration: NaN/inf, negative values, all-zero cells,
+    duplicated ``var_names`` and fewer than 10 cells raise a :class:`ValueError` naming the
+    problem. The detected input kind (``"counts"`` or ``"log-normalised"``, see
     :func:`~scsalient.model.base._checks.decide_input_kind`) is stated (a :class:`UserWarning`
-    unless the values are integer counts), stored in the state registry, shown by
+    unless the values are integer counts; a kind the model does not accept raises instead),
+    stored in the state registry, shown by
     :meth:`~scvi.model.base.BaseModelClass.view_anndata_setup`, and enforced when the setup is
     transferred to query data.
 
@@ -86,7 +90,13 @@ class ExpressionLayerField(LayerField):
         adata
             The AnnData to register.
         """
+        if isinstance(adata, MuData):  # its .X is None: say what to pass instead
+            raise TypeError(
+                "setup_anndata needs an AnnData, got a MuData. Set up one of its modalities, e.g. "
+                "`setup_anndata(mdata['rna'])`; the Translator takes paired RNA + ATAC with setup_mudata."
+            )
         if not self._query:
+            check_n_cells(adata.n_obs)
             check_var_names(adata)
         state = super().register_field(adata)
         scan = scan_expression(self.get_field_data(adata), self.where)
@@ -98,13 +108,15 @@ class ExpressionLayerField(LayerField):
                 )
             state[self.EMPTY_CELLS_KEY] = scan.zero_cells
         else:
-            raise_on_zero_cells(scan.zero_cells, self.where, adata.obs_names)
+            raise_on_zero_cells(scan.zero_cells, self.where, adata.obs_names, query=self._query)
         decision = decide_input_kind(scan)
-        report_input_kind(decision, self.where, warn=not self._query)
         kind = decision.kind
-        if kind not in self.allowed:
+        if kind not in self.allowed:  # refused, not first stated as used
             wanted = " or ".join(_NAME[k] for k in self.allowed)
-            raise ValueError(f"{self.where} holds {_NAME[kind]}, but this model needs {wanted}.")
+            raise ValueError(
+                f"{self.where} holds {_NAME[kind]} ({decision.reason}), but this model needs {wanted}."
+            )
+        report_input_kind(decision, self.where, warn=not self._query)
         state[self.INPUT_KIND_KEY] = kind
         return state
 
@@ -192,6 +204,9 @@ class LabelsField(CategoricalObsField):
     ) -> dict:
         """Register the labels of new data against the source's classes.
 
+        A missing column, missing labels and labels that are not among the source's classes
+        (without ``extend_categories``) raise an error that says how to predict such cells.
+
         Parameters
         ----------
         state_registry
@@ -203,14 +218,21 @@ class LabelsField(CategoricalObsField):
         **kwargs
             Unused.
         """
-        self.validate_field(adata_target)
+        key = self._original_attr_key
         mapping = pd.Index(np.asarray(state_registry[self.CATEGORICAL_MAPPING_KEY]).astype(str))
-        values = _as_strings(adata_target.obs[self._original_attr_key])
+        if key not in adata_target.obs:
+            raise KeyError(
+                f"adata.obs has no '{key}' column, the labels the model was trained on. {_QUERY_HINT}"
+            )
+        values = _as_strings(adata_target.obs[key])
+        n_missing = int(pd.isna(values).sum())
+        if n_missing:
+            raise ValueError(f"adata.obs['{key}'] has {n_missing} missing (NaN) label(s). {_QUERY_HINT}")
         unknown = pd.Index(pd.unique(values)).difference(mapping)
         if len(unknown) and not extend_categories:
             raise ValueError(
-                f"Category {unknown[0]} not found in source registry. "
-                "Cannot transfer setup without `extend_categories = True`."
+                f"adata.obs['{key}'] holds {len(unknown)} label(s) the model was not trained on "
+                f"({unknown[:5].tolist()}; its classes are {mapping[:10].tolist()}). {_QUERY_HINT}"
             )
         categories = mapping.append(unknown)
         adata_target.obs[self.attr_key] = pd.Categorical(values, categories=categories).codes
@@ -218,6 +240,14 @@ class LabelsField(CategoricalObsField):
             self.CATEGORICAL_MAPPING_KEY: categories.to_numpy(),
             self.ORIGINAL_ATTR_KEY: self._original_attr_key,
         }
+
+
+#: how to predict cells whose labels a trained classifier cannot register
+_QUERY_HINT = (
+    "Data attached to a trained classifier (e.g. by load(dir_path, adata)) are data it can go on "
+    "training on, so every cell needs one of the model's classes. To predict other cells, pass them "
+    "to predict() or annotate() (after load(dir_path, adata=False) for a saved model)."
+)
 
 
 def _as_strings(column: pd.Series) -> np.ndarray:
@@ -281,10 +311,11 @@ def clean_labels(column: pd.Series, key: str) -> pd.Categorical:
 class AccessibilityLayerField(LayerField):
     """Chromatin accessibility field: checks the values and that the modality holds peaks.
 
-    NaN/inf and negative values raise a :class:`ValueError`; peaks with no accessible cell give a
-    :class:`UserWarning` (they carry no information and only cost memory and time). A modality
-    that does not look like accessibility (see :func:`check_looks_like_accessibility`), e.g.
-    CITE-seq protein counts, raises a :class:`ValueError`.
+    NaN/inf, negative values and duplicated peak names raise a :class:`ValueError`; peaks with
+    no accessible cell give a :class:`UserWarning` (they carry no information and only cost
+    memory and time). A modality that does not look like accessibility (see
+    :func:`check_looks_like_accessibility`), e.g. CITE-seq protein counts, raises a
+    :class:`ValueError`.
 
     Parameters
     ----------
@@ -308,6 +339,7 @@ class AccessibilityLayerField(LayerField):
         adata
             The AnnData to register.
         """
+        check_var_names(adata, what="peaks")
         state = super().register_field(adata)
         where = describe_location(self.attr_key)
         if self.modality is not None:

@@ -118,7 +118,8 @@ def conform_genes(
     The copy is matched by name as in :func:`align_genes` (missing genes zero-filled with a
     warning, under ``min_overlap`` an error) and holds the expression of ``layer`` (``None``:
     ``.X``), ``adata``'s ``obs``, ``obsm`` and ``uns`` (without scvi-tools' set-up keys) and
-    the model's ``var_names``: a model can be set up on it for training and read-outs.
+    the model's ``var_names`` with ``adata``'s ``var`` columns (missing for features ``adata``
+    lacks; peak coordinates are kept): a model can be set up on it for training and read-outs.
 
     Parameters
     ----------
@@ -137,6 +138,7 @@ def conform_genes(
         return adata
     aligned = align_genes(adata, var_names, layer, min_overlap=min_overlap, what=what)
     aligned.obs = adata.obs.copy()
+    aligned.var = adata.var.reindex(aligned.var_names)
     for key, value in adata.obsm.items():
         aligned.obsm[key] = value.copy()
     aligned.uns = {key: value for key, value in adata.uns.items() if not key.startswith("_scvi")}

@@ -88,6 +88,10 @@ class ClassifierTrainingPlan(EpochTrainingPlan):
         If given, multiply the learning rate by this factor every ``lr_decay_every`` epochs.
     lr_decay_every
         Epochs between learning-rate decays.
+    linear_decay_steps
+        If given, the learning rate falls linearly from ``lr`` to 0 over this many optimiser
+        steps (then stays at 0), so that training ends at a (near) optimum of the regularised
+        loss rather than wherever the last steps left it.
     gradient_clip_norm
         If given, clip the gradient norm to this value before each step. A module with a
         ``clip_grad_norm_(max_norm)`` method (an ensemble clipping each member separately)
@@ -127,6 +131,7 @@ class ClassifierTrainingPlan(EpochTrainingPlan):
         eps: float = 1e-8,
         lr_decay: float | None = None,
         lr_decay_every: int = 10,
+        linear_decay_steps: int | None = None,
         gradient_clip_norm: float | None = None,
         teacher: BaseModuleClass | None = None,
         distill_temperature: float = 2.0,
@@ -156,6 +161,9 @@ class ClassifierTrainingPlan(EpochTrainingPlan):
         self._teacher_kl: torch.Tensor | None = None
         self.lr_decay = lr_decay
         self.lr_decay_every = lr_decay_every
+        if linear_decay_steps is not None and linear_decay_steps < 1:
+            raise ValueError(f"linear_decay_steps must be a positive integer, got {linear_decay_steps}.")
+        self.linear_decay_steps = linear_decay_steps
         self.gradient_clip_norm = gradient_clip_norm
         # keyed "<mode>_<metric>": a bare "train" key would clash with nn.Module.train
         self.epoch_metrics = nn.ModuleDict()
@@ -275,9 +283,15 @@ class ClassifierTrainingPlan(EpochTrainingPlan):
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
-        """Optimiser plus an optional step decay of the learning rate."""
+        """Optimiser plus an optional decay of the learning rate (per epoch, or linear per step)."""
         config = super().configure_optimizers()
-        if self.lr_decay is not None:
+        if self.linear_decay_steps is not None:
+            steps = self.linear_decay_steps
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                config["optimizer"], lambda step: max(0.0, 1.0 - step / steps)
+            )
+            config["lr_scheduler"] = {"scheduler": scheduler, "interval": "step"}
+        elif self.lr_decay is not None:
             scheduler = torch.optim.lr_scheduler.StepLR(
                 config["optimizer"], step_size=self.lr_decay_every, gamma=self.lr_decay
             )

@@ -120,7 +120,8 @@ class ModuleAE(SaveLoadMixin, ExpressionModelMixin, BaseModelClass):
         """Register an AnnData of raw counts for ModuleAE.
 
         The whole matrix is checked: it must hold non-negative integers (raw counts), without
-        NaN/inf and without all-zero cells; anything else raises a :class:`ValueError`.
+        NaN/inf and without all-zero cells, with unique ``var_names`` and at least 10 cells;
+        anything else raises a :class:`ValueError`.
 
         Parameters
         ----------

@@ -1,8 +1,6 @@
-"""N-ACT network: additive gene attention, multi-head projection blocks, classification head."""
+"""N-ACT network: per-cell gene attention (gates) over the expressed genes and an additive read-out."""
 
 from __future__ import annotations
-
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -12,125 +10,27 @@ from torch import nn
 
 from scsalient.model.base._augment import BatchShift
 from scsalient.model.base._components import (
-    GeneMap,
-    attention_softmax,
+    TemperatureScaled,
     log1p_cp10k,
     mean_probability_logits,
     per_member,
-    split_sizes,
-    xavier_init,
 )
-
-#: what the attention map can read (see :class:`NACTModule`)
-ATTENTION_INPUTS = ("expression", "centered", "standardized")
-
-
-class ProjectionBlock(nn.Module):
-    """One N-ACT projection block.
-
-    ``z = LayerNorm(h + Dropout(concat_i P_i h))`` followed by a point-wise feed-forward
-    ``out = LayerNorm(z + Dropout(W_2 ReLU(W_1 z)))``. Head ``i`` maps the ``G`` gene-sized
-    input to its own slice of ``G / n_heads`` outputs; with a ``rank`` each head is factorised
-    through ``max(1, rank // n_heads)`` dimensions.
-
-    Parameters
-    ----------
-    n_features
-        Size of the gene-sized vectors (number of genes).
-    n_heads
-        Number of projection heads.
-    n_hidden_ff
-        Hidden size of the feed-forward layer.
-    dropout
-        Dropout on the projection and feed-forward outputs.
-    rank
-        Rank of each head's factorisation in total, or ``None`` for full heads.
-    """
-
-    def __init__(self, n_features: int, n_heads: int, n_hidden_ff: int, dropout: float, rank: int | None):
-        super().__init__()
-        head_rank = None if rank is None else max(1, rank // n_heads)
-        self.heads = nn.ModuleList(
-            GeneMap(n_features, size, head_rank) for size in split_sizes(n_features, n_heads)
-        )
-        self.norm_projection = nn.LayerNorm(n_features)
-        self.feed_forward = nn.Sequential(
-            nn.Linear(n_features, n_hidden_ff), nn.ReLU(), nn.Linear(n_hidden_ff, n_features)
-        )
-        xavier_init(self.feed_forward)
-        self.norm_feed_forward = nn.LayerNorm(n_features)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """Apply the block."""
-        projected = torch.cat([head(h) for head in self.heads], dim=-1)
-        z = self.norm_projection(h + self.dropout(projected))
-        return self.norm_feed_forward(z + self.dropout(self.feed_forward(z)))
 
 
 class NACTNetwork(nn.Module):
-    """One N-ACT network: gene attention map, projection blocks and classification head.
+    r"""One N-ACT network: gene attention, attention-weighted expression, linear read-out.
 
-    Parameters are those of :class:`NACTModule`; ``fixed_bias`` freezes the attention bias at 0
-    (for centred attention inputs).
-    """
-
-    def __init__(
-        self,
-        n_input: int,
-        n_labels: int,
-        *,
-        n_blocks: int,
-        n_heads: int,
-        n_hidden_ff: int,
-        dropout: float,
-        attention_rank: int | None,
-        attention_init: Literal["zeros", "xavier"],
-        fixed_bias: bool,
-    ):
-        super().__init__()
-        self.attention = GeneMap(n_input, n_input, attention_rank)
-        last = self.attention.layers if attention_rank is None else self.attention.layers[-1]
-        if attention_init == "zeros":
-            nn.init.zeros_(last.weight)
-        if fixed_bias:
-            # centred input and no bias: the attention logits average to zero over the cells
-            nn.init.zeros_(last.bias)
-            last.bias.requires_grad_(False)
-        self.blocks = nn.ModuleList(
-            ProjectionBlock(n_input, n_heads, n_hidden_ff, dropout, attention_rank) for _ in range(n_blocks)
-        )
-        self.classifier = nn.Linear(n_input, n_labels)
-        xavier_init(self.classifier)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        query: torch.Tensor,
-        mask_unexpressed: bool,
-        allowed: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Class logits and attention of cells ``x`` whose attention map reads ``query``.
-
-        Genes where ``allowed`` is ``False`` get no attention in any cell.
-        """
-        attention = attention_softmax(self.attention(query), x, mask_unexpressed, allowed)
-        h = attention * x
-        for block in self.blocks:
-            h = block(h)
-        return self.classifier(h), attention
-
-
-class NACTModule(BaseModuleClass):
-    r"""Torch module of :class:`~scsalient.model.NACT`.
-
-    For a cell with (log-normalised) expression :math:`x \in \mathbb{R}^G`:
+    For a cell with expression :math:`x \in \mathbb{R}^G`:
 
     .. math::
 
-        a = \mathrm{softmax}(x W + b), \qquad g = a \odot x, \qquad
-        h_0 = g, \quad h_k = \mathrm{Block}_k(h_{k-1}), \qquad
-        \mathrm{logits} = h_K V + c .
+        a_g = 2\,\sigma\!\big((x W_q) k_g + b_g\big)\,[x_g > 0], \qquad
+        s = a \odot x, \qquad z = s V, \qquad \mathrm{logits} = z U + c .
+
+    The attention logits :math:`x W_q K^\top + b` are N-ACT's :math:`xW + b` with the
+    gene x gene map factorised through ``attention_rank`` dimensions (linear in the number of
+    genes). Each gene's attention is a gate in :math:`(0, 2)`, 1 at initialisation (``K`` and
+    ``b`` start at zero), and 0 for genes the cell does not express.
 
     Parameters
     ----------
@@ -138,48 +38,83 @@ class NACTModule(BaseModuleClass):
         Number of genes ``G``.
     n_labels
         Number of classes.
-    n_blocks
-        Number of projection blocks ``K``.
-    n_heads
-        Projection heads per block.
-    n_hidden_ff
-        Hidden size of each block's feed-forward layer.
-    dropout
-        Dropout inside the projection blocks.
+    n_latent
+        Width of the latent representation ``z``.
     attention_rank
-        Rank of the gene x gene maps (attention and projection heads); ``None`` for full maps.
+        Rank of the attention map (columns of ``W_q`` and ``K``).
+    """
+
+    def __init__(self, n_input: int, n_labels: int, *, n_latent: int, attention_rank: int):
+        super().__init__()
+        # PyTorch's default initialisation (uniform within 1 / sqrt(fan-in)) for the query and the
+        # classifier: Xavier's larger weights made transfer to another condition unstable (see the
+        # user guide, "Defaults")
+        self.query = nn.Linear(n_input, attention_rank, bias=False)
+        self.keys = nn.Parameter(torch.zeros(n_input, attention_rank))
+        self.gate_bias = nn.Parameter(torch.zeros(n_input))
+        self.values = nn.Linear(n_input, n_latent, bias=False)
+        nn.init.xavier_uniform_(self.values.weight)
+        self.classifier = nn.Linear(n_latent, n_labels)
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """Gene attention (gates) of cells ``x``: in (0, 2) for expressed genes, 0 for the others."""
+        logits = self.query(x) @ self.keys.T + self.gate_bias
+        return 2.0 * torch.sigmoid(logits) * (x != 0)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits, attention, gene scores and latent representation of cells ``x``."""
+        attention = self.attention(x)
+        scores = attention * x
+        latent = self.values(scores)
+        return {"logits": self.classifier(latent), "attention": attention, "scores": scores, "latent": latent}
+
+    def gene_class_weights(self) -> torch.Tensor:
+        """``V U``: the weight of each gene's score in each class's logit, genes x classes."""
+        return self.values.weight.T @ self.classifier.weight.T
+
+
+class NACTModule(BaseModuleClass, TemperatureScaled):
+    r"""Torch module of :class:`~scsalient.model.NACT`: one network or a deep ensemble.
+
+    Each member is an :class:`NACTNetwork`. Its class logits are additive in the genes,
+
+    .. math::
+
+        \mathrm{logits}_c = c_c + \sum_g a_g(x)\, x_g\, (VU)_{gc},
+
+    so the contribution of gene :math:`g` to class :math:`c` in a cell is exactly
+    :math:`a_g x_g (VU)_{gc}` (see :meth:`contributions`).
+
+    Parameters
+    ----------
+    n_input
+        Number of genes.
+    n_labels
+        Number of classes.
+    n_latent
+        Width of each member's latent representation.
+    attention_rank
+        Rank of the attention map.
     normalize_input
         If ``True``, the input holds counts and is turned into log1p(CP10k) first.
     input_dropout
-        Dropout on the (normalised) expression before the attention (changed for training by
+        Dropout on the (normalised) expression at training time (changed by
         :meth:`set_input_dropout`).
-    attention_init
-        ``"zeros"`` starts from uniform attention (the attention weights start at zero);
-        ``"xavier"`` draws them like every other layer, as in the authors' code.
-    mask_unexpressed
-        Restrict each cell's attention softmax to the genes it expresses (non-zero input).
     class_weights
         Weight of each class in the cross-entropy; ``None`` for equal weights.
-    attention_input
-        What the attention map reads: ``"expression"`` (the normalised expression, as
-        published) or ``"standardized"`` (each gene centred and scaled by its mean and standard
-        deviation over the training cells, held in the buffers ``gene_mean`` and ``gene_scale``,
-        and no bias), so that no gene can be preferred in every cell alike; ``"centered"``
-        (centred only).
-    restrict_attention
-        Hold a boolean buffer ``attention_allowed`` (set by :meth:`set_attention_allowed`);
-        genes where it is ``False`` get no attention in any cell.
     n_members
         Networks in the deep ensemble :cite:p:`Lakshminarayanan2017` (``members``), trained
         together on the same minibatches from independent initialisations, each on its own
-        cross-entropy. The class probabilities are the mean of the members' probabilities and
-        the attention is the mean of their attention (rows still sum to 1).
+        cross-entropy. Class probabilities are the mean of the members' probabilities; the
+        attention and gene scores are the members' means.
 
     Notes
     -----
-    At training time, before the input dropout, each cell may be shifted by a batch-difference
-    vector (:class:`~scsalient.model.base._augment.BatchShift`, empty unless the model sets
-    vectors); each member draws its own shifts and input dropout.
+    At training time each cell may be shifted by a batch-difference vector
+    (:class:`~scsalient.model.base._augment.BatchShift`, empty unless the model sets vectors);
+    each member draws its own shifts and input dropout. The temperature buffer (1 until
+    :meth:`set_temperature` is called) divides the logits of the ensemble's mean probabilities
+    at prediction time (temperature scaling :cite:p:`Guo2017`).
     """
 
     def __init__(
@@ -187,115 +122,43 @@ class NACTModule(BaseModuleClass):
         n_input: int,
         n_labels: int,
         *,
-        n_blocks: int = 2,
-        n_heads: int = 8,
-        n_hidden_ff: int = 128,
-        dropout: float = 0.0,
-        attention_rank: int | None = None,
+        n_latent: int = 64,
+        attention_rank: int = 64,
         normalize_input: bool = True,
         input_dropout: float = 0.0,
-        attention_init: Literal["zeros", "xavier"] = "zeros",
-        mask_unexpressed: bool = True,
         class_weights: torch.Tensor | None = None,
-        attention_input: Literal["expression", "centered", "standardized"] = "expression",
-        restrict_attention: bool = False,
         n_members: int = 1,
     ):
         super().__init__()
-        if attention_input not in ATTENTION_INPUTS:
-            raise ValueError(f"attention_input must be one of {ATTENTION_INPUTS}, got {attention_input!r}.")
-        if attention_init not in ("zeros", "xavier"):
-            raise ValueError(f"attention_init must be 'zeros' or 'xavier', got {attention_init!r}.")
         if int(n_members) != n_members or n_members < 1:
             raise ValueError(f"n_members must be a positive integer, got {n_members!r}.")
-        self.attention_input = attention_input
         self.n_input = n_input
         self.n_labels = n_labels
+        self.n_latent = n_latent
         self.n_members = int(n_members)
         self.normalize_input = normalize_input
         self.members = nn.ModuleList(
-            NACTNetwork(
-                n_input,
-                n_labels,
-                n_blocks=n_blocks,
-                n_heads=n_heads,
-                n_hidden_ff=n_hidden_ff,
-                dropout=dropout,
-                attention_rank=attention_rank,
-                attention_init=attention_init,
-                fixed_bias=attention_input != "expression",
-            )
+            NACTNetwork(n_input, n_labels, n_latent=n_latent, attention_rank=attention_rank)
             for _ in range(self.n_members)
         )
-        self.register_buffer("gene_mean", torch.zeros(n_input))
-        self.register_buffer("gene_scale", torch.ones(n_input))
-        # only when asked, so that the saved state of models without it is unchanged
-        # (a None buffer is not saved)
-        allowed = torch.ones(n_input, dtype=torch.bool) if restrict_attention else None
-        self.register_buffer("attention_allowed", allowed)
         self.input_dropout = nn.Dropout(input_dropout)
-        self.mask_unexpressed = mask_unexpressed
         self.batch_shift = BatchShift(n_input)
         weights = torch.ones(n_labels) if class_weights is None else torch.as_tensor(class_weights).float()
         self.register_buffer("class_weights", weights)
 
-    @property
-    def n_blocks(self) -> int:
-        """Projection blocks per member."""
-        return len(self.members[0].blocks)
-
-    def set_gene_moments(self, mean: torch.Tensor, sd: torch.Tensor) -> None:
-        """Per-gene mean and standard deviation of the training cells, for the attention input.
-
-        ``"centered"`` uses the mean only; ``"standardized"`` also divides by the standard
-        deviation (1 for genes constant over the training cells).
-        """
-        device = self.gene_mean.device
-        self.gene_mean = torch.as_tensor(mean, dtype=torch.float32).to(device)
-        if self.attention_input == "standardized":
-            sd = torch.as_tensor(sd, dtype=torch.float32).to(device)
-            self.gene_scale = torch.where(sd > 1e-3, sd, torch.ones_like(sd))
-
-    def set_attention_allowed(self, allowed: torch.Tensor) -> None:
-        """Genes the attention may use (boolean, one per gene); the others get none in any cell."""
-        if self.attention_allowed is None:
-            raise RuntimeError("This module was built without restrict_attention=True.")
-        allowed = torch.as_tensor(allowed, dtype=torch.bool)
-        if allowed.shape != (self.n_input,):
-            raise ValueError(
-                f"allowed must have one entry per gene ({self.n_input}), got {tuple(allowed.shape)}."
-            )
-        self.attention_allowed = allowed.to(self.gene_mean.device)
+    @staticmethod
+    def n_parameters(
+        n_input: int, n_labels: int, *, n_latent: int = 64, attention_rank: int = 64, n_members: int = 1, **_
+    ) -> int:
+        """Number of trainable parameters, computed without building the network."""
+        member = n_input * (2 * attention_rank + 1 + n_latent) + n_latent * n_labels + n_labels
+        return n_members * member
 
     def set_input_dropout(self, p: float) -> None:
-        """Dropout rate on the expression before the attention (used in training mode only)."""
+        """Dropout rate on the expression (used in training mode only)."""
         if not 0.0 <= p < 1.0:
             raise ValueError(f"input_dropout must be in [0, 1), got {p}.")
         self.input_dropout.p = p
-
-    @staticmethod
-    def n_parameters(
-        n_input: int,
-        n_labels: int,
-        *,
-        n_blocks: int = 2,
-        n_heads: int = 8,
-        n_hidden_ff: int = 128,
-        attention_rank: int | None = None,
-        n_members: int = 1,
-        **_,
-    ) -> int:
-        """Number of trainable parameters, computed without building the network."""
-        g = n_input
-
-        def gene_map(n_out: int, rank: int | None) -> int:
-            return g * n_out + n_out if rank is None else g * rank + rank * n_out + n_out
-
-        head_rank = None if attention_rank is None else max(1, attention_rank // n_heads)
-        block = sum(gene_map(size, head_rank) for size in split_sizes(g, n_heads))
-        block += 2 * g * n_hidden_ff + n_hidden_ff + g + 4 * g  # feed-forward + two LayerNorms
-        member = gene_map(g, attention_rank) + n_blocks * block + g * n_labels + n_labels
-        return n_members * member
 
     def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
         return {"x": tensors[REGISTRY_KEYS.X_KEY]}
@@ -304,16 +167,18 @@ class NACTModule(BaseModuleClass):
         return {}
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Expression as the attention sees it (log1p(CP10k) when the input holds counts)."""
+        """Expression as the network sees it (log1p(CP10k) when the input holds counts)."""
         return log1p_cp10k(x) if self.normalize_input else x
 
     @auto_move_data
     def inference(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Attention and class logits for a minibatch of cells.
+        """Class logits, attention, gene scores and latent representation of a minibatch.
 
         Returns ``member_logits`` ``(E, B, C)``, ``logits`` (log of the mean member
-        probabilities, ``(B, C)``), ``attention`` (the members' mean, ``(B, G)``) and ``views``
-        (see :meth:`inference_from_views`).
+        probabilities divided by the temperature outside training, ``(B, C)``), the members'
+        mean ``attention`` and ``scores`` ``(B, G)``, ``latent`` (the members' latent
+        representations side by side, ``(B, E * n_latent)``), and ``views`` (see
+        :meth:`inference_from_views`).
         """
         x = self.prepare_input(x)
         # each member its own batch-difference draws (none without vectors or outside training)
@@ -328,27 +193,32 @@ class NACTModule(BaseModuleClass):
         """
         if views.dim() == 2:
             views = per_member(views, self.n_members)
-        member_logits, attention = [], 0.0
+        member_logits, latents, sums = [], [], {}
         for member, x_member in zip(self.members, views):
             if self.training:
-                x_member = self.input_dropout(x_member)
-            # a gene the cell does not express scores a * 0 = 0 whatever its attention; keeping it
-            # out of the softmax puts the cell's attention on the genes it expresses
-            query = (
-                x_member
-                if self.attention_input == "expression"
-                else (x_member - self.gene_mean) / self.gene_scale
-            )
-            logits, member_attention = member(x_member, query, self.mask_unexpressed, self.attention_allowed)
-            member_logits.append(logits)
-            attention = attention + member_attention / self.n_members
+                x_member = self.input_dropout(x_member) * (1.0 - self.input_dropout.p)
+            out = member(x_member)
+            member_logits.append(out.pop("logits"))
+            latents.append(out.pop("latent"))
+            for key, value in out.items():
+                sums[key] = sums.get(key, 0.0) + value / self.n_members
         member_logits = torch.stack(member_logits)
-        return {
-            "member_logits": member_logits,
-            "logits": mean_probability_logits(member_logits),
-            "attention": attention,
-            "views": views,
-        }
+        logits = self.calibrated(mean_probability_logits(member_logits))
+        latent = torch.cat(latents, dim=-1)
+        return {"member_logits": member_logits, "logits": logits, "latent": latent, **sums, "views": views}
+
+    def contributions(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Each gene's contribution to the logit of class ``classes[i]`` in cell ``i``, ``(B, G)``.
+
+        ``x`` is the prepared expression (:meth:`prepare_input`). For one network the class logit
+        is exactly the sum of the contributions plus the class bias; for an ensemble, the
+        members' contributions are averaged (the logit of the members' mean logits).
+        """
+        total = 0.0
+        for member in self.members:
+            weights = member.gene_class_weights()  # (G, C)
+            total = total + member.attention(x) * x * weights[:, classes].T
+        return total / self.n_members
 
     def generative(self, **kwargs) -> dict:
         """N-ACT is discriminative: nothing to generate."""
@@ -369,7 +239,6 @@ class NACTModule(BaseModuleClass):
         """
         labels = tensors[REGISTRY_KEYS.LABELS_KEY].view(-1).long()
         weight = self.class_weights if balance_classes else None
-        # each member is trained on its own cross-entropy, as if it were trained alone
         ce = torch.stack(
             [
                 F.cross_entropy(logits, labels, weight=weight, label_smoothing=label_smoothing)

@@ -6,7 +6,6 @@ import logging
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
 from scipy import sparse
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
@@ -22,7 +21,6 @@ from scsalient.model.base import (
     check_labels,
 )
 from scsalient.model.base._checks import check_batch_key
-from scsalient.model.base._classifier import predicted_codes
 from scsalient.model.base._expression import has_validation_split
 from scsalient.model.base._memory import check_training_memory
 
@@ -41,22 +39,20 @@ Preset = Literal["auto", "paper"]
 PAPER = {"lr": 5e-3, "weight_decay": 0.05, "batch_size": 2048, "lr_decay": 0.9}
 
 
-#: batch-norm momenta of TabNet (input batch norm, ghost batch norms)
-PAPER_MOMENTUM = (0.01, 0.02)
+#: batch-norm momentum of TabNet's ghost batch norms
+PAPER_MOMENTUM = 0.02
 
 
-def auto_momentum(n_train: int, batch_size: int, virtual_batch_size: int) -> tuple[float, float]:
-    """Batch-norm momenta whose running statistics settle within about half an epoch.
+def auto_momentum(n_train: int, batch_size: int, virtual_batch_size: int) -> float:
+    """Ghost batch-norm momentum whose running statistics settle within about half an epoch.
 
-    TabNet's momenta (0.01 and 0.02) average the statistics over the last 100 and 50 updates:
-    a fraction of an epoch on an atlas, but dozens of epochs on 10,000 cells, where the
-    running statistics used at prediction time then lag far behind the network's weights.
+    TabNet's momentum (0.02) averages the statistics over the last 50 updates: a fraction of an
+    epoch on an atlas, but dozens of epochs on 10,000 cells, where the running statistics used
+    at prediction time then lag far behind the network's weights.
     """
     steps = max(int(np.ceil(n_train / batch_size)), 1)
     ghost_updates = steps * max(batch_size // virtual_batch_size, 1)
-    input_momentum = float(np.clip(2.0 / steps, PAPER_MOMENTUM[0], 0.5))
-    momentum = float(np.clip(2.0 / ghost_updates, PAPER_MOMENTUM[1], 0.5))
-    return input_momentum, momentum
+    return float(np.clip(2.0 / ghost_updates, PAPER_MOMENTUM, 0.5))
 
 
 def auto_training(n_train: int) -> dict:
@@ -176,6 +172,10 @@ class SCTAB(SaveLoadMixin, ClassifierMixin, BaseModelClass):
     """
 
     _module_cls = SCTABModule
+    _keys = SCTABKeys
+    _explanation_output = "mask"
+    _latent_output = "embedding"
+    _default_min_confidence = None
     #: the distilled network is this many times as wide as a member (user guide: "The
     #: distilled network is four times as wide as a member")
     _distill_width = 4
@@ -393,13 +393,13 @@ class SCTAB(SaveLoadMixin, ClassifierMixin, BaseModelClass):
         augment = self._resolve_augment(augment)
         if early_stopping is None:  # nothing to stop on without validation cells
             early_stopping = has_validation_split(train_size, validation_size)
-        input_momentum, momentum = PAPER_MOMENTUM
+        momentum = PAPER_MOMENTUM
         if preset == "auto":
-            input_momentum, momentum = auto_momentum(
+            momentum = auto_momentum(
                 n_train, int(settings_["batch_size"]), self.init_params_["non_kwargs"]["virtual_batch_size"]
             )
-        self.module.set_batch_norm_momentum(input_momentum, momentum)
-        settings_.update(bn_momentum_input=input_momentum, bn_momentum=momentum)
+        self.module.set_batch_norm_momentum(momentum)
+        settings_.update(bn_momentum=momentum)
         self.training_settings_ = {
             "preset": preset,
             **settings_,
@@ -440,140 +440,45 @@ class SCTAB(SaveLoadMixin, ClassifierMixin, BaseModelClass):
         )
 
     # ------------------------------------------------------------------ read-out
-    def predict(
+    def _annotate_extras(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The members' disagreement: the fraction whose own prediction differs from the ensemble's."""
+        predicted = batch["probabilities"].argmax(axis=1)
+        member_votes = batch["member_logits"].argmax(axis=-1)  # (E, B)
+        return {SCTABKeys.DISAGREEMENT: (member_votes != predicted[None]).mean(axis=0)}
+
+    def _write_confidence(
+        self, target: AnnData, confidence: np.ndarray, extras: dict[str, np.ndarray]
+    ) -> None:
+        """``obs["sctab_uncertainty"]`` (1 - the calibrated top probability) and the disagreement."""
+        target.obs[SCTABKeys.UNCERTAINTY] = 1.0 - confidence
+        for name, values in extras.items():
+            target.obs[name] = values
+
+    def get_masks(
         self,
         adata: AnnData | None = None,
         indices: Sequence[int] | None = None,
-        soft: bool = False,
-        batch_size: int | None = None,
-    ) -> np.ndarray | pd.DataFrame:
-        """Predict cell types (mean probabilities of the ensemble members).
+        n_top_genes: int | None = None,
+        dense: bool = False,
+        batch_size: int | None = 1024,
+    ) -> sparse.csr_matrix | np.ndarray:
+        """Per-cell feature masks (the members' mean), over the genes each cell expresses.
 
         Parameters
         ----------
         adata
-            Data to predict; ``None`` for the training data. Genes are matched by name (missing
-            genes zero-filled with a warning; under 50% overlap is an error) and the object is
-            not modified.
+            Data to explain; ``None`` for the training data (genes matched by name).
         indices
-            Cells of ``adata`` to predict; ``None`` for all.
-        soft
-            Return class probabilities instead of labels.
+            Cells to use; ``None`` for all.
+        n_top_genes
+            Keep only each cell's largest mask values (sparse result only); ``None`` keeps all.
+        dense
+            Return a dense float32 array instead of a CSR matrix.
         batch_size
             Cells per forward pass.
 
         Returns
         -------
-        With ``soft=False`` an array of predicted labels; with ``soft=True`` a DataFrame of
-        probabilities (cells x classes, indexed by ``obs_names``). Query cells with no
-        expression in any of the model's genes get no prediction (with a warning naming
-        them): a row of NaN probabilities, and ``None`` among the labels (the array is then of
-        dtype ``object``).
+        Cells x the model's genes, rows summing to 1.
         """
-        return super().predict(adata, indices=indices, soft=soft, batch_size=batch_size)
-
-    def annotate(
-        self,
-        adata: AnnData | None = None,
-        mask: bool = True,
-        embedding: bool = True,
-        batch_size: int | None = 1024,
-    ) -> None:
-        """Write predictions, uncertainty, embedding and feature masks into ``adata``.
-
-        One pass over the cells writes
-
-        * ``obs["sctab_prediction"]``: predicted cell type (categorical), the argmax of the
-          mean member probabilities,
-        * ``obs["sctab_uncertainty"]``: 1 - the largest mean probability,
-        * ``obs["sctab_disagreement"]``: fraction of members whose own prediction differs from
-          the ensemble's (0 with one member),
-        * ``obsm["sctab_probabilities"]``: DataFrame of mean class probabilities,
-        * ``obsm["X_sctab"]``: float32 embedding, the members' decision features side by side
-          (``n_ensemble * n_d`` columns; only with ``embedding=True``),
-        * ``obsm["sctab_mask"]``: :class:`scipy.sparse.csr_matrix`, cells x ``adata.var_names``,
-          the feature mask averaged over members (rows sum to 1; only with ``mask=True``),
-        * ``varm["sctab_mask_mean"]``: DataFrame genes x classes, the mean mask of the cells
-          predicted as each class (NaN for classes no cell is predicted as and for genes the
-          model does not know),
-        * ``uns["sctab"]``: classes, labels key, input kind, model and training settings.
-
-        Query cells with no expression in any of the model's genes get no prediction (with a
-        warning naming them): a missing prediction, NaN uncertainty, disagreement,
-        probabilities and embedding, and an empty mask row.
-
-        Parameters
-        ----------
-        adata
-            Data to annotate; ``None`` for the training data. Nothing else in it is changed.
-        mask
-            Store the per-cell feature masks (sparse: entmax masks are mostly zeros).
-        embedding
-            Store the embedding.
-        batch_size
-            Cells per forward pass.
-        """
-        target = self.adata if adata is None else adata
-        prepared = self._prepare_adata(adata)
-        model_genes = pd.Index(self.get_var_names())
-        gene_pos = model_genes.get_indexer(target.var_names)
-        known = np.flatnonzero(gene_pos >= 0)
-        n_classes = len(self.classes)
-        probs = np.full((target.n_obs, n_classes), np.nan, dtype=np.float32)
-        disagreement = np.full(target.n_obs, np.nan, dtype=np.float32)
-        emb = (
-            np.full((target.n_obs, self.n_ensemble * self.module.n_d), np.nan, dtype=np.float32)
-            if embedding
-            else None
-        )
-        masks, mask_rows = [], []
-        sums = np.zeros((n_classes, len(model_genes)), dtype=np.float64)
-        for batch in self._iter_inference(
-            prepared, None, batch_size, ["probabilities", "member_logits", "embedding", "mask"], "annotate"
-        ):
-            rows = batch["positions"]
-            probs[rows] = batch["probabilities"]
-            predicted = batch["probabilities"].argmax(axis=1)
-            member_votes = batch["member_logits"].argmax(axis=-1)  # (E, B)
-            disagreement[rows] = (member_votes != predicted[None]).mean(axis=0)
-            if emb is not None:
-                emb[rows] = batch["embedding"].transpose(1, 0, 2).reshape(len(rows), -1)
-            mean_mask = batch["mask"].mean(axis=0)
-            np.add.at(sums, predicted, mean_mask)
-            if mask:
-                sub = sparse.csr_matrix(mean_mask[:, gene_pos[known]])
-                masks.append(sparse.csr_matrix((sub.data, known[sub.indices], sub.indptr),
-                                               shape=(len(rows), target.n_vars)))  # fmt: skip
-                mask_rows.append(rows)
-        predicted = predicted_codes(probs)
-        counts = np.bincount(predicted[predicted >= 0], minlength=n_classes).astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            means = sums / counts[:, None]
-        mean_df = pd.DataFrame(np.nan, index=target.var_names, columns=self.classes)
-        mean_df.iloc[known] = means[:, gene_pos[known]].T
-        target.obs[SCTABKeys.PREDICTION] = pd.Categorical.from_codes(predicted, categories=self.classes)
-        target.obs[SCTABKeys.UNCERTAINTY] = 1.0 - probs.max(axis=1)
-        target.obs[SCTABKeys.DISAGREEMENT] = disagreement
-        target.obsm[SCTABKeys.PROBABILITIES] = pd.DataFrame(
-            probs, index=target.obs_names, columns=self.classes
-        )
-        if emb is not None:
-            target.obsm[SCTABKeys.EMBEDDING] = emb
-        if mask:  # rows of cells without a prediction stay empty
-            rows = np.concatenate(mask_rows)
-            place = sparse.csr_matrix(
-                (np.ones(len(rows), dtype=np.float32), (rows, np.arange(len(rows)))),
-                shape=(target.n_obs, len(rows)),
-            )
-            target.obsm[SCTABKeys.MASK] = (place @ sparse.vstack(masks, format="csr")).astype(np.float32)
-        target.varm[SCTABKeys.MASK_MEAN] = mean_df
-        target.uns[SCTABKeys.UNS] = {
-            "classes": self.classes.tolist(),
-            "labels_key": self.labels_key,
-            "input_kind": self.input_kind,
-            "n_ensemble": self.n_ensemble,
-            "n_model_genes": len(model_genes),
-            "n_genes_known": len(known),
-            "settings": {k: v for k, v in self.init_params_["non_kwargs"].items() if v is not None},
-            "training": dict(getattr(self, "training_settings_", {})),
-        }
+        return self._explanations(adata, indices, batch_size, n_top_genes, dense)

@@ -12,7 +12,13 @@ from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 
 from scsalient.model.base._augment import BatchShift
-from scsalient.model.base._components import log1p_cp10k, mean_probability_logits, per_member
+from scsalient.model.base._components import (
+    MASKED_LOGIT,
+    TemperatureScaled,
+    log1p_cp10k,
+    mean_probability_logits,
+    per_member,
+)
 
 #: above this many genes, 1.5-entmax partially sorts the top entries instead of sorting all
 _ENTMAX_FULL_SORT_MAX = 1024
@@ -166,12 +172,13 @@ class AttentiveTransformer(nn.Module):
         nn.init.constant_(self.bn.bn.weight, init_scale)
         self.k = None if n_genes <= _ENTMAX_FULL_SORT_MAX else _ENTMAX_TOPK
 
-    def forward(self, prior: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """Sparse mask over genes, rows summing to 1."""
-        return entmax15(self.bn(self.fc(a)) * prior, dim=-1, k=self.k)
+    def forward(self, prior: torch.Tensor, a: torch.Tensor, expressed: torch.Tensor) -> torch.Tensor:
+        """Sparse mask over the genes each cell expresses (``expressed``), rows summing to 1."""
+        logits = (self.bn(self.fc(a)) * prior).masked_fill(~expressed, MASKED_LOGIT)
+        return entmax15(logits, dim=-1, k=self.k)
 
 
-class SCTABModule(BaseModuleClass):
+class SCTABModule(BaseModuleClass, TemperatureScaled):
     r"""Torch module of :class:`~scsalient.model.SCTAB`: ``n_members`` TabNet classifiers in one network.
 
     For the log1p(CP10k) expression :math:`x` of a cell, each member computes (one decision
@@ -250,7 +257,6 @@ class SCTABModule(BaseModuleClass):
         self.lambda_sparse = lambda_sparse
         self.normalize_input = normalize_input
         width = n_d + n_a
-        self.input_bn = MemberBatchNorm(n_members, n_input, None, momentum=0.01)
         shared = nn.ModuleList(
             MemberLinear(n_members, n_input if i == 0 else width, 2 * width,
                          gain=_glu_gain(n_input if i == 0 else width, 2 * width))
@@ -268,11 +274,10 @@ class SCTABModule(BaseModuleClass):
         self.register_buffer("class_weights", weights)
         self.batch_shift = BatchShift(n_input)
 
-    def set_batch_norm_momentum(self, input_momentum: float, momentum: float) -> None:
-        """Momentum of the running statistics: of the input batch norm, and of the ghost batch norms."""
-        self.input_bn.bn.momentum = input_momentum
+    def set_batch_norm_momentum(self, momentum: float) -> None:
+        """Momentum of the running statistics of the ghost batch norms."""
         for layer in self.modules():
-            if isinstance(layer, MemberBatchNorm) and layer is not self.input_bn:
+            if isinstance(layer, MemberBatchNorm):
                 layer.bn.momentum = momentum
 
     # ------------------------------------------------------------------ forward
@@ -311,7 +316,8 @@ class SCTABModule(BaseModuleClass):
         """
         if views.dim() == 2:
             views = per_member(views, self.n_members)
-        x = self.input_bn(views)
+        x = views
+        expressed = x != 0
         a = self.initial_transformer(x)[..., self.n_d :]
         prior = torch.ones_like(x)
         embedding = torch.zeros(*x.shape[:2], self.n_d, device=x.device, dtype=x.dtype)
@@ -319,7 +325,7 @@ class SCTABModule(BaseModuleClass):
         entropy = x.new_zeros(self.n_members)
         mask = None
         for attentive, transformer in zip(self.attentive, self.step_transformers):
-            mask = attentive(prior, a)
+            mask = attentive(prior, a, expressed)
             entropy = entropy + (mask * torch.log(mask + 1e-15)).sum(-1).mean(-1)
             prior = (self.gamma - mask) * prior
             out = transformer(mask * x)
@@ -333,7 +339,7 @@ class SCTABModule(BaseModuleClass):
         member_logits = self.head(embedding)
         return {
             "member_logits": member_logits,
-            "logits": mean_probability_logits(member_logits),
+            "logits": self.calibrated(mean_probability_logits(member_logits)),
             "embedding": embedding,
             "mask": mask,
             "mask_entropy": entropy / self.n_steps,

@@ -260,6 +260,7 @@ class Translator(SaveLoadMixin, TrainingMixin, BaseModelClass):
         shares = np.zeros(rna.shape[1])
         accessible = np.zeros(atac.shape[1])
         for _, block in iter_row_blocks(rna):
+            block = block.astype(np.float64)  # a float16 sum would round the library sizes
             library = np.asarray(block.sum(axis=1)).reshape(-1, 1)
             shares += np.asarray((block / np.maximum(library, 1)).sum(axis=0)).ravel()
         for _, block in iter_row_blocks(atac):
@@ -284,8 +285,9 @@ class Translator(SaveLoadMixin, TrainingMixin, BaseModelClass):
         """Register paired RNA + ATAC cells.
 
         RNA must hold raw counts (the model uses a negative binomial likelihood); accessibility
-        may be counts or 0/1. Both modalities must hold the same cells in the same order. Peaks
-        accessible in no cell give a warning.
+        may be counts or 0/1. Both modalities must hold the same cells (at least 10) in the same
+        order, and gene and peak names must be unique. Peaks accessible in no cell give a
+        warning.
 
         The ATAC modality must look like chromatin accessibility: features with peak coordinates
         (names such as ``chr1:100-200``, ``chr1-100-200``, ``chr1_100_200``, or ``var`` columns
@@ -585,7 +587,8 @@ class Translator(SaveLoadMixin, TrainingMixin, BaseModelClass):
         x = aligned.X if layer is None else aligned.layers[layer]
         where = f"{describe_location(layer)} of the {modality.upper()} data"
         if modality == "rna":
-            kind = inspect_expression(x, where, adata.obs_names)
+            # queries are not warned about their input kind (as for the other models), only refused
+            kind = inspect_expression(x, where, adata.obs_names, warn=False, query=True)
             if kind != "counts":
                 raise ValueError(
                     f"{where} holds log-normalised values, but the Translator reads raw RNA counts "
