@@ -20,8 +20,11 @@ def module_recovery(impact: pd.DataFrame, modules: Sequence[str]) -> pd.DataFram
     Parameters
     ----------
     impact
-        Gene sets x units (e.g. ``adata.uns["moduleae"]["impact"]`` of
-        :func:`scsalient.tl.gene_set_impact`); larger means a stronger tie.
+        Gene sets x units; larger means a stronger tie. Prefer the unscaled
+        ``adata.uns["moduleae"]["mean_saliency"]`` of :func:`scsalient.tl.gene_set_impact` to
+        its ``impact``: after the per-unit min-max scaling every unit's top set scores 1, so a
+        unit that barely reads a module ties with one that reads it alone. Whether a module is
+        recovered (the top set of its unit) is the same for both.
     modules
         Rows of ``impact`` that are planted modules.
 
