@@ -3,15 +3,14 @@
 Rankers, all given the true cell-type labels of all 8,684 cells:
 
 * NACT salient genes with TF-IDF and with plain mean attention (``tfidf=False``): NACT is
-  trained on all cells with its default preset (at most 15 epochs for the quick budget, 30 for
-  full, early stopping on a 10% validation split; batch augmentation over the donors),
+  trained with its defaults (15 epochs for the quick budget; batch augmentation over the donors),
   ``model.annotate()`` stores the attention, then
   ``scsalient.tl.salient_genes(adata, groupby="cell_type", tfidf=...)``;
 * SCTAB salient genes from its feature masks (``attention_key="sctab_mask"``), with TF-IDF and
-  with the plain mean mask: the default 5-member ensemble, trained on all cells like NACT (at
-  most 20 / 30 epochs; batch augmentation over the donors), and the same ensemble with the
-  earlier weight decay of 0.05 and with the paper preset, to show whether the masks survive
-  the defaults;
+  with the plain mean mask: the default 5-member ensemble, trained like NACT (15 epochs for the
+  quick budget, the model's default otherwise; batch augmentation over the donors), and the
+  same ensemble with the earlier weight decay of 0.05 and with the paper preset, to show
+  whether the masks survive the defaults;
 * scanpy ``rank_genes_groups`` with wilcoxon, t-test and logreg on log1p CP10k;
 * 25 random genes (mean over 1,000 draws).
 
@@ -45,7 +44,7 @@ if str(BENCH_DIR) not in sys.path:
 from datasets import DATA_DIR, DATASETS, LABEL_KEY  # noqa: E402
 from peers import MARKERS as PEER_MARKERS  # noqa: E402
 from report import git_line  # noqa: E402
-from systems import BATCH_KEYS, NACT_EPOCHS, SCTAB_EPOCHS, lognorm  # noqa: E402
+from systems import BATCH_KEYS, QUICK_EPOCHS, lognorm  # noqa: E402
 
 K = 25
 N_RANDOM = 1000
@@ -98,15 +97,15 @@ def salient_gene_rankings(adata, names: dict[bool, str], attention_key: str) -> 
     return rankings, seconds
 
 
-def nact_rankings(adata, epochs: int, seed: int) -> tuple[dict, dict]:
-    from systems import _jsonable, train_nact
+def nact_rankings(adata, budget: str, seed: int) -> tuple[dict, dict]:
+    from systems import _jsonable, train_classifier
 
     from scsalient._constants import NACTKeys
 
     work = adata.copy()
     # the model's default ensemble size (the mean attention of its members)
-    model, train_seconds = train_nact(
-        work, LABEL_KEY, seed, max_epochs=epochs, n_ensemble=default_n_ensemble()
+    model, train_seconds = train_classifier(
+        "NACT", work, LABEL_KEY, seed, budget, n_ensemble=default_n_ensemble()
     )
     start = time.perf_counter()
     model.annotate()
@@ -120,8 +119,8 @@ def nact_rankings(adata, epochs: int, seed: int) -> tuple[dict, dict]:
     info = {
         "model_settings": _jsonable(model.init_params_["non_kwargs"]),
         "training_settings": _jsonable(model.training_settings_),
-        "max_epochs": epochs,
-        "epochs_run": len(model.history["f1_macro_validation"]),
+        "max_epochs": model.training_settings_["max_epochs"],
+        "epochs_run": len(model.history["f1_macro_train"]),
         "seed": seed,
         "train_seconds": train_seconds,
         "annotate_seconds": annotate_seconds,
@@ -141,7 +140,7 @@ SCTAB_SETTINGS = {
 MODELS = ("NACT", "SCTAB")
 
 
-def sctab_rankings(adata, epochs: int, seed: int) -> tuple[dict, dict]:
+def sctab_rankings(adata, epochs: int | None, seed: int) -> tuple[dict, dict]:
     """Salient genes of SCTAB's mean feature masks per true type, for each of ``SCTAB_SETTINGS``."""
     from systems import _jsonable, _quiet_lightning
 
@@ -159,9 +158,11 @@ def sctab_rankings(adata, epochs: int, seed: int) -> tuple[dict, dict]:
         start = time.perf_counter()
         ss.model.SCTAB.setup_anndata(work, labels_key=LABEL_KEY, batch_key=batch_key)
         model = ss.model.SCTAB(work)
-        model.train(max_epochs=epochs, enable_progress_bar=False, **train_kwargs)
+        if epochs is not None:
+            train_kwargs = {"max_epochs": epochs, **train_kwargs}
+        model.train(enable_progress_bar=False, **train_kwargs)
         train_seconds = time.perf_counter() - start
-        model.annotate(embedding=False)
+        model.annotate(latent=False)
         predicted = work.obs[SCTABKeys.PREDICTION].astype(str)
         names = {
             True: f"SCTAB {setting}, salient genes (masks), TF-IDF",
@@ -173,8 +174,8 @@ def sctab_rankings(adata, epochs: int, seed: int) -> tuple[dict, dict]:
             "train_kwargs": train_kwargs,
             "n_ensemble": model.n_ensemble,
             "training_settings": _jsonable(model.training_settings_),
-            "max_epochs": epochs,
-            "epochs_run": len(model.history["f1_macro_validation"]),
+            "max_epochs": model.training_settings_["max_epochs"],
+            "epochs_run": len(model.history["f1_macro_train"]),
             "seed": seed,
             "batch_key": batch_key,
             "train_seconds": train_seconds,
@@ -211,9 +212,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget", choices=["quick", "full"], default="quick")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
-    parser.add_argument(
-        "--epochs", type=int, help="NACT largest number of epochs (default: 15 for quick, 30 for full)"
-    )
     args = parser.parse_args(argv)
 
     import scsalient as ss
@@ -233,8 +231,10 @@ def main(argv: list[str] | None = None) -> None:
     database = ss.datasets.marker_database(PANGLAO, species="human")
     truth = truth_sets(database)
 
-    rankings, nact_info = nact_rankings(adata, args.epochs or NACT_EPOCHS[args.budget], args.seed)
-    sctab_ranked, sctab_info = sctab_rankings(adata, SCTAB_EPOCHS[args.budget], args.seed)
+    rankings, nact_info = nact_rankings(adata, args.budget, args.seed)
+    sctab_ranked, sctab_info = sctab_rankings(
+        adata, QUICK_EPOCHS if args.budget == "quick" else None, args.seed
+    )
     rankings.update(sctab_ranked)
     scanpy_ranked, scanpy_seconds = scanpy_rankings(adata)
     rankings.update(scanpy_ranked)
@@ -310,7 +310,7 @@ def _sctab_lines(sctab: dict | None) -> list[str]:
     first = next(iter(sctab.values()))
     return [
         f"SCTAB: {first['n_ensemble']}-member ensembles trained on all cells (at most "
-        f"{first['max_epochs']} epochs, early stopping; batch key {first['batch_key']}, seed "
+        f"{first['max_epochs']} epochs; batch key {first['batch_key']}, seed "
         f"{first['seed']}) with the default settings, with the earlier weight decay of 0.05 and "
         f"with the paper preset ({runs}). Salient genes from the feature masks "
         "(`attention_key='sctab_mask'`), grouped by the true labels as for NACT.",
@@ -332,8 +332,8 @@ def write_markdown(record: dict, path: Path) -> None:
         "",
         f"NACT: {nact['model_settings'].get('n_ensemble', 1)}-member ensemble"
         f"{' (the default)' if nact['model_settings'].get('n_ensemble', 1) == default_n_ensemble() else ''}, "
-        f"trained on all cells with its default preset for {nact['epochs_run']} epoch(s) "
-        f"(at most {nact['max_epochs']}, early stopping; batch key "
+        f"trained with its defaults for {nact['epochs_run']} epoch(s) "
+        f"(batch key "
         f"{nact['training_settings'].get('augment') and 'donor_id' or 'none'}, seed {nact['seed']}) "
         f"in {nact['train_seconds']:.0f} s; "
         f"its predictions agree with the labels on "

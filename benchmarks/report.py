@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from datasets import DATASETS
+from datasets import DATASETS, SELECTION_TASKS
 from paired import paired_difference
 from peers import CLASSIFICATION, NEVER_RUN, PEERS_SOURCE, SYSTEM_TO_PEER
 
@@ -181,6 +181,80 @@ def comparison_lines(results: dict, differences: dict[str, dict]) -> list[str]:
     return lines
 
 
+def _mean_over_seeds(results: dict, field: str) -> dict[tuple[str, str], float]:
+    """(dataset, system) -> mean of a run field over the seeds that have it."""
+    values: dict[tuple[str, str], list[float]] = {}
+    for run in results["runs"]:
+        value = run.get(field) if run["status"] == "ok" else None
+        if value is not None and np.isfinite(value):
+            values.setdefault((run["dataset"], run["system"]), []).append(float(value))
+    return {key: float(np.mean(v)) for key, v in values.items()}
+
+
+def overview_lines(results: dict) -> list[str]:
+    """Task x system tables: macro-F1, calibration error, and the cells of types the reference lacks."""
+    systems = list(results["systems"])
+    datasets = list(results["datasets"])
+    f1 = _mean_over_seeds(results, "macro_f1")
+    ece = _mean_over_seeds(results, "ece")
+    auroc = _mean_over_seeds(results, "unseen_auroc")
+
+    def table(values: dict, best=max) -> list[str]:
+        lines = ["| task | " + " | ".join(systems) + " |", "|---|" + "---|" * len(systems)]
+        for dataset in datasets:
+            row = [values.get((dataset, s)) for s in systems]
+            present = [v for v in row if v is not None]
+            top = best(present) if present else None
+            cells = ["–" if v is None else (f"**{v:.3f}**" if v == top else f"{v:.3f}") for v in row]
+            role = "selection" if dataset in SELECTION_TASKS else "report"
+            lines.append(f"| {dataset} ({role}) | " + " | ".join(cells) + " |")
+        return lines
+
+    out = [
+        "## Overview",
+        "",
+        "Mean over seeds. *selection*: a task on which NACT's and SCTAB's defaults were chosen "
+        "(`results/defaults.md`); *report*: a task the defaults never saw. Best of each row in bold.",
+        "",
+        "**Macro-F1** (over the types of the reference):",
+        "",
+        *table(f1),
+        "",
+        "**Expected calibration error** of the top probability (15 bins; cells of the reference's "
+        "types; lower is better):",
+        "",
+        *table(ece, best=min),
+        "",
+    ]
+    unseen = [d for d in datasets if any((d, s) in auroc for s in systems)]
+    if unseen:
+        out += [
+            "**Cells of types the reference lacks**: AUROC of 1 − top probability for separating them "
+            "from the cells of known types, and at a threshold of 0.5 the share of unseen-type cells "
+            "left unassigned / the share of known-type cells lost:",
+            "",
+            "| task | unseen types (cells) | " + " | ".join(systems) + " |",
+            "|---|---|" + "---|" * len(systems),
+        ]
+        for dataset in unseen:
+            runs = [
+                r for r in results["runs"] if r["dataset"] == dataset and r.get("unseen_auroc") is not None
+            ]
+            types = ", ".join(runs[0]["unseen_types"]) + f" ({runs[0]['n_unseen_cells']})"
+            cells = []
+            for system in systems:
+                mine = [r for r in runs if r["system"] == system]
+                if not mine:
+                    cells.append("–")
+                    continue
+                caught = np.mean([r["unseen_left_unassigned"]["0.5"] for r in mine])
+                lost = np.mean([r["known_left_unassigned"]["0.5"] for r in mine])
+                cells.append(f"{auroc[(dataset, system)]:.2f} ({caught:.0%} / {lost:.0%})")
+            out.append(f"| {dataset} | {types} | " + " | ".join(cells) + " |")
+        out.append("")
+    return out
+
+
 def threads_line(runs: list[dict]) -> str:
     """How many threads the runs used (a seed's result depends on it), or ``""`` if none says."""
     counts = Counter(r.get("threads") for r in runs)
@@ -237,6 +311,7 @@ def write_classification_markdown(results: dict, path: Path) -> None:
         "(`scsalient.metrics.ontology_f1`); macro-averaged like macro-F1. When no label's term lies "
         "below another's, it equals macro-F1.",
         "",
+        *overview_lines(results),
         "## scsalient against the best peer",
         "",
         *(comparison_lines(results, differences) or ["No scsalient model was run."]),

@@ -10,10 +10,10 @@ Each (system, dataset, seed) runs in its own subprocess
 (``python benchmarks/run.py --one SYSTEM DATASET SEED --json OUT``), so its wall time and
 peak resident memory are its own. Results go to ``benchmarks/results/``:
 ``classification.json`` (every run, with per-class F1), ``classification.md`` (mean ± sd over
-seeds) and ``classification.png``. The other benchmarks (``EXTRA_BENCHMARKS``: the ablation of
-the training defaults, marker recovery on Kang and on simulated data, module recovery,
-RNA <-> ATAC translation, training from disk at scale) run afterwards with the same budget
-unless ``--no-markers`` is given; each writes its own tables into the results folder.
+seeds) and ``classification.png``. The other benchmarks (``EXTRA_BENCHMARKS``: marker recovery
+on Kang and on simulated data, module recovery, RNA <-> ATAC translation, training from disk
+at scale) run afterwards with the same budget unless ``--no-markers`` is given; each writes
+its own tables into the results folder.
 """
 
 from __future__ import annotations
@@ -66,12 +66,13 @@ ANNOTATION_TASKS = [
     "celllines_10x",
     "celllines5",
     "mesc",
+    "kang_without_nk",
+    "mop_without_ast",
 ]
 BUDGET_DATASETS = {"quick": ["kang_stim", "pbmc_celseq2", "pancreas_smartseq2"], "full": ANNOTATION_TASKS}
 BUDGET_SEEDS = {"quick": [0], "full": [0, 1, 2]}
 #: scripts run after the classification benchmark, each as ``script [args] --budget B --out DIR``
 EXTRA_BENCHMARKS = [
-    "ablation.py --split inner",
     # the Translator's settings (dropout of single networks, the default ensemble), scored on
     # held-out training sub-libraries before the test run
     "translation.py --split inner --no-links --systems feature_mean svd_krr translator",
@@ -79,8 +80,6 @@ EXTRA_BENCHMARKS = [
         f"translation.py --split inner --no-links --merge --systems translator --n-ensemble 1 --dropout {p}"
         for p in ("0.1", "0.3", "0.5", "0.7")
     ),
-    # its steps of the default settings are the classification runs of the same configuration
-    "ablation.py --from-classification",
     "markers.py",
     "markers_simulated.py",
     "modules.py",
@@ -587,9 +586,6 @@ def main_suite(args: argparse.Namespace) -> None:
             command = [sys.executable, str(BENCH_DIR / name), *extra]
             command += ["--budget", budget, "--out", str(args.out)]
             env = None  # the other benchmarks keep their own thread settings
-            if name == "ablation.py":  # trains the classifiers of this suite: same threads
-                command += ["--threads", str(args.threads)]
-                env = thread_environment(args.threads)
             print(f"[run] {script} ...", flush=True)
             returncode = subprocess.run(command, check=False, env=env).returncode
             if returncode:

@@ -58,7 +58,7 @@ def supervised(adata: sc.AnnData, out: Path) -> None:
     ss.model.NACT.setup_anndata(train, labels_key="bulk_labels")
     model = ss.model.NACT(train)
     start = time.perf_counter()
-    model.train(max_epochs=40, lr=1e-3, batch_size=64, enable_progress_bar=False)
+    model.train(enable_progress_bar=False)
     seconds = time.perf_counter() - start
     predicted = model.predict(test)
     truth = test.obs["bulk_labels"].astype(str)
@@ -77,10 +77,15 @@ def supervised(adata: sc.AnnData, out: Path) -> None:
         f"macro-F1 {f1_score(truth, baseline, average='macro'):.3f}"
     )
 
-    model.annotate(adata)  # all 700 cells: predictions, probabilities, attention
+    model.annotate(adata)  # all 700 cells: calibrated predictions, explanations, latent space
     sc.pl.umap(adata, color=["bulk_labels", "nact_prediction", "nact_confidence"], wspace=0.45, show=False)
     matplotlib.pyplot.savefig(out / "umap_prediction.png", dpi=120, bbox_inches="tight")
     matplotlib.pyplot.close("all")
+    test.obs["truth"] = truth.to_numpy()
+    model.annotate(test, explanation=False)
+    ece = ss.metrics.expected_calibration_error(test.obsm["nact_probabilities"], test.obs["truth"].to_numpy())
+    print(f"  expected calibration error of the probabilities on the held-out cells: {ece:.3f}")
+    ss.pl.reliability_diagram(test, "truth", "nact_probabilities", show=False, save=out / "reliability.png")
     ss.tl.salient_genes(adata, groupby="nact_prediction", key_added="salient_genes")
     ss.pl.salient_genes(
         adata,
@@ -104,7 +109,7 @@ def unsupervised(adata: sc.AnnData, out: Path) -> None:
     ss.pp.cluster_labels(work, n_clusters=8, key_added="leiden")
     ss.model.NACT.setup_anndata(work, labels_key="leiden")
     model = ss.model.NACT(work)
-    model.train(max_epochs=40, lr=1e-3, batch_size=64, enable_progress_bar=False)
+    model.train(enable_progress_bar=False)
     model.annotate()
     ss.tl.salient_genes(work, groupby="leiden", key_added="salient_genes_leiden")
     agreement = (work.obs["nact_prediction"].astype(str) == work.obs["leiden"].astype(str)).mean()

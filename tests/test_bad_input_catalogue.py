@@ -859,7 +859,7 @@ def _read_outs(name: str, model, data) -> None:
         model.predict(data, soft=True)
         if name == "NACT":
             model.get_attention(data)
-        model.annotate(data)
+        model.annotate(data, majority_voting=True)
 
 
 @pytest.mark.parametrize(("case", "name"), grid(["training data", "query"]))

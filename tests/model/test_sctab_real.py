@@ -32,7 +32,7 @@ def test_kang_heldout_donors_ensemble(kang):
     model = ss.model.SCTAB(train, n_ensemble=2)
     model.train(max_epochs=5, enable_progress_bar=False)
     assert model.training_settings_["n_augmentation_vectors"] > 0  # 3 donors x 4 types
-    model.annotate(test, embedding=False)
+    model.annotate(test, latent=False)
     predicted = test.obs[SCTABKeys.PREDICTION].astype(str)
     truth = test.obs["cell_type"].astype(str)
     # every peer reaches 0.99 on this split; measured 0.990 with 2,500 training cells (uncertainty AUROC 0.97)

@@ -84,7 +84,38 @@ def test_links_recover_planted_regulation(trained, sim):
     )
     links = mdata.uns[TranslatorKeys.UNS][TranslatorKeys.LINKS]
     assert mdata.uns[TranslatorKeys.UNS]["params"]["n_cells"] == 150
+    assert mdata.uns[TranslatorKeys.UNS]["params"]["window"] == 500_000
     assert set(links.columns) >= {"gene", "peak", "score", "sign", "direction", "rank", "distance"}
+
+    # candidates only on the gene's chromosome and within 500 kb of its TSS
+    genes = ss.tl.gene_positions(mdata["rna"].var).loc[links["gene"]]
+    peaks = ss.tl.peak_positions(mdata["atac"].var).loc[links["peak"]]
+    assert (genes["chrom"].to_numpy() == peaks["chrom"].to_numpy()).all()
+    np.testing.assert_allclose(links["distance"], peaks["centre"].to_numpy() - genes["tss"].to_numpy())
+    assert links["distance"].abs().max() <= 500_000
+    # ranked by default by the distance x correlation link score; the attributions stay in `score`
+    assert mdata.uns[TranslatorKeys.UNS]["params"]["rank_by"] == "link_score"
+    expected = ss.tl.distance_correlation_score(links["distance"], links["correlation_z"])
+    np.testing.assert_allclose(links["link_score"], expected)
+    for _, group in links.groupby(
+        ["direction", np.where(links["direction"] == "rna_to_atac", links["peak"], links["gene"])]
+    ):
+        ordered = group.sort_values("rank")["link_score"].to_numpy()
+        assert (np.diff(ordered) <= 0).all()
+    by_score = ss.tl.peak_gene_links(
+        model,
+        mdata,
+        peaks=list(truth["peak"][:5]),
+        direction="rna_to_atac",
+        rank_by="score",
+        n_steps=4,
+        n_cells=50,
+        copy=True,
+    )
+    for _, group in by_score.groupby("peak"):
+        assert (np.diff(group.sort_values("rank")["score"].to_numpy()) <= 0).all()
+    with pytest.raises(ValueError, match="needs a window"):
+        ss.tl.peak_gene_links(model, mdata, window=None, n_top=3, rank_by="link_score")
 
     # restricted to the 30 linked genes and peaks, chance of a top-1 hit is 1/30;
     # measured 0.90-0.93 (peak -> gene) and 1.0 (gene -> peak) over two training seeds
@@ -106,11 +137,21 @@ def test_links_over_all_genes_far_above_chance(trained, sim):
     model, mdata = trained
     truth = sim.uns["simulation"]["links"]
     before = mdata.uns.get(TranslatorKeys.UNS)
+    # no window: every gene is a candidate for every peak, the model alone has to find the link
     links = ss.tl.peak_gene_links(
-        model, mdata, peaks=list(truth["peak"]), direction="rna_to_atac", n_cells=150, n_steps=8, copy=True
+        model,
+        mdata,
+        peaks=list(truth["peak"]),
+        window=None,
+        n_top=10,
+        direction="rna_to_atac",
+        n_cells=150,
+        n_steps=8,
+        copy=True,
     )
     assert mdata.uns.get(TranslatorKeys.UNS) is before  # copy=True leaves mdata alone
     assert set(links["direction"]) == {"rna_to_atac"} and len(links) == 10 * N_LINKS
+    assert links["distance"].isna().all()
     top = links[links["rank"] == 1].set_index("peak").loc[truth["peak"], "gene"]
     # any of 300 genes: chance 1/300; measured 0.83-0.93 over two training seeds
     assert (top.to_numpy() == truth["gene"].to_numpy()).mean() >= 0.5
@@ -237,6 +278,8 @@ def test_ensemble_beats_its_members_on_translation_and_links(trained, sim):
             translator,
             mdata,
             peaks=list(truth["peak"]),
+            window=None,
+            n_top=10,
             direction="rna_to_atac",
             n_cells=150,
             n_steps=8,
@@ -425,13 +468,19 @@ def test_query_errors(trained, held_out):
         model.translate(md.MuData({"rna": rna}), to="rna")
     with pytest.raises(ValueError, match="baseline"):
         ss.tl.peak_gene_links(model, trained[1], baseline="random")
+    with pytest.raises(ValueError, match="pass n_top"):
+        ss.tl.peak_gene_links(model, trained[1], window=None)
+    no_coordinates = trained[1].copy()
+    no_coordinates["rna"].var = pd.DataFrame(index=no_coordinates["rna"].var_names)
+    with pytest.raises(KeyError, match="gene coordinates"):
+        ss.tl.peak_gene_links(model, no_coordinates, peaks=["peak_00001"])
     assert isinstance(translation_scores(atac, model.translate(rna, features=None), "atac")["auroc"], float)
     with pytest.raises(ValueError, match="shapes"):
         translation_scores(atac, model.translate(rna, features=list(atac.var_names[:3])), "atac")
 
 
 def test_expected_log1p_cp10k_matches_sampling():
-    from scsalient.model.translator._model import expected_log1p_cp10k
+    from scsalient.model.translator._expectation import expected_log1p_cp10k
 
     torch.manual_seed(0)
     log_rho = torch.log(torch.tensor([[0.001, 0.01, 0.3, 0.689]]))

@@ -19,7 +19,14 @@ N_PEAKS = 1000
 
 @pytest.mark.realdata
 @pytest.mark.slow
-def test_mop_translation_beats_controls(shared_data):
+def test_mop_translation_against_controls(shared_data):
+    """What the Translator does and does not beat on one held-out MOp sub-library (1,000 regions).
+
+    It ranks accessible regions better than the per-feature-mean control (AUROC) and predicts
+    gene-level variation the control cannot (per-gene Pearson); on pooled AUPRC and RNA RMSE it
+    is above the control by no more than the spread over training seeds, and on per-cell
+    Pearson of accessibility it is below it. The Translator user guide says so.
+    """
     scvi.settings.seed = 0
     with md.set_options(pull_on_update=False):
         full = md.read_h5mu(shared_data / "mop_snareseq2_multiome_10k.h5mu")
@@ -35,7 +42,7 @@ def test_mop_translation_beats_controls(shared_data):
         paired = md.MuData({"rna": full["rna"][train].copy(), "atac": atac[train][:, keep].copy()})
     ss.model.Translator.setup_mudata(paired)
     # one network: the ensemble (the default) is checked against its members on simulated data,
-    # and on these 1,723 nuclei five members score the same (AUPRC 0.0590) at five times the cost
+    # and on these 1,723 nuclei five members scored about the same at five times the cost
     model = ss.model.Translator(paired, n_ensemble=1)
     model.train(
         max_epochs=30, lr=3e-3, early_stopping=True, early_stopping_patience=5, enable_progress_bar=False
@@ -46,13 +53,19 @@ def test_mop_translation_beats_controls(shared_data):
     atac_mean = translation_controls(paired["atac"], atac_test, "atac").loc["feature_mean"]
     to_rna = translation_scores(rna_test, model.translate(atac_test, to="rna"), "rna")
     rna_mean = translation_controls(paired["rna"], rna_test, "rna").loc["feature_mean"]
-    # measured: AUROC 0.653 vs 0.619, AUPRC 0.0590 vs 0.0559 (random scorer 0.031);
-    # RMSE 0.8194 vs 0.8221, Pearson per gene 0.059 (the control scores 0); with five members
-    # AUROC 0.654, AUPRC 0.0590, RMSE 0.8166, Pearson per gene 0.066
+    # measured over training seeds 0 / 1 / 2, against the control: AUROC 0.648 / 0.650 / 0.652 vs
+    # 0.619; AUPRC 0.0569 / 0.0574 / 0.0585 vs 0.0559 (random scorer 0.031); per-cell Pearson
+    # (ATAC) 0.082 / 0.082 / 0.082 vs 0.090; RMSE 0.8215 / 0.8172 / 0.8184 vs 0.8221; per-cell
+    # Pearson (RNA) 0.556 / 0.561 / 0.559 vs 0.558; per-gene Pearson 0.055 / 0.060 / 0.060 (control 0)
+    # clear wins
     assert to_atac["auroc"] > atac_mean["auroc"] + 0.02
-    assert to_atac["auprc"] > atac_mean["auprc"] + 0.001
     assert to_rna["pearson_per_gene"] > 0.03
-    assert to_rna["rmse"] < rna_mean["rmse"]
+    # above the control, but by about the seed spread (AUPRC +0.0010 to +0.0026, RMSE -0.0006 to
+    # -0.005): no clear win
+    assert 0 < to_atac["auprc"] - atac_mean["auprc"] < 0.005
+    assert 0 < rna_mean["rmse"] - to_rna["rmse"] < 0.01
+    # a loss: per-cell Pearson of accessibility is below the control's in every seed
+    assert to_atac["pearson_per_cell"] < atac_mean["pearson_per_cell"]
 
 
 @pytest.mark.realdata

@@ -204,15 +204,61 @@ def test_show_returns_none(adata, monkeypatch):
     assert shown == [True]
 
 
-def test_heatmaps_draw_no_grid_under_grid_styles(adata):
-    # scanpy's set_figure_params (and seaborn-like styles) switch axes.grid on; a grid drawn over
-    # heatmap cells hides values, so the heatmaps switch it off for their own axes
-    with plt.rc_context({"axes.grid": True}):
-        correlation = pl.attention_correlation(adata, "group", show=False)
-        heatmap = pl.salient_genes(adata, n_genes=3, kind="heatmap", show=False)
-        assert not any(
-            line.get_visible() for line in correlation.get_xgridlines() + correlation.get_ygridlines()
-        )
-        assert not any(line.get_visible() for line in heatmap.get_xgridlines() + heatmap.get_ygridlines())
-        _, reference = plt.subplots()
-        assert any(line.get_visible() for line in reference.get_xgridlines())
+def test_attention_correlation_does_not_colour_the_diagonal_like_the_strongest_pair(adata):
+    # the colour scale covers the off-diagonal values, so the diagonal (1 by definition) lies
+    # beyond its top; clipped to the top colour it would look like the strongest pair (A, A2)
+    ax = pl.attention_correlation(adata, "group", show=False)
+    image = ax.images[0]
+    colours = image.to_rgba(image.get_array())
+    order = tick_texts(ax.get_xticklabels())
+    i, j = order.index("A"), order.index("A2")
+    strongest = colours[i, j]
+    np.testing.assert_allclose(strongest, image.cmap(image.cmap.N - 1))  # the top of the scale
+    for k in range(len(order)):
+        assert not np.allclose(colours[k, k], strongest), f"diagonal cell {order[k]} looks like (A, A2)"
+    np.testing.assert_allclose(colours[0, 0], colours[1, 1])  # one neutral colour for the diagonal
+    np.testing.assert_allclose(np.diag(np.asarray(image.get_array())), 1.0)  # the values are kept
+
+
+def _axes_with_grid(figure: Figure) -> list[Axes]:
+    """The axes of ``figure`` that draw grid lines (axes switched off draw none)."""
+    return [
+        ax
+        for ax in figure.axes
+        if ax.axison and any(line.get_visible() for line in ax.get_xgridlines() + ax.get_ygridlines())
+    ]
+
+
+@pytest.fixture
+def scanpy_figure_params():
+    """``sc.set_figure_params()`` (which switches grids on) for one test, then the settings before."""
+    import scanpy as sc
+
+    names = ("_vector_friendly", "_frameon", "file_format_figs")
+    before = {name: getattr(sc.settings, name) for name in names}
+    with plt.rc_context():
+        sc.set_figure_params()
+        yield
+    for name, value in before.items():
+        setattr(sc.settings, name, value)
+
+
+def test_matrix_plots_and_colour_bars_draw_no_grid_after_scanpy_figure_params(adata, scanpy_figure_params):
+    from scsalient._constants import ModuleAEKeys
+
+    impact = ad.AnnData(obs=pd.DataFrame(index=["c0"]))
+    rng = np.random.default_rng(0)
+    impact.uns[ModuleAEKeys.UNS] = {
+        "impact": pd.DataFrame(rng.random((5, 4)), index=[f"set{i}" for i in range(5)], columns=list("0123"))
+    }
+    _, reference = plt.subplots()
+    assert _axes_with_grid(reference.figure) == [reference]  # the style draws grids
+    figures = {
+        "attention_correlation": pl.attention_correlation(adata, "group", show=False).figure,
+        "salient_genes heatmap": pl.salient_genes(adata, n_genes=3, kind="heatmap", show=False).figure,
+        "salient_genes dotplot": pl.salient_genes(adata, n_genes=3, kind="dotplot", show=False).figure,
+        "gene_set_impact": pl.gene_set_impact(impact, show=False).figure,
+    }
+    for name, figure in figures.items():
+        assert len(figure.axes) >= 2  # the heatmap and its colour bar
+        assert _axes_with_grid(figure) == [], f"{name} draws grid lines"

@@ -41,7 +41,35 @@ def test_translation_scatter_summary(pair):
     assert points.shape == (5, 2)
     # predictions are log1p CP10k + 0.1: every point sits 0.1 above the diagonal
     np.testing.assert_allclose(points[:, 1] - points[:, 0], 0.1, atol=1e-5)
-    assert "r = 1.00" in ax.get_title()
+    # per-cell and per-gene correlations beside the mean control's, no pooled r
+    title = ax.get_title()
+    assert "r = " not in title and "per-cell r" in title and "per-gene r" in title
+    assert title.count("mean control") == 2
+
+
+def test_translation_scatter_reports_what_the_mean_control_reaches():
+    rng = np.random.default_rng(1)
+    genes = [f"g{i}" for i in range(40)]
+    scale = rng.gamma(2.0, 1.0, size=40)
+    counts = rng.poisson(scale * 5, size=(60, 40)).astype(np.float32)
+    true = AnnData(counts, var=pd.DataFrame(index=genes))
+    observed = np.log1p(counts / counts.sum(1, keepdims=True) * 1e4)
+    # the per-gene mean for every cell: pooled means agree perfectly, yet it knows nothing per cell
+    mean_only = AnnData(np.broadcast_to(observed.mean(0), observed.shape).copy(), var=true.var)
+    mean_only.obs_names = true.obs_names
+    title = pl.translation_scatter(true, mean_only, "rna", show=False).get_title()
+    per_cell = float(title.split("per-cell r ")[1].split(" ")[0])
+    per_cell_control = float(title.split("mean control ")[1].split(")")[0])
+    assert per_cell == pytest.approx(per_cell_control, abs=0.005)
+    assert "per-gene r 0.00 (mean control 0.00)" in title
+    # a training reference that misses a gene is refused
+    with pytest.raises(KeyError, match="reference lacks"):
+        pl.translation_scatter(true, mean_only, "rna", reference=true[:, :10].copy(), show=False)
+    # an informative prediction shows a per-gene r above the control's 0
+    noisy = AnnData(observed + rng.normal(0, 0.3, observed.shape).astype(np.float32), var=true.var)
+    noisy.obs_names = true.obs_names
+    title = pl.translation_scatter(true, noisy, "rna", reference=true, show=False).get_title()
+    assert float(title.split("per-gene r ")[1].split(" ")[0]) > 0.5
 
 
 def test_translation_scatter_panels(pair, tmp_path):

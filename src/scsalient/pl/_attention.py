@@ -28,9 +28,12 @@ from scsalient.tl._salient_genes import (
     _group_means,
 )
 
-from ._utils import finish_plot, panel_grid
+from ._utils import finish_plot, panel_grid, without_grid
 
 logger = logging.getLogger(__name__)
+
+#: colour of the diagonal of :func:`attention_correlation` (outside its colour scale)
+DIAGONAL_COLOUR = "lightgrey"
 
 
 def attention_correlation(
@@ -75,6 +78,8 @@ def attention_correlation(
         Colour map of the heatmap.
     vmin, vmax
         Colour limits; by default symmetric around 0 and covering all off-diagonal values.
+        The diagonal (1 by definition) is drawn grey, outside the colour scale, so that no
+        pair of groups looks as correlated as a group with itself.
     batch_size
         Number of cells read at once.
     ax
@@ -89,7 +94,7 @@ def attention_correlation(
     Returns
     -------
     The heatmap axes (`None` if shown). The correlation matrix in plotting order is
-    ``ax.images[0].get_array()``.
+    ``ax.images[0].get_array()`` (a masked array: the diagonal is masked, its values kept).
     """
     if method not in ("pearson", "spearman"):
         raise ValueError(f"`method` must be 'pearson' or 'spearman', got {method!r}.")
@@ -134,8 +139,11 @@ def attention_correlation(
         limit = limit if limit > 0 else 1.0
         vmin = -limit if vmin is None else vmin
         vmax = limit if vmax is None else vmax
-    image = ax.imshow(corr, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
-    ax.grid(False)  # styles such as scanpy's set_figure_params draw a grid over the cells
+    # the diagonal (1 by definition) lies above a scale fitted to the off-diagonal values; drawn
+    # clipped to the top colour it would look like the strongest pair, so it is masked (grey)
+    shown = np.ma.masked_array(corr, mask=np.eye(n, dtype=bool))
+    colours = plt.get_cmap(cmap).with_extremes(bad=DIAGONAL_COLOUR)
+    image = ax.imshow(shown, cmap=colours, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
     ax.set_xticks(np.arange(n), labels=names, rotation=90)
     ax.set_yticks(np.arange(n), labels=names)
     ax.set_xlabel(label)
@@ -144,6 +152,7 @@ def attention_correlation(
     divider = make_axes_locatable(ax)
     colorbar_ax = divider.append_axes("right", size=0.15, pad=0.1)
     ax.figure.colorbar(image, cax=colorbar_ax, label=f"{method.capitalize()} correlation of mean attention")
+    without_grid(ax, colorbar_ax)
     if linkage is not None:
         dendrogram_ax = divider.append_axes("top", size=0.6, pad=0.05)
         hierarchy.dendrogram(
@@ -254,8 +263,7 @@ def salient_genes(
         _, ax = plt.subplots(figsize=size_in)
     if kind == "heatmap":
         image = ax.imshow(colour, cmap=cmap, aspect="auto", interpolation="nearest")
-        ax.grid(False)  # styles such as scanpy's set_figure_params draw a grid over the cells
-        ax.figure.colorbar(image, ax=ax, label=colour_label, fraction=0.05, pad=0.02)
+        colorbar = ax.figure.colorbar(image, ax=ax, label=colour_label, fraction=0.05, pad=0.02)
     else:
         x, y = np.meshgrid(np.arange(n_cols), np.arange(n_rows))
         max_area = 200.0
@@ -268,7 +276,7 @@ def salient_genes(
             edgecolors="grey",
             linewidths=0.3,
         )
-        ax.figure.colorbar(points, ax=ax, label=colour_label, fraction=0.05, pad=0.02)
+        colorbar = ax.figure.colorbar(points, ax=ax, label=colour_label, fraction=0.05, pad=0.02)
         ax.set_xlim(-0.5, n_cols - 0.5)
         ax.set_ylim(n_rows - 0.5, -0.5)
         handles = [
@@ -283,6 +291,7 @@ def salient_genes(
             bbox_to_anchor=(1.18, 1.0),
             frameon=False,
         )
+    without_grid(ax, colorbar.ax)  # a grid would cross every cell, and every dot at its centre
     ax.set_xticks(np.arange(n_cols), labels=labels, rotation=90)
     ax.set_yticks(np.arange(n_rows), labels=all_groups)
     ax.set_ylabel(params.get("groupby") or "group")

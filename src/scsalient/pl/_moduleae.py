@@ -16,7 +16,7 @@ from scipy.cluster import hierarchy
 
 from scsalient._constants import ModuleAEKeys
 
-from ._utils import finish_plot, panel_grid
+from ._utils import finish_plot, panel_grid, without_grid
 
 
 def gene_set_impact(
@@ -95,7 +95,8 @@ def gene_set_impact(
     ax.set_yticks(np.arange(n_rows), labels=[str(r) for r in matrix.index])
     ax.set_xlabel("unit")
     ax.set_title(title)
-    ax.figure.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label=title.split(":")[0])
+    colorbar = ax.figure.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label=title.split(":")[0])
+    without_grid(ax, colorbar.ax)
     return finish_plot(ax, show=show, save=save)
 
 

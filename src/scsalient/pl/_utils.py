@@ -16,6 +16,16 @@ logger = logging.getLogger(__name__)
 _Plot = TypeVar("_Plot", Axes, Figure)
 
 
+def without_grid(*axes: Axes) -> None:
+    """Switch the grid of ``axes`` off (heatmaps and their colour bars).
+
+    Styles such as scanpy's ``set_figure_params`` turn ``axes.grid`` on; grid lines drawn over
+    heatmap cells or a colour bar cross the values they show.
+    """
+    for ax in axes:
+        ax.grid(False)
+
+
 def finish_plot(plot: _Plot, *, show: bool | None = None, save: str | Path | None = None) -> _Plot | None:
     """Save and/or show a figure, scanpy style, and return what the caller should return.
 

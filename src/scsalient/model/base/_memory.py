@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
+import psutil
 import torch
 
 #: bytes per trainable float32 parameter during Adam training: weight, gradient, two moments
@@ -13,19 +12,17 @@ USABLE_FRACTION = 0.8
 
 
 def available_memory(device: str | torch.device = "cpu") -> int:
-    """Free memory in bytes on ``device`` (host RAM for CPU, free GPU memory for CUDA)."""
+    """Free memory in bytes on ``device``.
+
+    Host RAM available to new processes without swapping (:func:`psutil.virtual_memory`, on
+    Linux, macOS and Windows alike) for the CPU; free GPU memory
+    (:func:`torch.cuda.mem_get_info`) for a CUDA device.
+    """
     device = torch.device(device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    return int(psutil.virtual_memory().available)
 
 
 def format_bytes(n: float) -> str:

@@ -271,6 +271,37 @@ def _missing_model_message(dir_path, prefix: str | None) -> str:
     return f"{dir_path} holds no saved scsalient model ({attributes.name} and {weights.name})."
 
 
+def saved_model_class(dir_path: str | os.PathLike, prefix: str | None = None) -> str:
+    """Name of the model class (``"NACT"``, ``"SCTAB"``, ...) saved in ``dir_path``.
+
+    Reads ``model.json`` only, so the class to load a directory with can be chosen before
+    loading it.
+
+    Parameters
+    ----------
+    dir_path
+        Directory written by ``save``.
+    prefix
+        Prefix of the file names, as given to ``save``.
+
+    Raises
+    ------
+    ValueError
+        If the directory holds no scsalient model file, or one that names no model class.
+    """
+    path = _path(dir_path, prefix, ATTRIBUTES_FILE)
+    if not path.is_file():
+        raise ValueError(_missing_model_message(dir_path, prefix))
+    content = _read_attributes(path)
+    name = content.get("model_class")
+    if name is None:  # files written before the class was recorded: the registry names it
+        registry = content.get("attributes", {}).get("registry_", {})
+        name = registry.get(_MODEL_NAME_KEY) if isinstance(registry, dict) else None
+    if not isinstance(name, str):
+        raise ValueError(f"{path} does not name the class of the model it holds.")
+    return name
+
+
 # ---------------------------------------------------------------------------- the mixin
 class SaveLoadMixin:
     """``save`` and ``load`` of every scsalient model, in a format that never runs code on load.

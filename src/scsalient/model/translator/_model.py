@@ -37,6 +37,7 @@ from scsalient.model.base._components import count_parameters
 from scsalient.model.base._query import conform_genes
 from scsalient.model.base._save_load import registered_names, warn_conformed
 
+from ._expectation import expected_log1p_cp10k
 from ._module import TranslatorModule
 
 if TYPE_CHECKING:
@@ -789,46 +790,6 @@ class Translator(SaveLoadMixin, TrainingMixin, BaseModelClass):
             )
             out[start : start + len(att)] = att.cpu().numpy()
         return pd.DataFrame(out, index=adata.obs_names.copy(), columns=names)
-
-
-def expected_log1p_cp10k(
-    log_rho: torch.Tensor,
-    log_library: torch.Tensor,
-    theta: torch.Tensor,
-    max_count: int = 512,
-    large_mean: float = 100.0,
-) -> torch.Tensor:
-    r"""Expectation of log1p(CP10k) of negative binomial counts at library size ``exp(log_library)``.
-
-    Exact (a sum over the probability of every count up to ``max_count``) for means below
-    ``large_mean``; above it, the expected log of the gamma rate,
-    :math:`\log(c \mu / \theta) + \psi(\theta)`, which the ``+1`` and the Poisson noise change
-    by :math:`O(1 / (c \mu))`. Deterministic, unlike a Monte Carlo estimate, whose noise would add
-    to every prediction.
-    """
-    library = log_library.exp()[:, None]
-    mu = log_rho.exp() * library
-    theta = theta.expand_as(mu)
-    scale = 1e4 / library.expand_as(mu)
-    out = (scale * mu.clamp_min(1e-12) / theta).log() + torch.digamma(theta)
-    small = torch.nonzero(mu < large_mean, as_tuple=True)
-    if small[0].numel():
-        m, t, c = mu[small], theta[small], scale[small]
-        k = torch.arange(max_count + 1, dtype=mu.dtype, device=mu.device)
-        values = torch.empty_like(m)
-        step = max(1, 2**22 // (max_count + 1))
-        for i in range(0, m.numel(), step):
-            mi, ti, ci = m[i : i + step, None], t[i : i + step, None], c[i : i + step, None]
-            log_pmf = (
-                torch.lgamma(k + ti)
-                - torch.lgamma(ti)
-                - torch.lgamma(k + 1)
-                + ti * (ti.log() - (ti + mi).log())
-                + k * (mi.clamp_min(1e-12).log() - (ti + mi).log())
-            )
-            values[i : i + step] = (log_pmf.exp() * torch.log1p(ci * k)).sum(-1)
-        out[small] = values
-    return out
 
 
 def _require_setup(cls: type, data: object, *, stores: tuple[dict, ...]) -> None:
