@@ -49,7 +49,7 @@ QUIET = {"enable_progress_bar": False, "accelerator": "cpu"}
 SIZES = {
     "NACT": {"n_ensemble": 1},
     "SCTAB": {"n_ensemble": 1, "n_d": 8, "n_a": 8},
-    "ModuleAE": {"n_hidden": 16, "n_latent": 4},
+    "ModuleAE": {"n_latent": 4},
     "Translator": {"n_ensemble": 1, "n_latent": 8, "n_hidden": 16},
 }
 #: why a case about labels does not apply

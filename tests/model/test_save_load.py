@@ -72,7 +72,7 @@ def moduleae(rna):
     scvi.settings.seed = 0
     adata = rna.copy()
     ss.model.ModuleAE.setup_anndata(adata)
-    model = ss.model.ModuleAE(adata, n_hidden=16, n_latent=4)
+    model = ss.model.ModuleAE(adata, n_latent=4)
     model.train(max_epochs=2, **QUIET)
     return model, adata
 
@@ -416,7 +416,7 @@ def test_layer_models_are_conformed_on_their_layer(rna, tmp_path):
         X=rna.X.copy() * 2, obs=rna.obs.copy(), var=rna.var.copy(), layers={"counts": rna.X.copy()}
     )
     ss.model.ModuleAE.setup_anndata(adata, layer="counts")
-    model = ss.model.ModuleAE(adata, n_hidden=8, n_latent=2)
+    model = ss.model.ModuleAE(adata, n_latent=2)
     model.train(max_epochs=1, **QUIET)
     model.save(tmp_path / "m")
     shuffled = adata[:, np.random.default_rng(3).permutation(adata.n_vars)].copy()

@@ -455,9 +455,17 @@ class SaveLoadMixin:
             getattr(cls, method)(data, source_registry=registry, **registry[_SETUP_ARGS_KEY])
         else:
             data = None
-        model = _initialize_model(cls, data, registry, attributes, None)
-        model.module.on_load(model)
-        model.module.load_state_dict(state)
+        init_params = attributes.get("init_params_", {})
+        try:
+            model = _initialize_model(cls, data, registry, attributes, None)
+            model.module.on_load(model)
+            model.module.load_state_dict(state)
+        except (TypeError, RuntimeError) as error:
+            raise ValueError(
+                f"{dir_path} was saved by another version of {cls.__name__}, whose constructor arguments "
+                f"({_argument_names(init_params)}) or weights do not fit this one: {error}. Train the model "
+                "again with this version."
+            ) from error
         model.to_device(torch_device)
         model.module.eval()
         if data is not None:
@@ -539,6 +547,14 @@ class SaveLoadMixin:
 
 
 _FIELD_REGISTRIES = "field_registries"
+
+
+def _argument_names(init_params: dict) -> str:
+    """The saved constructor argument names, for error messages."""
+    names = list(init_params.get("non_kwargs", {})) + [
+        name for group in init_params.get("kwargs", {}).values() if isinstance(group, dict) for name in group
+    ]
+    return ", ".join(names) or "none"
 
 
 def registered_names(registry: dict, key: str) -> pd.Index:

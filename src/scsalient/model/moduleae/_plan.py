@@ -1,8 +1,9 @@
-"""Training plan of ModuleAE: Adam or the published Nesterov SGD, with module-specific metrics."""
+"""Training plan of ModuleAE: Adam with a cosine learning-rate decay, programs kept non-negative."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+import math
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -15,62 +16,62 @@ if TYPE_CHECKING:
 
 
 class ModuleAETrainingPlan(EpochTrainingPlan):
-    r""":class:`~scvi.train.TrainingPlan` for :class:`~scsalient.model.moduleae.ModuleAEModule`.
+    """:class:`~scvi.train.TrainingPlan` for :class:`~scsalient.model.moduleae.ModuleAEModule`.
 
-    Logs, once per epoch and for ``train`` and ``validation``, ``reconstruction_loss_{mode}``
-    (Poisson negative log-likelihood per cell, summed over genes) and
-    ``orthogonality_error_{mode}`` (:math:`\lVert I - W W^\top \rVert_F`), besides the
-    ``train_loss`` / ``validation_loss`` that the base class logs. It logs nothing through
-    ``LossOutput.extra_metrics`` and no ELBO (the model is not variational).
+    Adam whose learning rate decays to zero along a half cosine over all the steps of the run
+    (so the last weights are those of a converged, not a still-moving, network), and the
+    module's programs projected back to non-negative values after every step. Logs, once per
+    epoch and for ``train`` and ``validation``, ``reconstruction_loss_{mode}`` (Poisson
+    negative log-likelihood per cell, summed over genes), besides the ``train_loss`` /
+    ``validation_loss`` that the base class logs.
 
     Parameters
     ----------
     module
         The module to train.
-    optimizer
-        ``"Adam"``, or ``"SGD"``: stochastic gradient descent with Nesterov momentum, as
-        published.
     lr
-        Learning rate.
+        Initial learning rate.
     weight_decay
         L2 penalty.
     eps
         Adam epsilon (the PyTorch default; scvi-tools' 0.01 damps small learning rates).
-    momentum
-        Nesterov momentum of ``"SGD"``.
     """
 
     def __init__(
-        self,
-        module: ModuleAEModule,
-        *,
-        optimizer: Literal["Adam", "SGD"] = "Adam",
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        eps: float = 1e-8,
-        momentum: float = 0.9,
+        self, module: ModuleAEModule, *, lr: float = 3e-3, weight_decay: float = 0.0, eps: float = 1e-8
     ):
-        if optimizer not in ("Adam", "SGD"):
-            raise ValueError(f"optimizer must be 'Adam' or 'SGD', got {optimizer!r}.")
-        creator = None
-        if optimizer == "SGD":
+        super().__init__(module, optimizer="Adam", lr=lr, weight_decay=weight_decay, eps=eps)
 
-            def creator(params):
-                return torch.optim.SGD(
-                    params, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay
-                )
+    def configure_optimizers(self):
+        """Adam with a per-step half-cosine decay of the learning rate to zero."""
+        config = super().configure_optimizers()
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
 
-        super().__init__(
-            module,
-            optimizer="Custom" if creator is not None else "Adam",
-            optimizer_creator=creator,
-            lr=lr,
-            weight_decay=weight_decay,
-            eps=eps,
-        )
+        def factor(step: int) -> float:
+            return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(config["optimizer"], factor)
+        return {
+            "optimizer": config["optimizer"],
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        """Keep the programs non-negative after the optimiser step.
+
+        Parameters
+        ----------
+        outputs
+            Output of the training step (unused).
+        batch
+            The minibatch (unused).
+        batch_idx
+            Index of the minibatch (unused).
+        """
+        self.module.project_()
 
     def compute_and_log_metrics(self, loss_output: LossOutput, metrics: dict, mode: str) -> None:
-        """Log the reconstruction loss per cell and the orthogonality error for ``mode``.
+        """Log the reconstruction loss per cell for ``mode``.
 
         Parameters
         ----------
@@ -85,4 +86,3 @@ class ModuleAETrainingPlan(EpochTrainingPlan):
         self.log_epoch(
             f"reconstruction_loss_{mode}", loss_output.reconstruction_loss_sum.detach() / n_obs, n_obs
         )
-        self.log_epoch(f"orthogonality_error_{mode}", self.module.orthogonality_error().detach(), n_obs)
