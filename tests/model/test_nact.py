@@ -70,7 +70,7 @@ def test_history_and_settings(trained):
     assert history["ce_train"].iloc[-1, 0] < history["ce_train"].iloc[0, 0]
     settings = model.training_settings_
     # the L2 penalty of logistic regression with C=1, for the training cells
-    assert settings["weight_decay"] == pytest.approx(1 / len(model.train_indices), rel=0.02)
+    assert settings["weight_decay"] == pytest.approx(10 / len(model.train_indices), rel=0.02)
     assert settings["lr"] == 0.01 and settings["early_stopping"] is False
     assert settings["temperature"] > 0
 

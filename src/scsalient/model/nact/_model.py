@@ -106,7 +106,9 @@ class NACT(SaveLoadMixin, ClassifierMixin, BaseModelClass):
       dimensions and classified linearly. The paper's projection blocks are left out: the
       logits are then an exact sum of per-gene contributions (:meth:`get_contributions`).
     * **Training.** Adam at a learning rate of 0.01, batches of 128 cells, L2 weight decay of
-      1 / (training cells) (the penalty of logistic regression with ``C=1``) and a fixed number
+      10 / (training cells) (ten times the penalty of logistic regression with ``C=1``: the
+      penalty acts on the factors of a low-rank map, and the weaker one let the network rest on
+      genes seen in few cells of the rarer types) and a fixed number
       of epochs (:func:`default_epochs`), without early stopping: on small references a
       validation split is too small to stop on reliably. 10% of the cells are held out to
       calibrate the probabilities (temperature scaling) and to report validation metrics.
@@ -270,7 +272,7 @@ class NACT(SaveLoadMixin, ClassifierMixin, BaseModelClass):
         batch_size
             Cells per minibatch (128).
         weight_decay
-            L2 penalty; ``None``: 1 / (number of training cells).
+            L2 penalty; ``None``: 10 / (number of training cells).
         input_dropout
             Dropout on the expression at training time (0).
         label_smoothing
@@ -318,7 +320,7 @@ class NACT(SaveLoadMixin, ClassifierMixin, BaseModelClass):
         chosen["max_epochs"] = (
             default_epochs(n_train, int(chosen["batch_size"])) if max_epochs is None else int(max_epochs)
         )
-        chosen["weight_decay"] = 1.0 / max(n_train, 1) if weight_decay is None else float(weight_decay)
+        chosen["weight_decay"] = 10.0 / max(n_train, 1) if weight_decay is None else float(weight_decay)
         chosen["early_stopping"] = bool(early_stopping)
         chosen["augment"] = self._resolve_augment(augment)
         self.module.set_input_dropout(chosen["input_dropout"])
