@@ -249,7 +249,9 @@ def celltypist(train, test, label_key, seed, budget):
             return labels, probs
 
         (predictions, probs), predict_seconds = _timed(predict)
-        probabilities = pd.DataFrame(probs, index=test.obs_names, columns=np.asarray(model.cell_types).astype(str))
+        probabilities = pd.DataFrame(
+            probs, index=test.obs_names, columns=np.asarray(model.cell_types).astype(str)
+        )
         how = "model scaler + classifier (annotate() rejects this scale)"
     else:
         result, predict_seconds = _timed(ct.annotate, test_ln, model=model, majority_voting=False)
