@@ -385,6 +385,30 @@ def run_child(
     return record
 
 
+def system_records(names: list[str]) -> dict[str, dict]:
+    """What the results record of each system: label, family, description and input."""
+    return {
+        name: {
+            "label": SYSTEMS[name].label,
+            "family": SYSTEMS[name].family,
+            "description": SYSTEMS[name].description,
+            "input": SYSTEMS[name].input,
+        }
+        for name in names
+    }
+
+
+def write_results(results: dict, out: Path) -> None:
+    """Summarise the runs of ``results`` and write classification.json, .md and .png into ``out``."""
+    from report import write_classification_figure, write_classification_markdown
+
+    results["summary"] = summarise(results["runs"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "classification.json").write_text(json.dumps(results, indent=1))
+    write_classification_markdown(results, out / "classification.md")
+    write_classification_figure(results, out / "classification.png")
+
+
 def summarise(runs: list[dict]) -> list[dict]:
     rows = []
     keys = sorted({(r["dataset"], r["system"]) for r in runs if r["status"] == "ok"})
@@ -561,27 +585,13 @@ def main_suite(args: argparse.Namespace) -> None:
         "threads": args.threads,
         "environment": environment(),
         "datasets": dataset_info,
-        "systems": {
-            name: {
-                "label": SYSTEMS[name].label,
-                "family": SYSTEMS[name].family,
-                "description": SYSTEMS[name].description,
-                "input": SYSTEMS[name].input,
-            }
-            for name in system_names
-        },
+        "systems": system_records(system_names),
         "skipped": skipped,
         "runs": runs,
     }
     if args.merge:
         results = merge_results(args.out / "classification.json", results)
-    results["summary"] = summarise(results["runs"])
-    args.out.mkdir(parents=True, exist_ok=True)
-    from report import write_classification_figure, write_classification_markdown
-
-    (args.out / "classification.json").write_text(json.dumps(results, indent=1))
-    write_classification_markdown(results, args.out / "classification.md")
-    write_classification_figure(results, args.out / "classification.png")
+    write_results(results, args.out)
     written = ", ".join(str(args.out / f"classification.{ext}") for ext in ("json", "md", "png"))
     print(f"Classification done in {time.perf_counter() - clock:.0f} s; wrote {written}", flush=True)
     failed = [r for r in runs if r["status"] == "error"]
@@ -664,8 +674,6 @@ def assemble(args: argparse.Namespace) -> None:
     For invocations that ran side by side or were interrupted: the last record of each
     (system, dataset, seed) wins, the datasets keep the order of :data:`ANNOTATION_TASKS`.
     """
-    from report import write_classification_figure, write_classification_markdown
-
     runs: dict[tuple, dict] = {}
     dataset_info: dict = {}
     for folder in args.from_runs:
@@ -689,23 +697,11 @@ def assemble(args: argparse.Namespace) -> None:
         "threads": args.threads,
         "environment": environment(),
         "datasets": datasets,
-        "systems": {
-            name: {
-                "label": SYSTEMS[name].label,
-                "family": SYSTEMS[name].family,
-                "description": SYSTEMS[name].description,
-                "input": SYSTEMS[name].input,
-            }
-            for name in systems
-        },
+        "systems": system_records(systems),
         "skipped": [],
         "runs": records,
     }
-    results["summary"] = summarise(results["runs"])
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "classification.json").write_text(json.dumps(results, indent=1))
-    write_classification_markdown(results, args.out / "classification.md")
-    write_classification_figure(results, args.out / "classification.png")
+    write_results(results, args.out)
     print(f"wrote {args.out / 'classification.md'} from {len(records)} runs", flush=True)
 
 
