@@ -13,7 +13,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import anndata as ad
@@ -307,13 +307,11 @@ def _inner(name: str) -> Dataset:
             train[np.isin(batches[train], held_out)]
         )
 
-    return Dataset(
+    return replace(
+        outer,
         name=f"{name}_inner",
         title=f"{outer.title}, inner split (no test cell)",
-        file=outer.file,
-        input=outer.input,
         split_rule=f"{outer.split_rule}; training batches only, the last third held out",
-        load=outer.load,
         split=split,
     )
 
@@ -334,13 +332,11 @@ def _leave_out(name: str, label: str, short: str) -> Dataset:
         labels = adata.obs[LABEL_KEY].astype(str).to_numpy()
         return train[labels[train] != label], test
 
-    return Dataset(
+    return replace(
+        outer,
         name=f"{name}_without_{short}",
         title=f"{outer.title}, {label} left out of training",
-        file=outer.file,
-        input=outer.input,
         split_rule=f"{outer.split_rule}; {label} removed from the training cells",
-        load=outer.load,
         split=split,
     )
 
