@@ -91,7 +91,10 @@ class TrainingMixin:
             steps_per_epoch = max(1, int(np.ceil(len(splitter.train_idx) / batch_size)))
             decay = 1.0 - 1.0 / (average_epochs * steps_per_epoch)
             callbacks.append(BestEpochEMA(decay=decay, best_epoch_restored=early_stopping))
-        trainer_kwargs.setdefault("check_val_every_n_epoch", 1 if has_validation else None)
+        if has_validation:
+            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        else:  # no validation cells: no validation loop, whatever interval a model asked for
+            trainer_kwargs["check_val_every_n_epoch"] = None
         runner = self._train_runner_cls(
             self,
             training_plan=plan,

@@ -261,11 +261,15 @@ class ClassifierTrainingPlan(EpochTrainingPlan):
         self.train_means["ce_train"].update(loss_output.classification_loss.detach(), n_obs)
         if self._teacher_kl is not None:
             self.train_means["kl_teacher_train"].update(self._teacher_kl, n_obs)
+        self._update_class_metrics(loss_output, "train")
+        return loss_output.loss
+
+    def _update_class_metrics(self, loss_output: LossOutput, mode: str) -> None:
+        """Add a minibatch's predictions to the epoch's macro-F1 and accuracy of ``mode``."""
         predictions = loss_output.logits.detach().argmax(dim=-1)
         truth = loss_output.true_labels.view(-1)
-        self.epoch_metrics["train_f1"].update(predictions, truth)
-        self.epoch_metrics["train_accuracy"].update(predictions, truth)
-        return loss_output.loss
+        self.epoch_metrics[f"{mode}_f1"].update(predictions, truth)
+        self.epoch_metrics[f"{mode}_accuracy"].update(predictions, truth)
 
     def on_train_epoch_end(self) -> None:
         """Log the training epoch's loss, cross-entropy, accuracy and macro-F1, then reset them."""
@@ -298,11 +302,8 @@ class ClassifierTrainingPlan(EpochTrainingPlan):
             ``"train"`` or ``"validation"``.
         """
         n_obs = loss_output.n_obs_minibatch
-        predictions = loss_output.logits.detach().argmax(dim=-1)
-        truth = loss_output.true_labels.view(-1)
+        self._update_class_metrics(loss_output, mode)
         f1, accuracy = self.epoch_metrics[f"{mode}_f1"], self.epoch_metrics[f"{mode}_accuracy"]
-        f1.update(predictions, truth)
-        accuracy.update(predictions, truth)
         self.log_epoch(f"ce_{mode}", loss_output.classification_loss.detach(), n_obs)
         self.log(f"f1_macro_{mode}", f1, on_step=False, on_epoch=True, batch_size=n_obs)
         self.log(f"accuracy_{mode}", accuracy, on_step=False, on_epoch=True, batch_size=n_obs)

@@ -24,7 +24,6 @@ from scsalient.model.base import (
 )
 from scsalient.model.base._blocks import is_backed
 from scsalient.model.base._checks import check_batch_key
-from scsalient.model.base._expression import has_validation_split
 from scsalient.model.base._memory import check_training_memory
 
 from ._module import NACTModule
@@ -336,7 +335,7 @@ class NACT(SaveLoadMixin, ClassifierMixin, BaseModelClass):
             **(plan_kwargs or {}),
         }
         n_genes = self.module.n_input
-        if not chosen["early_stopping"] and has_validation_split(train_size, validation_size):
+        if not chosen["early_stopping"]:
             # validation only reports progress: about 50 times a run, not after each of hundreds
             # of short epochs
             trainer_kwargs.setdefault("check_val_every_n_epoch", max(1, chosen["max_epochs"] // 50))
