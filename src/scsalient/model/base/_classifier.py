@@ -344,6 +344,15 @@ class ClassifierMixin(ExpressionModelMixin):
         state = self.get_anndata_manager(prepared).get_state_registry(REGISTRY_KEYS.X_KEY)
         return np.asarray(state.get("empty_cells", []), dtype=np.int64)
 
+    def _inference_outputs(
+        self, tensors: dict[str, torch.Tensor], keys: Sequence[str]
+    ) -> dict[str, torch.Tensor]:
+        """The module's inference outputs for one minibatch (run in inference mode).
+
+        A model whose explanation needs gradients overrides this when ``keys`` asks for it.
+        """
+        return self.module.inference(**self.module._get_inference_input(tensors))
+
     @torch.inference_mode()
     def _iter_inference(
         self,
@@ -373,7 +382,7 @@ class ClassifierMixin(ExpressionModelMixin):
             loader = self._make_data_loader(adata=adata, indices=rows, batch_size=batch_size)
         start = 0
         for tensors in tqdm(loader, desc=desc, disable=len(loader) < 10, leave=False):
-            out = self.module.inference(**self.module._get_inference_input(tensors))
+            out = self._inference_outputs(tensors, keys)
             n = len(out["logits"])
             batch = {"positions": positions[start : start + n]}
             start += n
@@ -497,16 +506,21 @@ class ClassifierMixin(ExpressionModelMixin):
         batch_size: int | None,
         n_top_genes: int | None,
         dense: bool,
+        output: str | None = None,
     ) -> np.ndarray | sparse.csr_matrix:
-        """Per-cell explanation over the model's genes, rows as shares, streamed block by block."""
+        """Per-cell explanation over the model's genes, rows as shares, streamed block by block.
+
+        ``output`` is the inference output to read (``None``: the model's explanation).
+        """
+        output = output or self._explanation_output
         prepared = self._prepare_adata(adata)
         n = prepared.n_obs if indices is None else len(indices)
         n_genes = len(self.get_var_names())
         columns = np.arange(n_genes)
         out = np.zeros((n, n_genes), dtype=np.float32) if dense else None
         blocks, rows = [], []
-        for b in self._iter_inference(prepared, indices, batch_size, [self._explanation_output], "explain"):
-            shares = self._row_shares(b[self._explanation_output])
+        for b in self._iter_inference(prepared, indices, batch_size, [output], "explain"):
+            shares = self._row_shares(b[output])
             if dense:
                 out[b["positions"]] = shares
             else:
