@@ -142,6 +142,20 @@ def test_attributions_are_the_stored_shares_over_expressed_genes(trained):
     np.testing.assert_allclose(again, attributions[:50], atol=1e-5)
 
 
+def test_annotate_without_explanation_skips_the_backward_pass(trained, monkeypatch):
+    model, adata = trained
+    query = adata[:40].copy()
+    del query.obsm[SCTABKeys.MASK], query.varm[SCTABKeys.MASK_MEAN]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the attribution (a backward pass) was computed")
+
+    monkeypatch.setattr(model.module, "attribution", refuse)
+    model.annotate(query, explanation=False, latent=False)
+    assert SCTABKeys.PREDICTION in query.obs
+    assert SCTABKeys.MASK not in query.obsm and SCTABKeys.MASK_MEAN not in query.varm
+
+
 def test_uncertainty_flags_wrong_predictions(trained):
     model, adata = trained
     query = _thinned(adata, 0.08)  # ~120 counts per cell: many cells become ambiguous

@@ -557,7 +557,8 @@ class ClassifierMixin(ExpressionModelMixin):
           cells x ``adata.var_names``, each row the shares of the cell's explanation (summing to
           1 over all genes), sparse with the ``n_top_genes`` largest of each cell kept;
         * the mean explanation of the cells predicted as each class, genes x classes
-          (``varm``; computed from every gene, not only the kept ones);
+          (``varm``; computed from every gene, not only the kept ones; not with
+          ``explanation=False``);
         * the latent representation (``obsm["X_nact"]`` / ``obsm["X_sctab"]``);
         * with ``majority_voting``: ``obs["<p>_over_clustering"]``, ``obs["<p>_majority_voting"]``
           and ``obs["<p>_agreement"]``;
@@ -582,7 +583,8 @@ class ClassifierMixin(ExpressionModelMixin):
             agrees is written as the agreement.
         explanation
             Store the per-cell explanation: ``True`` sparse (CSR), ``"dense"`` as a float32 array
-            (4 bytes per cell and gene), ``False`` not at all.
+            (4 bytes per cell and gene), ``False`` not at all (nor its mean per class in
+            ``varm``; SCTAB then skips the backward pass its explanation takes).
         n_top_genes
             Genes kept per cell in the sparse explanation; ``None`` keeps every non-zero one.
         latent
@@ -610,12 +612,15 @@ class ClassifierMixin(ExpressionModelMixin):
         latent_values = None
         blocks, block_rows = [], []
         dense = np.zeros((target.n_obs, target.n_vars), dtype=np.float32) if explanation == "dense" else None
-        outputs = ["probabilities", "member_logits", self._explanation_output, self._latent_output]
+        outputs = ["probabilities", "member_logits", self._latent_output]
+        if explanation:  # SCTAB's explanation costs a backward pass: only when asked for
+            outputs.append(self._explanation_output)
         for batch in self._iter_inference(prepared, None, batch_size, outputs, "annotate"):
             rows = batch["positions"]
             probs[rows] = batch["probabilities"]
-            shares = self._row_shares(batch[self._explanation_output])
-            np.add.at(sums, batch["probabilities"].argmax(axis=1), shares)
+            if explanation:
+                shares = self._row_shares(batch[self._explanation_output])
+                np.add.at(sums, batch["probabilities"].argmax(axis=1), shares)
             for name, values in self._annotate_extras(batch).items():
                 extras.setdefault(name, np.full(target.n_obs, np.nan, dtype=np.float32))[rows] = values
             if latent:
@@ -647,7 +652,8 @@ class ClassifierMixin(ExpressionModelMixin):
             target.obsm[keys.EXPLANATION] = dense
         elif explanation:
             target.obsm[keys.EXPLANATION] = place_rows(blocks, block_rows, target.n_obs)
-        target.varm[keys.EXPLANATION_MEAN] = mean_df
+        if explanation:
+            target.varm[keys.EXPLANATION_MEAN] = mean_df
         if latent and latent_values is not None:
             target.obsm[keys.LATENT] = latent_values
         if majority_voting:
