@@ -90,6 +90,72 @@ def test_masks_concentrate_on_planted_markers(trained, sim):
     assert on_markers.mean() >= 0.18
 
 
+def _share_on_markers(explanation: np.ndarray, adata, markers: dict, labels: np.ndarray) -> list[float]:
+    """Per type: mean share of its cells' explanation on its own markers over that on another type's."""
+    ratios = []
+    for cell_type, genes in markers.items():
+        own = np.isin(adata.var_names, genes)
+        others = np.isin(adata.var_names, np.concatenate([g for t, g in markers.items() if t != cell_type]))
+        cells = labels == cell_type
+        per_other_type = explanation[cells][:, others].sum(axis=1).mean() / (len(markers) - 1)
+        ratios.append(explanation[cells][:, own].sum(axis=1).mean() / per_other_type)
+    return ratios
+
+
+def test_stored_explanation_points_at_the_predicted_types_markers(trained, sim):
+    """What annotate stores argues for the predicted class: its markers, not every type's alike."""
+    model, adata = trained
+    markers = sim.uns["simulation"]["markers"]
+    predicted = adata.obs[SCTABKeys.PREDICTION].astype(str).to_numpy()
+    stored = np.asarray(adata.obsm[SCTABKeys.MASK].todense())
+    # measured 1,800-7,900 for the attributions; the feature masks, which select genes whichever
+    # class they argue for, gave 1.3-2.0 (every cell expresses the other types' markers a little)
+    assert min(_share_on_markers(stored, adata, markers, predicted)) >= 20
+    assert max(_share_on_markers(model.get_masks(dense=True), adata, markers, predicted)) < 5
+    # the salient genes of each type are its planted markers (the masks' gave none in the top 10)
+    record = ss.tl.salient_genes(adata, "cell_type", attention_key=SCTABKeys.MASK, n_genes=10, inplace=False)
+    names = pd.DataFrame(record["names"])
+    assert np.mean([np.isin(names[t], markers[t]).mean() for t in markers]) >= 0.8
+
+
+def test_attributions_are_the_stored_shares_over_expressed_genes(trained):
+    model, adata = trained
+    attributions = model.get_attributions(dense=True)
+    assert attributions.shape == adata.shape and attributions.dtype == np.float32
+    np.testing.assert_allclose(attributions.sum(axis=1), 1.0, rtol=1e-4)
+    expressed = np.asarray(adata.X.todense() if sparse.issparse(adata.X) else adata.X) > 0
+    assert np.all((attributions > 0) <= expressed)
+    # annotate kept each cell's 100 largest shares of the same attributions
+    stored = adata.obsm[SCTABKeys.MASK]
+    rows, cols = stored.nonzero()
+    np.testing.assert_allclose(np.asarray(stored[rows, cols]).ravel(), attributions[rows, cols], rtol=1e-4)
+    # the mean explanation per predicted class is the attributions' mean, not the masks'
+    first = adata.obs[SCTABKeys.PREDICTION].astype(str).to_numpy() == model.classes[0]
+    np.testing.assert_allclose(
+        adata.varm[SCTABKeys.MASK_MEAN][model.classes[0]].to_numpy(),
+        attributions[first].mean(axis=0),
+        atol=1e-5,
+    )
+    # the same cells through a query AnnData (inference mode, genes matched by name) give the same rows
+    query = adata[:50, ::-1].copy()
+    again = model.get_attributions(query, dense=True)
+    np.testing.assert_allclose(again, attributions[:50], atol=1e-5)
+
+
+def test_annotate_without_explanation_skips_the_backward_pass(trained, monkeypatch):
+    model, adata = trained
+    query = adata[:40].copy()
+    del query.obsm[SCTABKeys.MASK], query.varm[SCTABKeys.MASK_MEAN]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the attribution (a backward pass) was computed")
+
+    monkeypatch.setattr(model.module, "attribution", refuse)
+    model.annotate(query, explanation=False, latent=False)
+    assert SCTABKeys.PREDICTION in query.obs
+    assert SCTABKeys.MASK not in query.obsm and SCTABKeys.MASK_MEAN not in query.varm
+
+
 def test_uncertainty_flags_wrong_predictions(trained):
     model, adata = trained
     query = _thinned(adata, 0.08)  # ~120 counts per cell: many cells become ambiguous

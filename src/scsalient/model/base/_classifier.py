@@ -344,6 +344,15 @@ class ClassifierMixin(ExpressionModelMixin):
         state = self.get_anndata_manager(prepared).get_state_registry(REGISTRY_KEYS.X_KEY)
         return np.asarray(state.get("empty_cells", []), dtype=np.int64)
 
+    def _inference_outputs(
+        self, tensors: dict[str, torch.Tensor], keys: Sequence[str]
+    ) -> dict[str, torch.Tensor]:
+        """The module's inference outputs for one minibatch (run in inference mode).
+
+        A model whose explanation needs gradients overrides this when ``keys`` asks for it.
+        """
+        return self.module.inference(**self.module._get_inference_input(tensors))
+
     @torch.inference_mode()
     def _iter_inference(
         self,
@@ -373,7 +382,7 @@ class ClassifierMixin(ExpressionModelMixin):
             loader = self._make_data_loader(adata=adata, indices=rows, batch_size=batch_size)
         start = 0
         for tensors in tqdm(loader, desc=desc, disable=len(loader) < 10, leave=False):
-            out = self.module.inference(**self.module._get_inference_input(tensors))
+            out = self._inference_outputs(tensors, keys)
             n = len(out["logits"])
             batch = {"positions": positions[start : start + n]}
             start += n
@@ -497,16 +506,21 @@ class ClassifierMixin(ExpressionModelMixin):
         batch_size: int | None,
         n_top_genes: int | None,
         dense: bool,
+        output: str | None = None,
     ) -> np.ndarray | sparse.csr_matrix:
-        """Per-cell explanation over the model's genes, rows as shares, streamed block by block."""
+        """Per-cell explanation over the model's genes, rows as shares, streamed block by block.
+
+        ``output`` is the inference output to read (``None``: the model's explanation).
+        """
+        output = output or self._explanation_output
         prepared = self._prepare_adata(adata)
         n = prepared.n_obs if indices is None else len(indices)
         n_genes = len(self.get_var_names())
         columns = np.arange(n_genes)
         out = np.zeros((n, n_genes), dtype=np.float32) if dense else None
         blocks, rows = [], []
-        for b in self._iter_inference(prepared, indices, batch_size, [self._explanation_output], "explain"):
-            shares = self._row_shares(b[self._explanation_output])
+        for b in self._iter_inference(prepared, indices, batch_size, [output], "explain"):
+            shares = self._row_shares(b[output])
             if dense:
                 out[b["positions"]] = shares
             else:
@@ -543,7 +557,8 @@ class ClassifierMixin(ExpressionModelMixin):
           cells x ``adata.var_names``, each row the shares of the cell's explanation (summing to
           1 over all genes), sparse with the ``n_top_genes`` largest of each cell kept;
         * the mean explanation of the cells predicted as each class, genes x classes
-          (``varm``; computed from every gene, not only the kept ones);
+          (``varm``; computed from every gene, not only the kept ones; not with
+          ``explanation=False``);
         * the latent representation (``obsm["X_nact"]`` / ``obsm["X_sctab"]``);
         * with ``majority_voting``: ``obs["<p>_over_clustering"]``, ``obs["<p>_majority_voting"]``
           and ``obs["<p>_agreement"]``;
@@ -568,7 +583,8 @@ class ClassifierMixin(ExpressionModelMixin):
             agrees is written as the agreement.
         explanation
             Store the per-cell explanation: ``True`` sparse (CSR), ``"dense"`` as a float32 array
-            (4 bytes per cell and gene), ``False`` not at all.
+            (4 bytes per cell and gene), ``False`` not at all (nor its mean per class in
+            ``varm``; SCTAB then skips the backward pass its explanation takes).
         n_top_genes
             Genes kept per cell in the sparse explanation; ``None`` keeps every non-zero one.
         latent
@@ -596,12 +612,15 @@ class ClassifierMixin(ExpressionModelMixin):
         latent_values = None
         blocks, block_rows = [], []
         dense = np.zeros((target.n_obs, target.n_vars), dtype=np.float32) if explanation == "dense" else None
-        outputs = ["probabilities", "member_logits", self._explanation_output, self._latent_output]
+        outputs = ["probabilities", "member_logits", self._latent_output]
+        if explanation:  # SCTAB's explanation costs a backward pass: only when asked for
+            outputs.append(self._explanation_output)
         for batch in self._iter_inference(prepared, None, batch_size, outputs, "annotate"):
             rows = batch["positions"]
             probs[rows] = batch["probabilities"]
-            shares = self._row_shares(batch[self._explanation_output])
-            np.add.at(sums, batch["probabilities"].argmax(axis=1), shares)
+            if explanation:
+                shares = self._row_shares(batch[self._explanation_output])
+                np.add.at(sums, batch["probabilities"].argmax(axis=1), shares)
             for name, values in self._annotate_extras(batch).items():
                 extras.setdefault(name, np.full(target.n_obs, np.nan, dtype=np.float32))[rows] = values
             if latent:
@@ -633,7 +652,8 @@ class ClassifierMixin(ExpressionModelMixin):
             target.obsm[keys.EXPLANATION] = dense
         elif explanation:
             target.obsm[keys.EXPLANATION] = place_rows(blocks, block_rows, target.n_obs)
-        target.varm[keys.EXPLANATION_MEAN] = mean_df
+        if explanation:
+            target.varm[keys.EXPLANATION_MEAN] = mean_df
         if latent and latent_values is not None:
             target.obsm[keys.LATENT] = latent_values
         if majority_voting:
