@@ -131,8 +131,8 @@ def test_annotate_writes_documented_keys_and_nothing_else(trained, sim):
     att = adata.obsm[NACTKeys.ATTENTION]
     assert sparse.issparse(att) and att.shape == adata.shape and att.dtype == np.float32
     assert att.getnnz(axis=1).max() <= 20
-    # the kept shares are each cell's largest, and all shares of a cell sum to 1
-    full = model.get_attention(sim, dense=True)
+    # the kept shares are each cell's largest attributions, and all shares of a cell sum to 1
+    full = model.get_attributions(sim, dense=True)
     assert np.allclose(full.sum(axis=1), 1.0, atol=1e-4)
     row = np.asarray(att[0].todense()).ravel()
     assert np.isclose(row[row > 0].min(), np.sort(full[0])[-20], rtol=1e-5)
@@ -150,6 +150,58 @@ def test_annotate_writes_documented_keys_and_nothing_else(trained, sim):
     assert isinstance(dense.obsm[NACTKeys.ATTENTION], np.ndarray)
     np.testing.assert_allclose(dense.obsm[NACTKeys.ATTENTION], full, rtol=1e-5, atol=1e-7)
     assert NACTKeys.LATENT not in dense.obsm
+
+
+def _share_on_markers(explanation: np.ndarray, adata, markers: dict, labels: np.ndarray) -> list[float]:
+    """Per type: mean share of its cells' explanation on its own markers over that on another type's."""
+    ratios = []
+    for cell_type, genes in markers.items():
+        own = np.isin(adata.var_names, genes)
+        others = np.isin(adata.var_names, np.concatenate([g for t, g in markers.items() if t != cell_type]))
+        cells = labels == cell_type
+        per_other_type = explanation[cells][:, others].sum(axis=1).mean() / (len(markers) - 1)
+        ratios.append(explanation[cells][:, own].sum(axis=1).mean() / max(per_other_type, 1e-12))
+    return ratios
+
+
+def test_stored_explanation_argues_for_the_predicted_class(trained, sim):
+    """What annotate stores points at the predicted type's markers, not at every type's alike."""
+    model, _ = trained
+    adata = sim.copy()
+    model.annotate(adata, n_top_genes=None, latent=False)
+    markers = sim.uns["simulation"]["markers"]
+    predicted = adata.obs[NACTKeys.PREDICTION].astype(str).to_numpy()
+    stored = np.asarray(adata.obsm[NACTKeys.ATTENTION].todense())
+    # the attention shares (gate x expression, whichever class a gene argues for) give the
+    # other types' markers, which every simulated cell expresses a little, a large share
+    unsigned = _share_on_markers(model.get_attention(sim, dense=True), adata, markers, predicted)
+    signed = _share_on_markers(stored, adata, markers, predicted)
+    assert max(unsigned) < 10
+    assert min(signed) >= 20
+    expressed = np.asarray(sim.X.todense() if sparse.issparse(sim.X) else sim.X) > 0
+    assert np.all((stored > 0) <= expressed)
+    # the attribution is the exact positive part of each gene's term in the predicted logit
+    # minus the probability-weighted mean logit
+    probs = adata.obsm[NACTKeys.PROBABILITIES].to_numpy()
+    codes = probs.argmax(axis=1)
+    contributions = np.stack(
+        [model.get_contributions(sim, classes=np.repeat(c, sim.n_obs)) for c in model.classes], axis=2
+    )
+    own = contributions[np.arange(sim.n_obs), :, codes]
+    others = probs.astype(np.float64).copy()
+    others[np.arange(sim.n_obs), codes] = 0.0
+    weights = np.divide(
+        others,
+        others.sum(axis=1, keepdims=True),
+        out=np.zeros_like(others),
+        where=others.sum(axis=1, keepdims=True) > 0,
+    )
+    clear = others.sum(axis=1) > 1e-6  # no underflow of the other classes' probabilities
+    contrast = np.clip(own - (contributions * weights[:, None, :]).sum(axis=2), 0, None)
+    shares = contrast / contrast.sum(axis=1, keepdims=True)
+    attributions = model.get_attributions(sim, dense=True)
+    assert clear.mean() > 0.5
+    np.testing.assert_allclose(attributions[clear], shares[clear], atol=2e-3)
 
 
 def test_attention_is_read_block_by_block(trained, sim):

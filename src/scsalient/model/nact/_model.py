@@ -127,7 +127,7 @@ class NACT(SaveLoadMixin, ClassifierMixin, BaseModelClass):
 
     _module_cls = NACTModule
     _keys = NACTKeys
-    _explanation_output = "scores"
+    _explanation_output = "attribution"
     _latent_output = "latent"
 
     def __init__(
@@ -388,7 +388,54 @@ class NACT(SaveLoadMixin, ClassifierMixin, BaseModelClass):
         Cells x the model's genes (in the order of
         :meth:`~scvi.model.base.BaseModelClass.get_var_names`), float32.
         """
-        return self._explanations(adata, indices, batch_size, n_top_genes, dense)
+        return self._explanations(adata, indices, batch_size, n_top_genes, dense, output="scores")
+
+    def get_attributions(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        n_top_genes: int | None = None,
+        dense: bool = False,
+        batch_size: int | None = 1024,
+    ) -> sparse.csr_matrix | np.ndarray:
+        r"""Per-cell attribution of the prediction to the genes, as shares (what ``annotate`` stores).
+
+        Row :math:`i` holds the positive part of :math:`a_g x_g (W_{gc} - \sum_k p_k W_{gk})`
+        divided by its total, where :math:`W = VU`, :math:`c` is the predicted class and
+        :math:`p` the calibrated probabilities (see
+        :meth:`~scsalient.model.nact._module.NACTModule.attribution`): the genes whose
+        attention-weighted expression raises the predicted class against the others, and by
+        how much. It is the exact per-gene decomposition of the predicted class's logit minus
+        the probability-weighted mean logit, kept where positive; unlike :meth:`get_attention`
+        (the share of each gene in the attention-weighted expression, whichever class it
+        argues for), a gene that raises every class alike gets nothing. Computed block by
+        block, without a backward pass.
+
+        Parameters
+        ----------
+        adata
+            Data to explain; ``None`` for the training data (genes matched by name).
+        indices
+            Cells to use; ``None`` for all.
+        n_top_genes
+            Keep only each cell's largest shares (sparse result only); ``None`` keeps all.
+        dense
+            Return a dense float32 array instead of a CSR matrix.
+        batch_size
+            Cells per forward pass.
+
+        Returns
+        -------
+        Cells x the model's genes, rows summing to 1 (0 for a cell no gene argues for).
+        """
+        return self._explanations(adata, indices, batch_size, n_top_genes, dense, output="attribution")
+
+    def _inference_outputs(self, tensors: dict, keys: Sequence[str]) -> dict:
+        """Inference outputs, with the attribution to the predicted class when ``keys`` asks for it."""
+        out = super()._inference_outputs(tensors, keys)
+        if "attribution" in keys:
+            out["attribution"] = self.module.attribution(out["views"], out["logits"])
+        return out
 
     @torch.inference_mode()
     def get_contributions(

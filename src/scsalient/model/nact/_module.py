@@ -207,6 +207,50 @@ class NACTModule(BaseModuleClass, TemperatureScaled):
         latent = torch.cat(latents, dim=-1)
         return {"member_logits": member_logits, "logits": logits, "latent": latent, **sums, "views": views}
 
+    def attribution(self, views: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        r"""How much each gene argues for the predicted class against the others, ``(B, G)``.
+
+        For class weights :math:`W = VU` and the calibrated probabilities :math:`p` of a cell
+        whose predicted class is :math:`c`, the attribution of gene :math:`g` is the positive
+        part of
+
+        .. math::
+
+            a_g\, x_g \Big(W_{gc} - \sum_{k \ne c} q_k W_{gk}\Big), \qquad
+            q_k = \frac{p_k}{1 - p_c},
+
+        the gene's exact share in how far the predicted class's logit stands above the other
+        classes' logits averaged by their probabilities (the members' mean for an ensemble).
+        Up to a positive factor per cell, :math:`1 - p_c`, this is gradient x input of
+        :math:`\log p_c` with the gates held fixed, so its shares do not vanish for a confident
+        call. Genes the cell does not express get 0; a gene that raises every class alike (an
+        abundant housekeeping gene, a stray read of another type's marker) gets little or
+        nothing. No backward pass: the read-out is linear in the gene scores.
+
+        Parameters
+        ----------
+        views
+            The members' views of the cells, ``(E, B, G)`` (the ``views`` output of
+            :meth:`inference`).
+        logits
+            The ensemble's calibrated logits ``(B, C)`` (the ``logits`` output of :meth:`inference`).
+        """
+        probabilities = torch.softmax(logits.double(), dim=-1)
+        predicted = probabilities.argmax(dim=-1)
+        others = probabilities.scatter(1, predicted[:, None], 0.0)
+        if self.n_labels > 1:
+            # a call so confident that the others underflow: weigh them equally
+            uniform = torch.ones_like(others).scatter(1, predicted[:, None], 0.0)
+            empty = others.sum(dim=1, keepdim=True) <= 0
+            others = torch.where(empty, uniform, others)
+            others = (others / others.sum(dim=1, keepdim=True)).to(logits.dtype)
+        total = 0.0
+        for member, x in zip(self.members, views):
+            weights = member.gene_class_weights()  # (G, C)
+            contrast = weights[:, predicted].T - others @ weights.T
+            total = total + member.attention(x) * x * contrast
+        return (total / self.n_members).clamp_min(0.0)
+
     def contributions(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """Each gene's contribution to the logit of class ``classes[i]`` in cell ``i``, ``(B, G)``.
 
