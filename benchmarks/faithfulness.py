@@ -718,7 +718,7 @@ def write_markdown(record: dict, path: Path) -> None:
         )
     lines += ["", "Bold: the explanation each model gives by default.", "", "## Verdict", ""]
     lines += verdicts(rows)
-    lines += ["", "![curves](faithfulness.png)", ""]
+    lines += ["", "The curves: `faithfulness.png` beside this file.", ""]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -772,9 +772,18 @@ def main(argv: list[str] | None = None) -> None:
         "--lock", type=Path, default=None, help="flock file: shared to train, exclusive to time"
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
+    parser.add_argument(
+        "--report-only", action="store_true", help="re-render the Markdown and the figure from the JSON"
+    )
     parser.add_argument("--cost-one", nargs=3, metavar=("FOLDER", "NETWORK", "KEY"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
+    if args.report_only:
+        record = json.loads((args.out / "faithfulness.json").read_text())
+        write_markdown(record, args.out / "faithfulness.md")
+        plot(record, args.out / "faithfulness.png")
+        print((args.out / "faithfulness.md").read_text())
+        return
     from run import DEFAULT_THREADS, THREAD_VARIABLES, git_state
 
     for variable in THREAD_VARIABLES:
