@@ -66,9 +66,9 @@ SCANVI_IG_STEPS = 50
 SCANVI_BATCH = 128
 DATASETS_USED = ("kang", "kang_stim", "mop")
 #: at most this many training cells per dataset (a stratified subsample above it)
-MAX_TRAIN = {"quick": 2000, "full": 5000}
+MAX_TRAIN = {"quick": 1500, "full": 5000}
 #: evaluation cells per dataset (a random subsample of the test cells)
-N_EVAL = {"quick": 400, "full": 2000}
+N_EVAL = {"quick": 300, "full": 2000}
 #: scVI / scANVI epochs (peers.md protocol: 100 / 20)
 SCANVI_EPOCHS = {"scvi": 100, "scanvi": 20}
 #: names of the explanations, per model: (model, explanation key, label, is the model's default)
@@ -189,12 +189,12 @@ def peak_rss_rise(interval: float = 0.005):
 
 
 def measure(function: Callable[[], object]) -> dict[str, float]:
-    """Seconds and peak RSS rise (MB) of one call."""
+    """Wall seconds, CPU seconds of this process and peak RSS rise (MB) of one call."""
     with peak_rss_rise() as memory:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         function()
-        seconds = time.perf_counter() - start
-    return {"seconds": seconds, "peak_rss_mb": memory["mb"]}
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss_mb": memory["mb"]}
 
 
 @contextlib.contextmanager
@@ -472,6 +472,13 @@ def curves_record(network: Network, x: np.ndarray, order: np.ndarray, target: np
 
 
 NETWORK_CLASSES = {"NACT": OurNetwork, "SCTAB": OurNetwork, "scANVI": ScanviNetwork, "LR": LogRegNetwork}
+#: the explanations of each network whose cost is measured (random costs nothing)
+EXPLANATION_KEYS = {
+    "NACT": ("nact_attention", "nact_contributions", "nact_ig"),
+    "SCTAB": ("sctab_mask", "sctab_ig"),
+    "scANVI": ("scanvi_ig",),
+    "LR": ("lr_coef_x_expr",),
+}
 
 
 def cost_one(folder: Path, name: str, key: str, n_cells: int) -> dict:
@@ -492,32 +499,36 @@ def cost_one(folder: Path, name: str, key: str, n_cells: int) -> dict:
     return {"n_cells": n_cells, **measure(function)}
 
 
-def cost_record(folder: Path, networks: list[Network], n_cells: int) -> dict:
-    """:func:`cost_one` of every explanation, each in its own process (``--cost-one``)."""
+def cost_record(folder: Path, n_cells: int) -> dict:
+    """:func:`cost_one` of every explanation of the networks saved in ``folder``, each in its own process."""
     out = {}
-    for network in networks:
-        out[network.name] = {}
-        for key in explanation_functions(network, None, None):
+    for name in json.loads((folder / "networks.json").read_text()):
+        out[name] = {}
+        for key in EXPLANATION_KEYS[name]:
             command = [
                 sys.executable,
                 str(Path(__file__).resolve()),
                 "--cost-one",
                 str(folder),
-                network.name,
+                name,
                 key,
             ]
             command += ["--cost-cells", str(n_cells)]
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode != 0:
-                raise RuntimeError(f"cost of {network.name} {key} failed:\n{done.stderr[-3000:]}")
+                raise RuntimeError(f"cost of {name} {key} failed:\n{done.stderr[-3000:]}")
             measured = json.loads(done.stdout.strip().splitlines()[-1])
             measured["seconds_per_10k"] = measured["seconds"] * 1e4 / n_cells
-            out[network.name][key] = measured
-            print(f"  cost {network.name} {key}: {measured}", flush=True)
+            measured["cpu_seconds_per_10k"] = measured["cpu_seconds"] * 1e4 / n_cells
+            out[name][key] = measured
+            print(f"  cost {name} {key}: {measured}", flush=True)
     return out
 
 
-def run_dataset(name: str, budget: str, seed: int, cost_cells: int, lock: Path | None) -> dict:
+def run_dataset(
+    name: str, budget: str, seed: int, cost_cells: int, lock: Path | None, models_dir: Path | None = None
+) -> dict:
+    """Train the networks on one dataset, score every explanation and (``cost_cells`` > 0) time them."""
     import torch
     from datasets import LABEL_KEY, load_split
 
@@ -559,16 +570,34 @@ def run_dataset(name: str, budget: str, seed: int, cost_cells: int, lock: Path |
                 "explanations": evaluate_network(network, adata_eval, seed),
             }
             print(f"{name}: {network.name} curves in {time.perf_counter() - started:.0f} s", flush=True)
-    with tempfile.TemporaryDirectory(prefix="faithfulness_") as tmp:
-        folder = Path(tmp)
-        adata_eval.write_h5ad(folder / "eval.h5ad")
-        for network in networks:
-            network.save(folder)
-        with cpu_lock(lock, exclusive=True):
-            costs = cost_record(folder, networks, cost_cells)
+        if models_dir is not None:
+            try:
+                save_networks(models_dir / name, networks, adata_eval)
+            except Exception as error:  # noqa: BLE001 - the scores stand without the saved networks
+                print(f"{name}: the networks could not be saved ({error!r}); no cost measure later")
+    if cost_cells:
+        with contextlib.ExitStack() as stack:
+            folder = models_dir / name if models_dir is not None else None
+            if folder is None:
+                folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="faithfulness_")))
+                save_networks(folder, networks, adata_eval)
+            with cpu_lock(lock, exclusive=True):
+                add_costs(record, cost_record(folder, cost_cells))
+    return record
+
+
+def save_networks(folder: Path, networks: list[Network], adata_eval) -> None:
+    """Save the trained networks and the evaluation cells, for the cost measure (``--cost-from``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    adata_eval.write_h5ad(folder / "eval.h5ad")
+    for network in networks:
+        network.save(folder)
+    (folder / "networks.json").write_text(json.dumps([network.name for network in networks]))
+
+
+def add_costs(record: dict, costs: dict) -> None:
     for network_name, cost in costs.items():
         record["models"][network_name]["cost"] = cost
-    return record
 
 
 def network_classes(network: Network) -> np.ndarray:
@@ -775,14 +804,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--report-only", action="store_true", help="re-render the Markdown and the figure from the JSON"
     )
+    parser.add_argument("--models-dir", type=Path, default=None, help="keep the trained networks here")
+    parser.add_argument(
+        "--cost-from",
+        type=Path,
+        default=None,
+        help="only measure the cost, of the networks saved by --models-dir, into the JSON of --out "
+        "(use --cost-cells 0 with --models-dir to train and score without timing)",
+    )
+    parser.add_argument("--combine", type=Path, nargs="+", default=None, help="merge these folders' JSON")
     parser.add_argument("--cost-one", nargs=3, metavar=("FOLDER", "NETWORK", "KEY"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.report_only:
         record = json.loads((args.out / "faithfulness.json").read_text())
-        write_markdown(record, args.out / "faithfulness.md")
-        plot(record, args.out / "faithfulness.png")
-        print((args.out / "faithfulness.md").read_text())
+        write_all(record, args.out)
         return
     from run import DEFAULT_THREADS, THREAD_VARIABLES, git_state
 
@@ -794,6 +830,24 @@ def main(argv: list[str] | None = None) -> None:
     if args.cost_one:
         folder, name, key = args.cost_one
         print(json.dumps(cost_one(Path(folder), name, key, args.cost_cells)))
+        return
+    if args.cost_from or args.combine:
+        record = (
+            combine(args.combine)
+            if args.combine
+            else json.loads((args.out / "faithfulness.json").read_text())
+        )
+        if args.cost_from:
+            for name in record["datasets"]:
+                if (args.cost_from / name / "networks.json").exists():
+                    with cpu_lock(args.lock, exclusive=True):
+                        add_costs(
+                            record["datasets"][name], cost_record(args.cost_from / name, args.cost_cells)
+                        )
+                    record["datasets"][name]["cost_measured"] = (
+                        dt.datetime.now().astimezone().isoformat(timespec="seconds")
+                    )
+        write_all(record, args.out)
         return
     started = dt.datetime.now().astimezone()
     clock = time.perf_counter()
@@ -811,12 +865,31 @@ def main(argv: list[str] | None = None) -> None:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.datasets:
-        record["datasets"][name] = run_dataset(name, args.budget, args.seed, args.cost_cells, args.lock)
+        record["datasets"][name] = run_dataset(
+            name, args.budget, args.seed, args.cost_cells, args.lock, args.models_dir
+        )
         record["total_seconds"] = time.perf_counter() - clock
         (args.out / "faithfulness.json").write_text(json.dumps(record, indent=1))
-    write_markdown(record, args.out / "faithfulness.md")
-    plot(record, args.out / "faithfulness.png")
-    print((args.out / "faithfulness.md").read_text())
+    write_all(record, args.out)
+
+
+def combine(folders: list[Path]) -> dict:
+    """One record of the datasets of several runs' ``faithfulness.json`` (settings of the first)."""
+    records = [json.loads((folder / "faithfulness.json").read_text()) for folder in folders]
+    out = dict(records[0])
+    out["datasets"] = {name: data for record in records for name, data in record["datasets"].items()}
+    out["runs"] = [
+        {"started": r["started"], "git": r["git"], "datasets": list(r["datasets"])} for r in records
+    ]
+    return out
+
+
+def write_all(record: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "faithfulness.json").write_text(json.dumps(record, indent=1))
+    write_markdown(record, out / "faithfulness.md")
+    plot(record, out / "faithfulness.png")
+    print((out / "faithfulness.md").read_text())
 
 
 if __name__ == "__main__":
