@@ -12,8 +12,8 @@ peak resident memory are its own. Results go to ``benchmarks/results/``:
 ``classification.json`` (every run, with per-class F1), ``classification.md`` (mean ± sd over
 seeds) and ``classification.png``. The other benchmarks (``EXTRA_BENCHMARKS``: marker recovery
 on Kang and on simulated data, module recovery, RNA <-> ATAC translation, training from disk
-at scale) run afterwards with the same budget unless ``--no-markers`` is given; each writes
-its own tables into the results folder.
+at scale, faithfulness of the per-cell explanations) run afterwards with the same budget unless
+``--no-markers`` is given; each writes its own tables into the results folder.
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ EXTRA_BENCHMARKS = [
     "translation.py --merge --systems translator --n-ensemble 1",
     "translation.py --merge --systems translator --n-ensemble 1 --dropout 0.7",
     "scale.py",
+    "faithfulness.py",
 ]
 PACKAGES = (
     "scsalient",
