@@ -303,7 +303,12 @@ def test_end_to_end_on_planted_attention(tmp_path):
     salient_genes(adata, "cluster", n_top=8, n_genes=5)
     database = {"Alpha": [f"A_{i}" for i in range(5)], "Beta": [f"B_{i}" for i in range(5)], "Gamma": ["C_0"]}
     query_cell_types(adata, database)
-    annotate_clusters(adata, "cluster")
+    annotate_clusters(adata, "cluster", key_added="default")
+    mapping = dict(zip(adata.obs["cluster"], adata.obs["default"], strict=True))
+    # Gamma lists a single gene of C's query: too little evidence for a name by default
+    assert mapping == {"A": "Alpha", "B": "Beta", "C": "Unassigned"}
+    assert adata.uns["default"]["groups"].set_index("group").loc["C", "status"] == "few overlapping genes"
+    annotate_clusters(adata, "cluster", min_overlap=1)
     mapping = dict(zip(adata.obs["cluster"], adata.obs[NACTKeys.CELL_TYPE], strict=True))
     assert mapping == {"A": "Alpha", "B": "Beta", "C": "Gamma"}
     path = tmp_path / "annotated.h5ad"
