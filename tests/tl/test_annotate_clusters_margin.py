@@ -110,7 +110,7 @@ def test_margin_arguments_are_checked():
 def test_unsupervised_workflow_on_the_simulator_says_unassigned_for_twin_types():
     """Clusters -> N-ACT (tiny epochs) -> salient genes -> query -> names; a database type that
     duplicates another's markers leaves that cluster without a clear winner."""
-    adata = ss.datasets.simulate(n_cells=600, n_cell_types=4)
+    adata = ss.datasets.simulate(n_cells=600, n_cell_types=4, n_markers=20)
     markers = {name: list(genes) for name, genes in adata.uns["simulation"]["markers"].items()}
     database = {**markers, "twin_of_type_0": list(markers["type_0"])}
     ss.pp.cluster_labels(adata, n_clusters=4)
@@ -129,8 +129,9 @@ def test_unsupervised_workflow_on_the_simulator_says_unassigned_for_twin_types()
     for cluster, truth in majority.items():
         row = groups.loc[str(cluster)]
         if truth == "type_0":
-            assert row["status"] == "low margin" and row["margin"] == pytest.approx(0.0)
+            assert row["name"] == "Unassigned", groups
             assert {row["best"], row["second"]} == {"type_0", "twin_of_type_0"}
+            assert row["margin"] == pytest.approx(0.0)  # the twins score alike
         else:
             # right, or unsure after three epochs: never a wrong name
             assert row["name"] in (truth, "Unassigned"), groups
