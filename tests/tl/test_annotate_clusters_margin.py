@@ -139,3 +139,41 @@ def test_unsupervised_workflow_on_the_simulator_says_unassigned_for_twin_types()
     assert n_right >= 2, groups
     named = adata.obs[NACTKeys.CELL_TYPE].astype(str)
     assert (named[adata.obs["cell_type"] == "type_0"] == "Unassigned").mean() > 0.9
+
+
+@pytest.mark.realdata
+def test_real_pbmcs_with_ensembl_ids_are_named_or_unassigned(shared_data):
+    """Kang control PBMCs (muscat subset) with Ensembl IDs as var_names: the symbol column is found
+    on its own, and every cluster's name follows the margin rule, with its candidates kept."""
+    path = shared_data / "transfer" / "pbmc_kang_ctrl_muscat.h5ad"
+    markers = shared_data / "markers" / "PanglaoDB_markers_27_Mar_2020.tsv.gz"
+    if not (path.exists() and markers.exists()):
+        pytest.skip("the Kang muscat subset or the PanglaoDB export is not in the shared data")
+    adata = ad.read_h5ad(path)
+    adata.var["gene_symbols"] = adata.var_names.to_numpy()
+    adata.var_names = adata.var["ensembl_id"].astype(str).to_numpy()
+    adata.var_names_make_unique()
+    ss.pp.cluster_labels(adata, resolution=1.0)
+    ss.model.NACT.setup_anndata(adata, labels_key="leiden")
+    model = ss.model.NACT(adata)
+    model.train(max_epochs=3, batch_size=128, enable_progress_bar=False)
+    model.annotate()
+    ss.tl.salient_genes(adata, groupby="leiden")
+    database = ss.datasets.marker_database(markers, species="human", tissue=["Immune system", "Blood"])
+    with pytest.warns(UserWarning, match=r"Ensembl gene IDs.*adata.var\['gene_symbols'\]"):
+        ss.tl.query_cell_types(adata, database)
+    assert adata.uns[SalientKeys.CELL_TYPE_QUERY]["params"]["gene_symbols"] == "gene_symbols"
+    annotate_clusters(adata, "leiden")
+    record = adata.uns[NACTKeys.CELL_TYPE]
+    groups = record["groups"].set_index("group")
+    assert set(groups.index) == set(adata.obs["leiden"].astype(str))
+    clear = (groups["margin"] >= record["params"]["min_margin"]) & (
+        groups["n_overlap"] >= record["params"]["min_overlap"]
+    )
+    assert (groups.loc[clear, "name"] == groups.loc[clear, "best"]).all()
+    assert (groups.loc[~clear & (groups["n_overlap"] > 0), "name"] == "Unassigned").all()
+    assert groups["overlap"].str.len().gt(0).all()  # names and doubts come with their genes
+    candidates = record["candidates"]
+    assert candidates.groupby("group", observed=True).size().eq(3).all()
+    by_cluster = adata.obs.groupby("leiden", observed=True)[NACTKeys.CELL_TYPE].first().astype(str)
+    assert (by_cluster == groups["name"].reindex(by_cluster.index.astype(str)).astype(str).to_numpy()).all()
