@@ -82,6 +82,7 @@ EXTRA_BENCHMARKS = [
     ),
     "markers.py",
     "markers_simulated.py",
+    "naming.py",
     "modules.py",
     "translation.py",
     "translation.py --merge --systems translator --n-ensemble 1",

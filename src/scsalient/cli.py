@@ -459,7 +459,7 @@ def salient_gene_table(adata: AnnData, keys, n_genes: int) -> pd.DataFrame:
                     "score": record["scores"][group],
                     "mean_share": record["mean_attention"][group],
                     "fraction_of_cells": record["tf"][group],
-                    "log2_ratio": record["logfoldchanges"][group],
+                    "log2_ratio": record["attention_log2_ratio"][group],
                     "pval_adj": record["pvals_adj"][group],
                 }
             )

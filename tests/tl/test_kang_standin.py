@@ -72,7 +72,7 @@ def test_mean_attention_alone_is_dominated_by_ubiquitous_genes(kang):
 def test_sporadic_listings_flood_strict_idf(kang):
     """With min_frequency=0 almost every gene is in every group's document (IDF 0)."""
     record = salient_genes(kang, "cell_type", n_top=100, n_genes=25, min_frequency=0.0, inplace=False)
-    in_all = ((record["pts"] > 0).sum(axis=1) == 4).sum()
+    in_all = ((record["tf_all"] > 0).sum(axis=1) == 4).sum()
     assert in_all > 0.9 * kang.n_vars
     strict_tf = np.median(record["tf"]["B cells"])
     default_tf = np.median(kang.uns[SalientKeys.SALIENT_GENES]["tf"]["B cells"])

@@ -192,7 +192,7 @@ def test_ensembl_var_names_use_the_symbol_column(planted, method, column):
     assert best["cell_type"].to_dict() == {"A": "Alpha", "B": "Beta", "C": "Gamma"}
     assert (best["n_overlap"] >= 6).all()
     assert adata.uns[SalientKeys.CELL_TYPE_QUERY]["params"]["gene_symbols"] == column
-    annotate_clusters(adata, "cluster")
+    annotate_clusters(adata, "cluster", min_margin=0)
     assert adata.obs[NACTKeys.CELL_TYPE].notna().all()
 
     # without a symbol column there is nothing to match: a clear error, not names from nothing
@@ -209,7 +209,7 @@ def test_groups_are_never_named_from_zero_overlap():
     z = results[results["group"] == "z"]
     assert z["n_overlap"].eq(0).all() and z["n_query"].eq(0).all()
     with pytest.warns(UserWarning, match=r"Groups \['z'\] get no cell-type name"):
-        annotate_clusters(adata, "cluster")
+        annotate_clusters(adata, "cluster", min_margin=0)
     labels = adata.obs[NACTKeys.CELL_TYPE]
     assert labels[adata.obs["cluster"] == "z"].isna().all()
     named = adata.obs.loc[adata.obs["cluster"] != "z"]
@@ -266,7 +266,7 @@ def test_query_errors(planted):
 def test_annotate_clusters_writes_rank_one_types():
     adata = record_adata({"x": ["CD3E", "CD3D"], "y": ["LYZ", "CD14"], "z": ["CD3E", "CD2"]})
     query_cell_types(adata, {"T": ["CD3E", "CD3D", "CD2"], "Mono": ["LYZ", "CD14"]})
-    annotate_clusters(adata, "cluster")
+    annotate_clusters(adata, "cluster", min_margin=0)
     labels = adata.obs[NACTKeys.CELL_TYPE]
     assert isinstance(labels.dtype, pd.CategoricalDtype)
     expected = adata.obs["cluster"].map({"x": "T", "y": "Mono", "z": "T"}).astype(str)
@@ -277,7 +277,7 @@ def test_annotate_clusters_writes_rank_one_types():
     query_cell_types(
         adata, {"T": ["CD3E", "CD3D", "CD2"], "Mono": ["LYZ", "CD14"]}, groups=["x"], key_added="q"
     )
-    annotate_clusters(adata, "cluster", key="q", key_added="partial")
+    annotate_clusters(adata, "cluster", key="q", key_added="partial", min_margin=0)
     assert adata.obs["partial"].isna().sum() == 6
     with pytest.raises(KeyError, match="nothing"):
         annotate_clusters(adata, "cluster", key="nothing")
@@ -303,7 +303,12 @@ def test_end_to_end_on_planted_attention(tmp_path):
     salient_genes(adata, "cluster", n_top=8, n_genes=5)
     database = {"Alpha": [f"A_{i}" for i in range(5)], "Beta": [f"B_{i}" for i in range(5)], "Gamma": ["C_0"]}
     query_cell_types(adata, database)
-    annotate_clusters(adata, "cluster")
+    annotate_clusters(adata, "cluster", key_added="default")
+    mapping = dict(zip(adata.obs["cluster"], adata.obs["default"], strict=True))
+    # Gamma lists a single gene of C's query: too little evidence for a name by default
+    assert mapping == {"A": "Alpha", "B": "Beta", "C": "Unassigned"}
+    assert adata.uns["default"]["groups"].set_index("group").loc["C", "status"] == "few overlapping genes"
+    annotate_clusters(adata, "cluster", min_margin=0, min_overlap=1)
     mapping = dict(zip(adata.obs["cluster"], adata.obs[NACTKeys.CELL_TYPE], strict=True))
     assert mapping == {"A": "Alpha", "B": "Beta", "C": "Gamma"}
     path = tmp_path / "annotated.h5ad"

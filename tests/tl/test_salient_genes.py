@@ -111,7 +111,7 @@ def test_sporadic_listings_lower_idf_without_min_frequency():
     strict = salient_genes(adata, "group", n_top=N_TOP, n_genes=N_GENES, min_frequency=0.0, inplace=False)
     default = salient_genes(adata, "group", n_top=N_TOP, n_genes=N_GENES, inplace=False)
     genes = sorted(specific("A"))
-    np.testing.assert_allclose(strict["pts"].loc[genes, "D"], 1 / 40)
+    np.testing.assert_allclose(strict["tf_all"].loc[genes, "D"], 1 / 40)
     idf_strict = pd.Series(strict["idf"]["A"], index=strict["names"]["A"])[genes]
     idf_default = pd.Series(default["idf"]["A"], index=default["names"]["A"])[genes]
     np.testing.assert_allclose(idf_strict, np.log(len(GROUPS) / 2), rtol=1e-6)
@@ -147,13 +147,14 @@ def test_scores_match_reference(tfidf, min_frequency):
         got_scores = record["scores"][group].astype(float)
         np.testing.assert_allclose(got_scores, best.iloc[:15].to_numpy(), rtol=1e-5)
         np.testing.assert_allclose(got_scores, expected.loc[got_names, group].to_numpy(), rtol=1e-5)
-    tf = record["pts"]
+    tf = record["tf_all"]
     assert np.allclose(tf.sum(axis=0), N_TOP)  # every cell lists exactly n_top genes
 
 
 def test_record_layout_and_statistics(adata):
     record = adata.uns[SalientKeys.SALIENT_GENES]
-    for field in ("names", "scores", "logfoldchanges", "pvals", "pvals_adj", "mean_attention", "tf", "idf"):
+    fields = ("names", "scores", "logfoldchanges", "pvals", "pvals_adj", "mean_attention", "tf", "idf")
+    for field in (*fields, "attention_log2_ratio"):
         assert record[field].dtype.names == tuple(GROUPS)
         assert len(record[field]) == 10
     assert record["params"] == {
@@ -168,21 +169,20 @@ def test_record_layout_and_statistics(adata):
         "n_genes": 10,
         "tfidf": True,
         "min_frequency": 0.05,
+        "expression": "adata.X",
     }
     top = names(adata)
     for group in GROUPS:
         head = slice(0, N_SPECIFIC)
         assert (record["tf"][group][head] > 0.9).all()  # specific genes are in (almost) every list
-        assert (record["logfoldchanges"][group][head] > 3).all()
+        assert (record["attention_log2_ratio"][group][head] > 3).all()
         assert (record["pvals_adj"][group][head] < 1e-10).all()
         assert (record["pvals_adj"][group] >= record["pvals"][group]).all()
         np.testing.assert_allclose(
-            record["pts"].loc[list(top[group]), group].to_numpy(), record["tf"][group], rtol=1e-6
+            record["tf_all"].loc[list(top[group]), group].to_numpy(), record["tf"][group], rtol=1e-6
         )
     # housekeeping genes are listed by every cell: no enrichment in any group
-    pts_rest = record["pts_rest"].loc[sorted(HOUSEKEEPING)]
-    assert np.allclose(record["pts"].loc[sorted(HOUSEKEEPING)], 1.0)
-    assert np.allclose(pts_rest, 1.0)
+    assert np.allclose(record["tf_all"].loc[sorted(HOUSEKEEPING)], 1.0)
     means = record["mean_attention_all"]
     assert means.shape == (N_GENES, len(GROUPS))
     att = adata.obsm[NACTKeys.ATTENTION]
@@ -257,13 +257,13 @@ def test_streaming_gives_identical_results(tmp_path):
         handle.close()
 
     def same(first, second):
-        for field in ("names", "scores", "tf", "idf", "mean_attention", "pvals", "logfoldchanges"):
+        for field in ("names", "scores", "tf", "idf", "mean_attention", "pvals", "attention_log2_ratio"):
             left, right = pd.DataFrame(first[field]), pd.DataFrame(second[field])
             if field == "names":
                 pd.testing.assert_frame_equal(left, right)
             else:
                 np.testing.assert_allclose(left.to_numpy(), right.to_numpy(), rtol=1e-6, atol=1e-12)
-        pd.testing.assert_frame_equal(first["pts"], second["pts"])
+        pd.testing.assert_frame_equal(first["tf_all"], second["tf_all"])
 
     same(results[("dense", 7)], results[("dense", 10_000)])
     for name in ("sparse_dense", "csr", "csc", "h5py"):
@@ -292,14 +292,14 @@ def test_ties_and_zeros_count_fractionally():
     )
     adata.obsm[NACTKeys.ATTENTION] = attention
     record = salient_genes(adata, "g", n_top=2, n_genes=5, inplace=False)
-    counts = record["pts"] * 2  # two cells per group
+    counts = record["tf_all"] * 2  # two cells per group
     np.testing.assert_allclose(counts["x"], [2, 1 + 1 / 3, 1 / 3, 1 / 3, 0], rtol=1e-6)
     np.testing.assert_allclose(counts["y"], [0, 0, 1, 2, 1], rtol=1e-6)
     # result does not depend on the gene order
     permuted = adata[:, ::-1].copy()
     permuted.obsm[NACTKeys.ATTENTION] = attention[:, ::-1].copy()
     again = salient_genes(permuted, "g", n_top=2, n_genes=5, inplace=False)
-    pd.testing.assert_frame_equal(again["pts"].loc[record["pts"].index], record["pts"])
+    pd.testing.assert_frame_equal(again["tf_all"].loc[record["tf_all"].index], record["tf_all"])
 
 
 def test_unlabelled_cells_are_ignored():
@@ -326,7 +326,7 @@ def test_groups_without_cells_are_skipped():
         salient_genes(adata, "prediction", n_top=N_TOP)
     record = adata.uns[SalientKeys.SALIENT_GENES]
     assert record["names"].dtype.names == tuple(GROUPS)
-    assert list(record["pts"].columns) == GROUPS
+    assert list(record["tf_all"].columns) == GROUPS
     # the same ranking as without the empty groups, apart from the three cells left out of A
     assert set(record["names"]["B"][:N_SPECIFIC]) == set(expected["names"]["B"][:N_SPECIFIC]) == specific("B")
     alone = adata[adata.obs["prediction"].notna()].copy()

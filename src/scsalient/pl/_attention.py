@@ -239,7 +239,7 @@ def salient_genes(
 
     blocks = {group: [str(gene) for gene in record["names"][group][:n_genes]] for group in shown}
     genes = [gene for block in blocks.values() for gene in block]
-    tf = record["pts"]
+    tf = record["tf_all"]
     mean = record["mean_attention_all"]
     if params.get("tfidf", True):
         n_docs = _document_frequency(tf.to_numpy().T, float(params.get("min_frequency", 0.0)))
@@ -423,7 +423,7 @@ def _salient_record(adata: AnnData, key: str) -> dict[str, Any]:
     if key not in adata.uns:
         raise KeyError(f"adata.uns has no {key!r}; run scsalient.tl.salient_genes first.")
     record = adata.uns[key]
-    missing = [field for field in ("names", "pts", "mean_attention_all") if field not in record]
+    missing = [field for field in ("names", "tf_all", "mean_attention_all") if field not in record]
     if missing:
         raise ValueError(
             f"adata.uns[{key!r}] lacks {missing}; plot a record written by scsalient.tl.salient_genes."

@@ -263,14 +263,29 @@ def query_cell_types(
     return results
 
 
+#: defaults of :func:`annotate_clusters`, chosen on the naming benchmark (benchmarks/naming.py)
+DEFAULT_MIN_MARGIN = {"likelihood": 3.0, "enrichment": 1.0}
+DEFAULT_MIN_OVERLAP = 2
+
+
 def annotate_clusters(
     adata: AnnData,
     groupby: str,
     *,
     key: str = SalientKeys.CELL_TYPE_QUERY,
     key_added: str = NACTKeys.CELL_TYPE,
+    min_margin: float | None = None,
+    min_overlap: int = DEFAULT_MIN_OVERLAP,
+    n_candidates: int = 3,
 ) -> None:
-    """Label every cell with the best candidate type of its group.
+    r"""Label every cell with the best candidate type of its group, or ``"Unassigned"`` when unsure.
+
+    A group is named after its rank-1 candidate of :func:`scsalient.tl.query_cell_types` only
+    when that candidate is clearly ahead: its score beats the rank-2 candidate's by at least
+    ``min_margin`` and its markers share at least ``min_overlap`` genes with the group's query.
+    Otherwise the group's cells get ``"Unassigned"`` and the candidates stay in ``adata.uns`` for
+    the user to judge. A group whose rank-1 candidate shares no gene with its query is never
+    named (its cells stay unlabelled, with a :class:`UserWarning`).
 
     Parameters
     ----------
@@ -282,14 +297,37 @@ def annotate_clusters(
     key
         Key of the query results in ``adata.uns``.
     key_added
-        Column of ``adata.obs`` to write.
+        Column of ``adata.obs`` to write, and key of the per-group record in ``adata.uns``.
+    min_margin
+        Smallest score gap between the rank-1 and the rank-2 candidate. With
+        ``method="likelihood"`` the score is a log-likelihood, so the gap is a log-likelihood
+        ratio (in nats: 3.0 means the query is about 20 times likelier under the rank-1 type);
+        with ``method="enrichment"`` it is a gap in :math:`-\log_{10} p`. ``None`` takes the
+        default of the query's method: 3.0 for the likelihood and 1.0 for enrichment, each
+        chosen on three datasets of the naming benchmark (``benchmarks/naming.py``) and
+        reported on eight others. 0 names every group after its rank-1 candidate.
+    min_overlap
+        Fewest query genes the rank-1 candidate must list.
+    n_candidates
+        Candidates per group kept in ``adata.uns[key_added]["candidates"]``.
 
     Returns
     -------
-    `None`. Sets ``adata.obs[key_added]`` (categorical): the rank-1 cell type of each cell's
-    group; missing for groups that were not queried and, with a :class:`UserWarning`, for
-    groups whose rank-1 type shares no gene with their query (``n_overlap == 0``).
+    `None`. Sets
+
+    ``adata.obs[key_added]``
+        Categorical: the name of each cell's group, ``"Unassigned"`` for groups without a clear
+        winner; missing for groups that were not queried or whose rank-1 type shares no gene
+        with their query.
+    ``adata.uns[key_added]``
+        Dict with ``groups`` (a data frame, one row per group: ``name``, ``status`` (``"named"``,
+        ``"low margin"``, ``"few overlapping genes"`` or ``"no overlapping gene"``), ``best`` and
+        ``second`` (the rank-1 and rank-2 candidates), ``margin``, ``n_overlap`` and ``overlap``
+        of the rank-1 candidate), ``candidates`` (the ``n_candidates`` best candidates of every
+        group with ``rank``, ``score``, ``n_overlap`` and ``overlap``) and ``params``.
     """
+    from scsalient.model.base._annotate import UNASSIGNED
+
     if key not in adata.uns:
         raise KeyError(f"adata.uns has no {key!r}; run scsalient.tl.query_cell_types first.")
     entry = adata.uns[key]
@@ -297,6 +335,18 @@ def annotate_clusters(
         raise ValueError(f"adata.uns[{key!r}] is not a query_cell_types result (no 'results' table).")
     if groupby not in adata.obs.columns:
         raise KeyError(f"adata.obs has no column {groupby!r} (available: {list(adata.obs.columns)}).")
+    method = str(entry.get("params", {}).get("method", "likelihood"))
+    if min_margin is None:
+        min_margin = DEFAULT_MIN_MARGIN.get(method, DEFAULT_MIN_MARGIN["likelihood"])
+    if not (np.isfinite(min_margin) and min_margin >= 0):
+        raise ValueError(f"`min_margin` must be a non-negative number, got {min_margin!r}.")
+    if not isinstance(min_overlap, int | np.integer) or min_overlap < 1:
+        raise ValueError(
+            f"`min_overlap` must be a positive integer, got {min_overlap!r} (a group is never named "
+            "from zero overlapping genes)."
+        )
+    if not isinstance(n_candidates, int | np.integer) or n_candidates < 1:
+        raise ValueError(f"`n_candidates` must be a positive integer, got {n_candidates!r}.")
     queried_groupby = entry.get("params", {}).get("groupby")
     if queried_groupby and queried_groupby != groupby:
         logger.warning(
@@ -306,20 +356,99 @@ def annotate_clusters(
             groupby,
         )
     results = entry["results"]
-    best = results.loc[results["rank"] == 1]
-    queried = set(best["group"].astype(str))
-    mapping = {group: name for group, name in _names(best).items() if name is not None}
+    groups = cluster_names(results, min_margin=float(min_margin), min_overlap=int(min_overlap))
     labels = adata.obs[groupby]
     keys = labels.astype(str).where(labels.notna())
+    queried = set(groups.index)
     missing = sorted(set(keys.dropna()) - queried)
     if len(missing) == keys.dropna().nunique():
         raise ValueError(f"None of the groups of adata.obs[{groupby!r}] is in adata.uns[{key!r}].")
     if missing:
         logger.warning("Groups %s were not queried; their cells get no label.", missing)
+    best = results.loc[results["rank"] == 1]
     _warn_unnamed(best.loc[best["group"].astype(str).isin(set(keys.dropna()))], where=f"adata.uns[{key!r}]")
-    categories = list(dict.fromkeys(mapping.values()))
+    unsure = groups.loc[groups["status"].isin(["low margin", "few overlapping genes"])]
+    if len(unsure):
+        logger.info(
+            "Groups %s are %r: their best candidate is not clearly ahead (see adata.uns[%r]).",
+            list(unsure.index),
+            UNASSIGNED,
+            key_added,
+        )
+    mapping = groups["name"].dropna().to_dict()
+    named = [name for name in dict.fromkeys(mapping.values()) if name != UNASSIGNED]
+    categories = named + ([UNASSIGNED] if UNASSIGNED in mapping.values() else [])
     adata.obs[key_added] = pd.Categorical(keys.map(mapping), categories=categories)
-    logger.info("Added adata.obs[%r] with %d cell types.", key_added, len(categories))
+    candidates = results.loc[results["rank"] <= n_candidates]
+    candidates = candidates[["group", "rank", "cell_type", "score", "n_overlap", "overlap"]].reset_index(
+        drop=True
+    )
+    adata.uns[key_added] = {
+        "groups": groups.reset_index(),
+        "candidates": candidates,
+        "params": {
+            "key": key,
+            "groupby": groupby,
+            "method": method,
+            "min_margin": float(min_margin),
+            "min_overlap": int(min_overlap),
+            "n_candidates": int(n_candidates),
+        },
+    }
+    logger.info(
+        "Added adata.obs[%r] with %d cell types (%d of %d groups unassigned).",
+        key_added,
+        len(named),
+        len(unsure),
+        len(groups),
+    )
+
+
+def cluster_names(results: pd.DataFrame, *, min_margin: float, min_overlap: int) -> pd.DataFrame:
+    """Name (or ``"Unassigned"``) of every group of a query result, with the evidence for it.
+
+    Parameters
+    ----------
+    results
+        The ``results`` table of :func:`scsalient.tl.query_cell_types`.
+    min_margin, min_overlap
+        See :func:`annotate_clusters`.
+
+    Returns
+    -------
+    Data frame indexed by group (as strings) with ``name`` (``None`` without overlapping gene),
+    ``status``, ``best``, ``second``, ``score``, ``margin``, ``n_overlap`` and ``overlap``.
+    """
+    from scsalient.model.base._annotate import UNASSIGNED
+
+    rows = {}
+    ordered = results.sort_values(["group", "rank"])
+    for group, frame in ordered.groupby("group", observed=True, sort=False):
+        first = frame.iloc[0]
+        second = frame.iloc[1] if len(frame) > 1 else None
+        margin = float(first["score"] - second["score"]) if second is not None else float("inf")
+        n_overlap = int(first["n_overlap"])
+        if n_overlap <= 0:
+            status, name = "no overlapping gene", None
+        elif n_overlap < min_overlap:
+            status, name = "few overlapping genes", UNASSIGNED
+        elif margin < min_margin:
+            status, name = "low margin", UNASSIGNED
+        else:
+            status, name = "named", str(first["cell_type"])
+        rows[str(group)] = {
+            "name": name,
+            "status": status,
+            "best": str(first["cell_type"]),
+            "second": None if second is None else str(second["cell_type"]),
+            "score": float(first["score"]),
+            "margin": margin,
+            "n_overlap": n_overlap,
+            "overlap": str(first["overlap"]),
+        }
+    groups = pd.DataFrame.from_dict(rows, orient="index")
+    groups.index.name = "group"
+    return groups
 
 
 # --------------------------------------------------------------------------------------------

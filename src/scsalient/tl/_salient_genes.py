@@ -27,9 +27,11 @@ def salient_genes(
     *,
     attention_key: str = NACTKeys.ATTENTION,
     n_top: int = 100,
-    n_genes: int = 25,
+    n_genes: int | None = None,
     tfidf: bool = True,
     min_frequency: float = 0.05,
+    layer: str | None = None,
+    use_raw: bool = False,
     key_added: str = SalientKeys.SALIENT_GENES,
     batch_size: int = 2048,
     inplace: bool = True,
@@ -43,8 +45,9 @@ def salient_genes(
     * IDF of *g*: :math:`\log(K / K_g)` with *K* groups, :math:`K_g` of which have *g* in their
       document, so genes attended in every group get an IDF of 0. A document holds *g* when at
       least a fraction ``min_frequency`` of the group's cells list it (TF >= ``min_frequency``).
-    * Score: TF x IDF x mean attention of *g* in group *k*. The ``n_genes`` best-scoring genes of
-      each group are kept, ranked by this score (ties broken by mean attention).
+    * Score: TF x IDF x mean attention of *g* in group *k*. Every gene is ranked by this score
+      (ties broken by mean attention), as :func:`scanpy.tl.rank_genes_groups` with
+      ``n_genes=None`` does; ``n_genes`` keeps only the best ones.
 
     With ``tfidf=False`` genes are ranked by their mean attention in the group alone.
 
@@ -57,7 +60,15 @@ def salient_genes(
 
     Cells without a label in ``adata.obs[groupby]`` (missing values, e.g. cells a classifier gave
     no prediction) are ignored, and groups without cells (unused categories, e.g. classes never
-    predicted) are skipped with a :class:`UserWarning`.
+    predicted) are skipped with a :class:`UserWarning`. Groups of fewer than 20 cells get a
+    :class:`UserWarning` too: their salient genes rest on few cells.
+
+    The fields that :func:`scanpy.tl.rank_genes_groups` fills from expression (``logfoldchanges``,
+    ``pts``, ``pts_rest``) are computed from expression here as well, the way scanpy computes them:
+    from ``adata.X`` (or ``layer``, or ``adata.raw`` with ``use_raw=True``) after log1p(CP10k)
+    normalisation when it holds counts, or as given when it is log-normalised. Without usable
+    expression (no ``adata.X``, or negative values such as scaled data) ``logfoldchanges`` is NaN
+    and ``pts`` / ``pts_rest`` are left out (with a :class:`UserWarning` for unusable values).
 
     Parameters
     ----------
@@ -71,7 +82,7 @@ def salient_genes(
     n_top
         Number of most attended genes taken from each cell.
     n_genes
-        Number of genes kept per group (at most ``adata.n_vars``).
+        Number of genes kept per group; ``None`` (default) keeps every gene.
     tfidf
         Rank by TF-IDF x mean attention (default) or by mean attention alone.
     min_frequency
@@ -82,6 +93,11 @@ def salient_genes(
         dominate the ranking. The default, 5 % of the group's cells, ignores such sporadic
         listings (e.g. from doublets or mislabelled cells). Keep it above the rate at which a
         gene enters a cell's list by chance, roughly ``n_top / n_vars``.
+    layer
+        Layer of ``adata`` with the expression for ``logfoldchanges`` and ``pts``; ``None`` for
+        ``adata.X``.
+    use_raw
+        Read that expression from ``adata.raw`` (the columns of ``adata.var_names``) instead.
     key_added
         Key of the record in ``adata.uns``.
     batch_size
@@ -94,25 +110,29 @@ def salient_genes(
     `None` when ``inplace=True``; otherwise the record described below.
 
     Sets ``adata.uns[key_added]`` to a record in the layout of :func:`scanpy.tl.rank_genes_groups`,
-    so :func:`scanpy.get.rank_genes_groups_df` and :func:`scanpy.pl.rank_genes_groups_dotplot`
-    accept ``key=key_added``. Structured arrays with one field per group and ``n_genes`` rows:
+    so :func:`scanpy.get.rank_genes_groups_df` and scanpy's ``rank_genes_groups_*`` plots
+    (including ``values_to_plot="logfoldchanges"``) accept ``key=key_added``. Structured arrays
+    with one field per group and one row per kept gene:
 
     ``names``
         Gene names, best first.
     ``scores``
         The ranking score (TF-IDF x mean attention, or mean attention).
     ``logfoldchanges``
-        :math:`\log_2` ratio of the mean attention in the group to that in all other cells.
+        As in scanpy: :math:`\log_2` of the ratio of ``expm1`` of the group's mean log expression
+        to that of all other cells; NaN without usable expression.
     ``pvals``, ``pvals_adj``
-        One-sided hypergeometric test that the gene is in the lists of the group's cells more
-        often than in those of the other cells, and Benjamini-Hochberg adjusted values (over
-        all genes of the group).
+        One-sided hypergeometric test that the gene is in the attention lists of the group's
+        cells more often than in those of the other cells, and Benjamini-Hochberg adjusted
+        values (over all genes of the group). A test of the attention, not of expression.
     ``mean_attention``, ``tf``, ``idf``
         The factors of the score.
+    ``attention_log2_ratio``
+        :math:`\log_2` ratio of the mean attention in the group to that in all other cells.
 
-    Plus data frames (genes x groups) ``pts`` / ``pts_rest`` (fraction of the group's / of the
-    other cells with the gene in their list, i.e. TF) and ``mean_attention_all`` (mean attention
-    of every gene), and ``params``.
+    Plus data frames (genes x groups): ``pts`` / ``pts_rest`` (as in scanpy: fraction of the
+    group's / of the other cells that express the gene; only with usable expression), ``tf_all``
+    (TF of every gene) and ``mean_attention_all`` (mean attention of every gene), and ``params``.
 
     Examples
     --------
@@ -127,12 +147,15 @@ def salient_genes(
         raise ValueError(f"`n_top` must be a positive integer, got {n_top!r}.")
     if n_top > n_vars:
         raise ValueError(f"`n_top` ({n_top}) is larger than the number of genes (adata.n_vars = {n_vars}).")
+    if n_genes is None:
+        n_genes = n_vars
     if not isinstance(n_genes, int | np.integer) or n_genes < 1:
-        raise ValueError(f"`n_genes` must be a positive integer, got {n_genes!r}.")
+        raise ValueError(f"`n_genes` must be a positive integer or None (every gene), got {n_genes!r}.")
     if not 0 <= min_frequency <= 1:
         raise ValueError(f"`min_frequency` must be in [0, 1], got {min_frequency!r}.")
     _check_batch_size(batch_size)
     n_genes = min(int(n_genes), n_vars)
+    expression_matrix = _expression_matrix(adata, layer=layer, use_raw=use_raw)
 
     codes, group_names = _group_codes(adata, groupby)
     n_groups = len(group_names)
@@ -141,9 +164,21 @@ def salient_genes(
             f"TF-IDF needs at least two groups in adata.obs[{groupby!r}], found {n_groups}; use tfidf=False."
         )
 
+    _warn_small_groups(codes, group_names, groupby)
+
     stats_ = _group_statistics(
         attention, codes, n_groups, n_top=n_top, batch_size=batch_size, key=attention_key
     )
+    expression = None
+    if expression_matrix is not None:
+        expression = _expression_statistics(
+            expression_matrix.matrix,
+            codes,
+            n_groups,
+            where=expression_matrix.where,
+            columns=expression_matrix.columns,
+            batch_size=batch_size,
+        )
     record = _build_record(
         stats_,
         group_names=group_names,
@@ -151,19 +186,21 @@ def salient_genes(
         n_genes=n_genes,
         tfidf=tfidf,
         min_frequency=min_frequency,
+        expression=expression,
     )
     record["params"] = {
         "groupby": groupby,
         "reference": "rest",
         "method": "salient_genes",
-        "use_raw": False,
-        "layer": None,
+        "use_raw": bool(use_raw),
+        "layer": layer,
         "corr_method": "benjamini-hochberg",
         "attention_key": attention_key,
         "n_top": int(n_top),
         "n_genes": int(n_genes),
         "tfidf": bool(tfidf),
         "min_frequency": float(min_frequency),
+        "expression": None if expression is None else expression.where,
     }
     if not inplace:
         return record
@@ -351,6 +388,124 @@ def _group_means(
 
 
 # --------------------------------------------------------------------------------------------
+# expression statistics for the scanpy fields (logfoldchanges, pts, pts_rest)
+
+#: groups with fewer cells get a warning: their salient genes rest on few cells
+MIN_GROUP_CELLS = 20
+_TARGET_SUM = 1e4  # log1p(CP10k), as scanpy's normalize_total(target_sum=1e4) + log1p
+
+
+@dataclass
+class _ExpressionMatrix:
+    matrix: Any
+    where: str
+    columns: np.ndarray | None  # columns of ``matrix`` in the order of adata.var_names (raw)
+
+
+@dataclass
+class _ExpressionStatistics:
+    where: str
+    sums: np.ndarray  # (groups, genes) sums of log expression
+    nonzero: np.ndarray  # (groups, genes) cells with non-zero expression
+    total_sums: np.ndarray  # (genes,) over all labelled cells
+    total_nonzero: np.ndarray  # (genes,)
+
+
+def _expression_matrix(adata: AnnData, *, layer: str | None, use_raw: bool) -> _ExpressionMatrix | None:
+    """The matrix the scanpy fields are computed from, or ``None`` when ``adata`` holds none."""
+    if use_raw and layer is not None:
+        raise ValueError("Pass either `layer` or `use_raw=True`, not both.")
+    if use_raw:
+        if adata.raw is None:
+            raise ValueError("`use_raw=True` but adata.raw is None; pass use_raw=False (adata.X) or `layer`.")
+        columns = adata.raw.var_names.get_indexer(adata.var_names)
+        if (columns < 0).any():
+            missing = list(adata.var_names[columns < 0][:5])
+            raise ValueError(
+                f"adata.raw lacks genes of adata.var_names (e.g. {missing}); use use_raw=False or `layer`."
+            )
+        return _ExpressionMatrix(adata.raw.X, "adata.raw.X", columns)
+    if layer is not None:
+        if layer not in adata.layers:
+            raise KeyError(f"adata.layers has no {layer!r} (available: {list(adata.layers.keys())}).")
+        return _ExpressionMatrix(adata.layers[layer], f"adata.layers[{layer!r}]", None)
+    if adata.X is None:
+        logger.info("adata.X is None: the record's logfoldchanges are NaN and it gets no pts.")
+        return None
+    return _ExpressionMatrix(adata.X, "adata.X", None)
+
+
+def _expression_statistics(
+    matrix: Any,
+    codes: np.ndarray,
+    n_groups: int,
+    *,
+    where: str,
+    columns: np.ndarray | None,
+    batch_size: int,
+) -> _ExpressionStatistics | None:
+    """Per-group sums of log1p(CP10k) (or log-normalised) expression and non-zero counts."""
+    from scsalient.model.base._checks import decide_input_kind, iter_row_blocks, scan_expression
+
+    try:
+        scan = scan_expression(matrix, where)
+    except ValueError as error:
+        warnings.warn(
+            f"The record's logfoldchanges are NaN and it gets no pts: {error} These fields need counts or "
+            "log-normalised expression; pass `layer` or `use_raw=True` to read such values.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return None
+    counts = decide_input_kind(scan).kind == "counts"
+    n_genes = matrix.shape[1] if columns is None else len(columns)
+    sums = np.zeros((n_groups, n_genes))
+    nonzero = np.zeros((n_groups, n_genes))
+    for start, block in iter_row_blocks(matrix, batch_size):
+        block_codes = codes[start : start + block.shape[0]]
+        rows = np.flatnonzero(block_codes >= 0)
+        if rows.size == 0:
+            continue
+        block = block[rows]
+        if counts:
+            totals = np.asarray(block.sum(axis=1), dtype=np.float64).ravel()
+            scale = np.divide(_TARGET_SUM, totals, out=np.zeros_like(totals), where=totals > 0)
+            if sparse.issparse(block):
+                block = sparse.csr_matrix(sparse.diags(scale) @ block)
+                block.data = np.log1p(block.data)
+            else:
+                block = np.log1p(np.asarray(block, dtype=np.float64) * scale[:, None])
+        if columns is not None:
+            block = block[:, columns]
+        indicator = sparse.csr_matrix(
+            (np.ones(rows.size), (block_codes[rows], np.arange(rows.size))), shape=(n_groups, rows.size)
+        )
+        detected = block != 0
+        sums += np.asarray((indicator @ block).toarray() if sparse.issparse(block) else indicator @ block)
+        hits = indicator @ (detected.astype(np.float64) if not sparse.issparse(detected) else detected)
+        nonzero += np.asarray(hits.toarray() if sparse.issparse(hits) else hits)
+    return _ExpressionStatistics(
+        where=where,
+        sums=sums,
+        nonzero=nonzero,
+        total_sums=sums.sum(axis=0),
+        total_nonzero=nonzero.sum(axis=0),
+    )
+
+
+def _warn_small_groups(codes: np.ndarray, group_names: list[str], groupby: str) -> None:
+    sizes = np.bincount(codes[codes >= 0], minlength=len(group_names))
+    small = {name: int(size) for name, size in zip(group_names, sizes, strict=True) if size < MIN_GROUP_CELLS}
+    if small:
+        warnings.warn(
+            f"Groups of adata.obs[{groupby!r}] with fewer than {MIN_GROUP_CELLS} cells: {small}. Their "
+            "salient genes rest on few cells; merge such groups or read their genes with care.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+# --------------------------------------------------------------------------------------------
 # scores and the rank_genes_groups-style record
 
 
@@ -362,6 +517,7 @@ def _build_record(
     n_genes: int,
     tfidf: bool,
     min_frequency: float = 0.0,
+    expression: _ExpressionStatistics | None = None,
 ) -> dict[str, Any]:
     n_cells = group_stats.n_cells.astype(np.float64)
     sums, counts = group_stats.sums, group_stats.counts
@@ -377,24 +533,17 @@ def _build_record(
     n_rest = n_total - n_cells
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_rest = (sums.sum(axis=0)[None, :] - sums) / n_rest[:, None]
-        pts_rest = (counts.sum(axis=0)[None, :] - counts) / n_rest[:, None]
-        logfoldchanges = np.log2((mean + _EPS) / (mean_rest + _EPS))
+        attention_log2_ratio = np.log2((mean + _EPS) / (mean_rest + _EPS))
     pvals = _hypergeom_pvals(counts, n_cells)
     pvals_adj = _benjamini_hochberg(pvals, axis=1)
 
-    columns: dict[str, dict[str, np.ndarray]] = {
-        field: {}
-        for field in (
-            "names",
-            "scores",
-            "logfoldchanges",
-            "pvals",
-            "pvals_adj",
-            "mean_attention",
-            "tf",
-            "idf",
-        )
-    }
+    fields = ["names", "scores", "logfoldchanges", "pvals", "pvals_adj", "mean_attention", "tf", "idf"]
+    fields.append("attention_log2_ratio")
+    if expression is not None:
+        logfoldchanges, pts, pts_rest = _expression_fields(expression, n_cells)
+    else:  # not computed: NaN, so that scanpy's readers (which need the field) still work
+        logfoldchanges = np.full(score.shape, np.nan)
+    columns: dict[str, dict[str, np.ndarray]] = {field: {} for field in fields}
     gene_index = np.arange(len(var_names))
     names = np.asarray(var_names, dtype=object)
     for k, group in enumerate(group_names):
@@ -407,6 +556,7 @@ def _build_record(
         columns["mean_attention"][group] = mean[k, order]
         columns["tf"][group] = tf[k, order]
         columns["idf"][group] = idf[order]
+        columns["attention_log2_ratio"][group] = attention_log2_ratio[k, order]
 
     dtypes = {
         "names": "O",
@@ -417,16 +567,34 @@ def _build_record(
         "mean_attention": "float32",
         "tf": "float32",
         "idf": "float32",
+        "attention_log2_ratio": "float32",
     }
     record: dict[str, Any] = {
         field: pd.DataFrame(values, columns=group_names).to_records(index=False, column_dtypes=dtypes[field])
         for field, values in columns.items()
     }
     index = pd.Index(var_names, dtype=object)
-    record["pts"] = pd.DataFrame(tf.T, index=index, columns=group_names)
-    record["pts_rest"] = pd.DataFrame(pts_rest.T, index=index, columns=group_names)
+    if expression is not None:
+        record["pts"] = pd.DataFrame(pts.T, index=index, columns=group_names)
+        record["pts_rest"] = pd.DataFrame(pts_rest.T, index=index, columns=group_names)
+    record["tf_all"] = pd.DataFrame(tf.T, index=index, columns=group_names)
     record["mean_attention_all"] = pd.DataFrame(mean.T.astype(np.float32), index=index, columns=group_names)
     return record
+
+
+def _expression_fields(
+    expression: _ExpressionStatistics, n_cells: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``logfoldchanges``, ``pts`` and ``pts_rest`` of scanpy (groups x genes), group against the rest."""
+    n_rest = n_cells.sum() - n_cells
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = expression.sums / n_cells[:, None]
+        mean_rest = (expression.total_sums[None, :] - expression.sums) / n_rest[:, None]
+        # as scanpy.tl.rank_genes_groups: expm1 of the mean log expression, group over rest
+        logfoldchanges = np.log2((np.expm1(mean) + _EPS) / (np.expm1(mean_rest) + _EPS))
+        pts = expression.nonzero / n_cells[:, None]
+        pts_rest = (expression.total_nonzero[None, :] - expression.nonzero) / n_rest[:, None]
+    return logfoldchanges, pts, pts_rest
 
 
 def _document_frequency(tf: np.ndarray, min_frequency: float) -> np.ndarray:
