@@ -67,9 +67,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="set SCSALIENT_TUTORIAL_QUICK=1")
     parser.add_argument("--no-write", action="store_true", help="do not store the outputs")
     args = parser.parse_args()
-    paths = [HERE / p.name if not p.exists() else p for p in args.notebooks] or sorted(
-        HERE.glob("*.ipynb")
-    )
+    paths = [HERE / p.name if not p.exists() else p for p in args.notebooks] or sorted(HERE.glob("*.ipynb"))
     for path in paths:
         start = time.perf_counter()
         notebook = execute(path.resolve(), quick=args.quick)
