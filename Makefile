@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench bench-quick docs lint clean
+.PHONY: venv demo test tutorials bench bench-quick docs lint clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,13 @@ TEST_THREADS := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA
 test: venv
 	$(TEST_THREADS) $(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
 	$(BIN)/sphinx-build -M html docs docs/_build -E -W --keep-going -q
+
+# Run every tutorial in full and store its outputs in the notebook (tens of minutes on two
+# CPU cores). The test suite runs them in quick mode (SCSALIENT_TUTORIAL_QUICK=1,
+# tests/test_tutorials.py); one notebook: make tutorials NOTEBOOKS=sctab.ipynb
+NOTEBOOKS ?=
+tutorials: venv
+	$(BIN)/python tutorials/execute.py $(NOTEBOOKS)
 
 bench: venv
 	$(BIN)/python -m pip install --quiet -e ".[bench]"

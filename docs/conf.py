@@ -192,6 +192,9 @@ html_theme_options = {
     "use_repository_button": True,
     "use_issues_button": True,
     "navigation_with_keys": False,
+    # no "on this page" column where the width is needed: the landing page's code and figure,
+    # and the wide table of "Where results are stored" (checked at 1280 px)
+    "secondary_sidebar_items": {"**": ["page-toc"], "index": [], "stored_results": []},
 }
 
 

@@ -205,3 +205,23 @@ def test_docstring_parameters_match_signature(name):
     assert not missing, f"{name}: parameters missing from the docstring: {missing}"
     assert not extra, f"{name}: documented parameters not in the signature: {extra}"
     assert documented == expected, f"{name}: documented in the order {documented}, signature {expected}"
+
+
+def test_landing_figure_is_made_by_the_code_shown():
+    """The landing page and the README show the code that made their figure, and that figure."""
+    script = (DOCS / "landing_example.py").read_text()
+    saved = re.search(r'plt\.savefig\("docs/(_static/[^"]+\.png)"', script)
+    assert saved, "docs/landing_example.py must save its figure under docs/_static/"
+    assert (DOCS / saved[1]).is_file(), f"run `python docs/landing_example.py` to make {saved[1]}"
+
+    index = (DOCS / "index.md").read_text()
+    assert re.search(r"```\{literalinclude\} landing_example\.py\n", index)
+    assert f"]({saved[1]})" in index
+
+    readme = (DOCS.parent / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
+    assert script in blocks, "the README's example must be docs/landing_example.py, unchanged"
+    assert f"](docs/{saved[1]})" in readme
+    setup = re.findall(r"```bash\n(.*?)```", readme, flags=re.DOTALL)
+    commands = [line.split("#")[0].strip() for block in setup for line in block.splitlines()]
+    assert [c for c in commands if c] == ["make demo", "make test"]
