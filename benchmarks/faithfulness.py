@@ -73,11 +73,13 @@ N_EVAL = {"quick": 300, "full": 2000}
 SCANVI_EPOCHS = {"scvi": 100, "scanvi": 20}
 #: names of the explanations, per model: (model, explanation key, label, is the model's default)
 EXPLANATIONS = [
-    ("NACT", "nact_attention", "NACT attention shares (default, annotate)", True),
+    ("NACT", "nact_attribution", "NACT attributions (default, annotate; get_attributions)", True),
+    ("NACT", "nact_attention", "NACT attention shares (get_attention; the default before)", False),
     ("NACT", "nact_contributions", "NACT exact contributions (get_contributions)", False),
     ("NACT", "nact_ig", f"NACT integrated gradients ({IG_STEPS} steps)", False),
     ("NACT", "random", "random expressed genes", False),
-    ("SCTAB", "sctab_mask", "SCTAB masks (default, annotate)", True),
+    ("SCTAB", "sctab_attribution", "SCTAB attributions (default, annotate; get_attributions)", True),
+    ("SCTAB", "sctab_mask", "SCTAB masks (get_masks; the default before)", False),
     ("SCTAB", "sctab_ig", f"SCTAB integrated gradients ({IG_STEPS} steps)", False),
     ("SCTAB", "random", "random expressed genes", False),
     ("scANVI", "scanvi_ig", f"scANVI integrated gradients ({SCANVI_IG_STEPS} steps)", True),
@@ -446,6 +448,7 @@ def explanation_functions(network: Network, adata_eval, x_eval: np.ndarray) -> d
     if network.name == "NACT":
         model = network.model
         return {
+            "nact_attribution": lambda: model.get_attributions(adata_eval, n_top_genes=K_MAX),
             "nact_attention": lambda: model.get_attention(adata_eval, n_top_genes=K_MAX),
             "nact_contributions": lambda: model.get_contributions(adata_eval),
             "nact_ig": lambda: integrated_gradients(model, adata_eval, n_steps=IG_STEPS),
@@ -453,6 +456,7 @@ def explanation_functions(network: Network, adata_eval, x_eval: np.ndarray) -> d
     if network.name == "SCTAB":
         model = network.model
         return {
+            "sctab_attribution": lambda: model.get_attributions(adata_eval, n_top_genes=K_MAX),
             "sctab_mask": lambda: model.get_masks(adata_eval, n_top_genes=K_MAX),
             "sctab_ig": lambda: integrated_gradients(model, adata_eval, n_steps=IG_STEPS),
         }
@@ -461,16 +465,21 @@ def explanation_functions(network: Network, adata_eval, x_eval: np.ndarray) -> d
     return {"lr_coef_x_expr": lambda: network.coefficient_times_expression(x_eval)}
 
 
-def evaluate_network(network: Network, adata_eval, seed: int) -> dict:
+def evaluate_network(network: Network, adata_eval, seed: int, keys: set[str] | None = None) -> dict:
+    """Curves of the network's explanations (``keys``: only these, and no random order)."""
     x = network.input(adata_eval)
     probs = network.predict_proba(x)
     target = probs.argmax(axis=1)
     functions = explanation_functions(network, adata_eval, x)
     out = {}
     for key, function in functions.items():
+        if keys is not None and key not in keys:
+            continue
         scores = dense(function())
         order = top_k_order(scores, x, K_MAX, seed=seed)
         out[key] = curves_record(network, x, order, target)
+    if keys is not None:
+        return out
     random_scores = np.zeros_like(x)
     out["random"] = curves_record(network, x, top_k_order(random_scores, x, K_MAX, seed=seed + 1), target)
     for record in out.values():
@@ -491,8 +500,8 @@ def curves_record(network: Network, x: np.ndarray, order: np.ndarray, target: np
 NETWORK_CLASSES = {"NACT": OurNetwork, "SCTAB": OurNetwork, "scANVI": ScanviNetwork, "LR": LogRegNetwork}
 #: the explanations of each network whose cost is measured (random costs nothing)
 EXPLANATION_KEYS = {
-    "NACT": ("nact_attention", "nact_contributions", "nact_ig"),
-    "SCTAB": ("sctab_mask", "sctab_ig"),
+    "NACT": ("nact_attribution", "nact_attention", "nact_contributions", "nact_ig"),
+    "SCTAB": ("sctab_attribution", "sctab_mask", "sctab_ig"),
     "scANVI": ("scanvi_ig",),
     "LR": ("lr_coef_x_expr",),
 }
@@ -601,6 +610,42 @@ def run_dataset(
             with cpu_lock(lock, exclusive=True):
                 add_costs(record, cost_record(folder, cost_cells))
     return record
+
+
+def add_missing_explanations(data: dict, folder: Path, seed: int, cost_cells: int, lock: Path | None) -> None:
+    """Score (and time, under the exclusive lock) the explanations a dataset's record lacks.
+
+    Used when an explanation is added after the networks were trained: they are read from
+    ``folder`` (saved with ``--models-dir``) with the same evaluation cells.
+    """
+    import anndata as ad
+
+    adata_eval = ad.read_h5ad(folder / "eval.h5ad")
+    for name in json.loads((folder / "networks.json").read_text()):
+        model_record = data["models"][name]
+        missing = set(EXPLANATION_KEYS[name]) - set(model_record["explanations"])
+        if not missing:
+            continue
+        network = NETWORK_CLASSES[name].load(folder, name)
+        with cpu_lock(lock, exclusive=False):
+            added = evaluate_network(network, adata_eval, seed, keys=missing)
+        intact = next(iter(model_record["explanations"].values()))["probability_intact"]
+        for record in added.values():
+            record["probability_intact"] = intact
+        model_record["explanations"].update(added)
+        for key in sorted(missing):
+            command = [sys.executable, str(Path(__file__).resolve()), "--cost-one", str(folder), name, key]
+            command += ["--cost-cells", str(cost_cells)]
+            with cpu_lock(lock, exclusive=True, wait=600):
+                done = subprocess.run(command, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"cost of {name} {key} failed:\n{done.stderr[-3000:]}")
+            measured = json.loads(done.stdout.strip().splitlines()[-1])
+            measured["seconds_per_10k"] = measured["seconds"] * 1e4 / cost_cells
+            measured["cpu_seconds_per_10k"] = measured["cpu_seconds"] * 1e4 / cost_cells
+            model_record.setdefault("cost", {})[key] = measured
+            areas = f"{added[key]['deletion_auc']:.3f} / {added[key]['insertion_auc']:.3f}"
+            print(f"  {name} {key}: {areas}, {measured}", flush=True)
 
 
 def save_networks(folder: Path, networks: list[Network], adata_eval) -> None:
@@ -850,6 +895,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--lock-wait", type=float, default=None, help="seconds to wait for the exclusive lock of --cost-from"
     )
+    parser.add_argument(
+        "--explain-from",
+        type=Path,
+        default=None,
+        help="score and time, on the networks saved here, the explanations the JSON lacks",
+    )
     parser.add_argument("--combine", type=Path, nargs="+", default=None, help="merge these folders' JSON")
     parser.add_argument("--cost-one", nargs=3, metavar=("FOLDER", "NETWORK", "KEY"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -868,6 +919,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.cost_one:
         folder, name, key = args.cost_one
         print(json.dumps(cost_one(Path(folder), name, key, args.cost_cells)))
+        return
+    if args.explain_from:
+        record = json.loads((args.out / "faithfulness.json").read_text())
+        for name, data in record["datasets"].items():
+            add_missing_explanations(
+                data, args.explain_from / name, record["seed"], args.cost_cells, args.lock
+            )
+        write_all(record, args.out)
         return
     if args.cost_from or args.combine:
         record = (

@@ -400,16 +400,13 @@ class NACT(SaveLoadMixin, ClassifierMixin, BaseModelClass):
     ) -> sparse.csr_matrix | np.ndarray:
         r"""Per-cell attribution of the prediction to the genes, as shares (what ``annotate`` stores).
 
-        Row :math:`i` holds the positive part of :math:`a_g x_g (W_{gc} - \sum_k p_k W_{gk})`
-        divided by its total, where :math:`W = VU`, :math:`c` is the predicted class and
-        :math:`p` the calibrated probabilities (see
-        :meth:`~scsalient.model.nact._module.NACTModule.attribution`): the genes whose
-        attention-weighted expression raises the predicted class against the others, and by
-        how much. It is the exact per-gene decomposition of the predicted class's logit minus
-        the probability-weighted mean logit, kept where positive; unlike :meth:`get_attention`
-        (the share of each gene in the attention-weighted expression, whichever class it
-        argues for), a gene that raises every class alike gets nothing. Computed block by
-        block, without a backward pass.
+        Row :math:`i` holds the positive part of each gene's exact contribution to the logit of
+        the predicted class, :math:`\max(0,\ a_g x_g (VU)_{gc})` (see :meth:`get_contributions`),
+        divided by its total: the genes whose attention-weighted expression argues for the
+        predicted class, and by how much. Unlike :meth:`get_attention` (the share of each gene in
+        the attention-weighted expression, whichever class it argues for), a gene whose
+        expression argues against the predicted class gets nothing. Computed block by block,
+        without a backward pass.
 
         Parameters
         ----------
