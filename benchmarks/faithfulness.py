@@ -73,8 +73,8 @@ N_EVAL = {"quick": 300, "full": 2000}
 SCANVI_EPOCHS = {"scvi": 100, "scanvi": 20}
 #: names of the explanations, per model: (model, explanation key, label, is the model's default)
 EXPLANATIONS = [
-    ("NACT", "nact_attribution", "NACT attributions (default, annotate; get_attributions)", True),
-    ("NACT", "nact_attention", "NACT attention shares (get_attention; the default before)", False),
+    ("NACT", "nact_attention", "NACT attention shares (default, annotate)", True),
+    ("NACT", "nact_attribution", "NACT attributions (get_attributions)", False),
     ("NACT", "nact_contributions", "NACT exact contributions (get_contributions)", False),
     ("NACT", "nact_ig", f"NACT integrated gradients ({IG_STEPS} steps)", False),
     ("NACT", "random", "random expressed genes", False),

@@ -127,7 +127,7 @@ class NACT(SaveLoadMixin, ClassifierMixin, BaseModelClass):
 
     _module_cls = NACTModule
     _keys = NACTKeys
-    _explanation_output = "attribution"
+    _explanation_output = "scores"
     _latent_output = "latent"
 
     def __init__(
@@ -367,7 +367,9 @@ class NACT(SaveLoadMixin, ClassifierMixin, BaseModelClass):
         r"""Per-cell attention: the share of each gene in the cell's attention-weighted expression.
 
         Row :math:`i` holds :math:`a_g x_g / \sum_h a_h x_h` for the genes the cell expresses
-        (0 for the others), so each row sums to 1. Computed block by block.
+        (0 for the others), so each row sums to 1: what :meth:`annotate` stores. Computed block
+        by block. It is not signed by class; :meth:`get_attributions` gives each gene's part in
+        the predicted class's logit.
 
         Parameters
         ----------
@@ -398,15 +400,19 @@ class NACT(SaveLoadMixin, ClassifierMixin, BaseModelClass):
         dense: bool = False,
         batch_size: int | None = 1024,
     ) -> sparse.csr_matrix | np.ndarray:
-        r"""Per-cell attribution of the prediction to the genes, as shares (what ``annotate`` stores).
+        r"""Per-cell attribution of the prediction to the genes, as shares.
 
         Row :math:`i` holds the positive part of each gene's exact contribution to the logit of
         the predicted class, :math:`\max(0,\ a_g x_g (VU)_{gc})` (see :meth:`get_contributions`),
         divided by its total: the genes whose attention-weighted expression argues for the
         predicted class, and by how much. Unlike :meth:`get_attention` (the share of each gene in
         the attention-weighted expression, whichever class it argues for), a gene whose
-        expression argues against the predicted class gets nothing. Computed block by block,
-        without a backward pass.
+        expression argues against the predicted class gets nothing. On the faithfulness
+        benchmark (remove each cell's top genes, watch the predicted probability) it is as
+        faithful as integrated gradients on the same network at about 25 times less cost, and
+        far more faithful than the attention shares; the attention shares with TF-IDF find
+        more known markers on real PBMCs, which is why :meth:`annotate` stores those (see the
+        user guide). Computed block by block, without a backward pass.
 
         Parameters
         ----------

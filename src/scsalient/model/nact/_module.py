@@ -214,9 +214,7 @@ class NACTModule(BaseModuleClass, TemperatureScaled):
         :math:`c` (see :meth:`contributions`), :math:`\max(0,\ a_g x_g (VU)_{gc})`, the members'
         mean for an ensemble. Genes the cell does not express get 0, and so does a gene whose
         expression argues against the predicted class (such as a stray read of another type's
-        marker). No backward pass: the read-out is linear in the gene scores. On the
-        faithfulness benchmark (deletion and insertion curves) it is as faithful as integrated
-        gradients on the same network, at about 20 times less cost.
+        marker). No backward pass: the read-out is linear in the gene scores.
 
         Parameters
         ----------
