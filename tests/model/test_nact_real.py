@@ -32,7 +32,7 @@ def test_kang_heldout_donors_macro_f1(kang):
     # measured 0.994 (3 epochs); every peer reaches 0.99 on this split
     assert f1 >= 0.97
     # the attention of B cells and NK cells rests on their textbook markers
-    model.annotate(test, explanation=False, latent=False)
+    model.annotate(test, latent=False)
     mean_attention = test.varm["nact_attention_mean"]
     symbols = test.var["gene_symbols"].astype(str)
     top_b = set(symbols[mean_attention["B cells"].sort_values(ascending=False).index[:30]])
