@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/faithfulness.py --budget quick            # 3 datasets, capped cells and epochs
-    python benchmarks/faithfulness.py --lock /work/locks/cpu.lock  # shared lock to train, exclusive to time
+    python benchmarks/faithfulness.py --lock /tmp/cpu.lock  # shared lock to train, exclusive to time
 
 For each dataset, four classifiers are trained on the training cells with their defaults
 (NACT, SCTAB, scANVI on scVI, logistic regression on log1p CP10k) and each explanation is
