@@ -224,24 +224,22 @@ class NACTModule(BaseModuleClass, TemperatureScaled):
         logits
             The ensemble's logits ``(B, C)`` (the ``logits`` output of :meth:`inference`).
         """
-        predicted = logits.argmax(dim=-1)
-        total = 0.0
-        for member, x in zip(self.members, views):
-            weights = member.gene_class_weights()  # (G, C)
-            total = total + member.attention(x) * x * weights[:, predicted].T
-        return (total / self.n_members).clamp_min(0.0)
+        return self.contributions(views, logits.argmax(dim=-1)).clamp_min(0.0)
 
     def contributions(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """Each gene's contribution to the logit of class ``classes[i]`` in cell ``i``, ``(B, G)``.
 
-        ``x`` is the prepared expression (:meth:`prepare_input`). For one network the class logit
-        is exactly the sum of the contributions plus the class bias; for an ensemble, the
-        members' contributions are averaged (the logit of the members' mean logits).
+        ``x`` is the prepared expression (:meth:`prepare_input`), ``(B, G)``, or the members' views
+        ``(E, B, G)``. For one network the class logit is exactly the sum of the contributions
+        plus the class bias; for an ensemble, the members' contributions are averaged (the logit
+        of the members' mean logits).
         """
+        if x.dim() == 2:
+            x = per_member(x, self.n_members)
         total = 0.0
-        for member in self.members:
+        for member, x_member in zip(self.members, x):
             weights = member.gene_class_weights()  # (G, C)
-            total = total + member.attention(x) * x * weights[:, classes].T
+            total = total + member.attention(x_member) * x_member * weights[:, classes].T
         return total / self.n_members
 
     def generative(self, **kwargs) -> dict:
