@@ -478,10 +478,10 @@ def evaluate_network(network: Network, adata_eval, seed: int, keys: set[str] | N
         scores = dense(function())
         order = top_k_order(scores, x, K_MAX, seed=seed)
         out[key] = curves_record(network, x, order, target)
-    if keys is not None:
-        return out
-    random_scores = np.zeros_like(x)
-    out["random"] = curves_record(network, x, top_k_order(random_scores, x, K_MAX, seed=seed + 1), target)
+    if keys is None:
+        random_scores = np.zeros_like(x)
+        order = top_k_order(random_scores, x, K_MAX, seed=seed + 1)
+        out["random"] = curves_record(network, x, order, target)
     for record in out.values():
         record["probability_intact"] = float(probs[np.arange(len(x)), target].mean())
     return out
@@ -525,29 +525,27 @@ def cost_one(folder: Path, name: str, key: str, n_cells: int) -> dict:
     return {"n_cells": n_cells, **measure(function)}
 
 
+def cost_in_subprocess(folder: Path, name: str, key: str, n_cells: int) -> dict:
+    """:func:`cost_one` of one explanation in a fresh process, with its seconds per 10,000 cells."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--cost-one", str(folder), name, key]
+    command += ["--cost-cells", str(n_cells)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"cost of {name} {key} failed:\n{done.stderr[-3000:]}")
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    measured["seconds_per_10k"] = measured["seconds"] * 1e4 / n_cells
+    measured["cpu_seconds_per_10k"] = measured["cpu_seconds"] * 1e4 / n_cells
+    return measured
+
+
 def cost_record(folder: Path, n_cells: int) -> dict:
     """:func:`cost_one` of every explanation of the networks saved in ``folder``, each in its own process."""
     out = {}
     for name in json.loads((folder / "networks.json").read_text()):
         out[name] = {}
         for key in EXPLANATION_KEYS[name]:
-            command = [
-                sys.executable,
-                str(Path(__file__).resolve()),
-                "--cost-one",
-                str(folder),
-                name,
-                key,
-            ]
-            command += ["--cost-cells", str(n_cells)]
-            done = subprocess.run(command, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                raise RuntimeError(f"cost of {name} {key} failed:\n{done.stderr[-3000:]}")
-            measured = json.loads(done.stdout.strip().splitlines()[-1])
-            measured["seconds_per_10k"] = measured["seconds"] * 1e4 / n_cells
-            measured["cpu_seconds_per_10k"] = measured["cpu_seconds"] * 1e4 / n_cells
-            out[name][key] = measured
-            print(f"  cost {name} {key}: {measured}", flush=True)
+            out[name][key] = cost_in_subprocess(folder, name, key, n_cells)
+            print(f"  cost {name} {key}: {out[name][key]}", flush=True)
     return out
 
 
@@ -629,20 +627,10 @@ def add_missing_explanations(data: dict, folder: Path, seed: int, cost_cells: in
         network = NETWORK_CLASSES[name].load(folder, name)
         with cpu_lock(lock, exclusive=False):
             added = evaluate_network(network, adata_eval, seed, keys=missing)
-        intact = next(iter(model_record["explanations"].values()))["probability_intact"]
-        for record in added.values():
-            record["probability_intact"] = intact
         model_record["explanations"].update(added)
         for key in sorted(missing):
-            command = [sys.executable, str(Path(__file__).resolve()), "--cost-one", str(folder), name, key]
-            command += ["--cost-cells", str(cost_cells)]
             with cpu_lock(lock, exclusive=True, wait=600):
-                done = subprocess.run(command, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                raise RuntimeError(f"cost of {name} {key} failed:\n{done.stderr[-3000:]}")
-            measured = json.loads(done.stdout.strip().splitlines()[-1])
-            measured["seconds_per_10k"] = measured["seconds"] * 1e4 / cost_cells
-            measured["cpu_seconds_per_10k"] = measured["cpu_seconds"] * 1e4 / cost_cells
+                measured = cost_in_subprocess(folder, name, key, cost_cells)
             model_record.setdefault("cost", {})[key] = measured
             areas = f"{added[key]['deletion_auc']:.3f} / {added[key]['insertion_auc']:.3f}"
             print(f"  {name} {key}: {areas}, {measured}", flush=True)
