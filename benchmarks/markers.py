@@ -169,8 +169,8 @@ def salient_gene_rankings(adata, names: dict[bool, str], attention_key: str) -> 
     return rankings, seconds
 
 
-def nact_rankings(adata, budget: str, seed: int) -> tuple[dict, dict, np.ndarray]:
-    """NACT's salient genes per true type; also its dense per-cell attention (for the stray-read measure)."""
+def nact_rankings(adata, budget: str, seed: int) -> tuple[dict, dict, dict[str, np.ndarray]]:
+    """NACT's salient genes from each of ``NACT_EXPLANATIONS``, and the dense explanations."""
     from systems import _jsonable, train_classifier
 
     from scsalient._constants import NACTKeys
@@ -183,20 +183,13 @@ def nact_rankings(adata, budget: str, seed: int) -> tuple[dict, dict, np.ndarray
     model.annotate(explanation="dense", latent=False)
     annotate_seconds = time.perf_counter() - start
     agreement = float((work.obs["nact_prediction"].astype(str) == work.obs[LABEL_KEY].astype(str)).mean())
-    rankings, seconds = salient_gene_rankings(
-        work,
-        {True: "NACT salient genes, TF-IDF", False: "NACT mean attention (no TF-IDF)"},
-        NACTKeys.ATTENTION,
-    )
     # the attributions to the predicted class (get_attributions), read out the same way
     work.obsm["nact_attribution"] = model.get_attributions(dense=True)
-    ranked, secs = salient_gene_rankings(
-        work,
-        {True: "NACT attributions, TF-IDF", False: "NACT mean attribution (no TF-IDF)"},
-        "nact_attribution",
-    )
-    rankings.update(ranked)
-    seconds.update(secs)
+    rankings, seconds = {}, {}
+    for key, (with_tfidf, plain) in NACT_EXPLANATIONS.items():
+        ranked, secs = salient_gene_rankings(work, {True: with_tfidf, False: plain}, key)
+        rankings.update(ranked)
+        seconds.update(secs)
     info = {
         "model_settings": _jsonable(model.init_params_["non_kwargs"]),
         "training_settings": _jsonable(model.training_settings_),
@@ -218,6 +211,11 @@ def nact_rankings(adata, budget: str, seed: int) -> tuple[dict, dict, np.ndarray
     )
 
 
+#: NACT's explanations read out: obsm key -> (ranker name with TF-IDF, without)
+NACT_EXPLANATIONS = {
+    "nact_attention": ("NACT salient genes, TF-IDF", "NACT mean attention (no TF-IDF)"),
+    "nact_attribution": ("NACT attributions, TF-IDF", "NACT mean attribution (no TF-IDF)"),
+}
 #: the model-based rankers (the others are the baselines they are compared with)
 MODELS = ("NACT", "SCTAB")
 #: SCTAB's explanations read out: obsm key -> (ranker name with TF-IDF, without)
