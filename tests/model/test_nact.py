@@ -152,19 +152,7 @@ def test_annotate_writes_documented_keys_and_nothing_else(trained, sim):
     assert NACTKeys.LATENT not in dense.obsm
 
 
-def _share_on_markers(explanation: np.ndarray, adata, markers: dict, labels: np.ndarray) -> list[float]:
-    """Per type: mean share of its cells' explanation on its own markers over that on another type's."""
-    ratios = []
-    for cell_type, genes in markers.items():
-        own = np.isin(adata.var_names, genes)
-        others = np.isin(adata.var_names, np.concatenate([g for t, g in markers.items() if t != cell_type]))
-        cells = labels == cell_type
-        per_other_type = explanation[cells][:, others].sum(axis=1).mean() / (len(markers) - 1)
-        ratios.append(explanation[cells][:, own].sum(axis=1).mean() / max(per_other_type, 1e-12))
-    return ratios
-
-
-def test_attributions_argue_for_the_predicted_class(trained, sim):
+def test_attributions_argue_for_the_predicted_class(trained, sim, share_on_markers):
     """The attributions point at the predicted type's markers; the stored attention shares do not."""
     model, _ = trained
     adata = sim.copy()
@@ -175,8 +163,8 @@ def test_attributions_argue_for_the_predicted_class(trained, sim):
     # the attention shares (gate x expression, whichever class a gene argues for) give the
     # other types' markers, which every simulated cell expresses a little, a large share
     stored = np.asarray(adata.obsm[NACTKeys.ATTENTION].todense())
-    assert max(_share_on_markers(stored, adata, markers, predicted)) < 10
-    assert min(_share_on_markers(attributions, adata, markers, predicted)) >= 20
+    assert max(share_on_markers(stored, adata, markers, predicted)) < 10
+    assert min(share_on_markers(attributions, adata, markers, predicted)) >= 20
     np.testing.assert_allclose(attributions.sum(axis=1), 1.0, rtol=1e-4)
     expressed = np.asarray(sim.X.todense() if sparse.issparse(sim.X) else sim.X) > 0
     assert np.all((attributions > 0) <= expressed)

@@ -90,19 +90,7 @@ def test_masks_concentrate_on_planted_markers(trained, sim):
     assert on_markers.mean() >= 0.18
 
 
-def _share_on_markers(explanation: np.ndarray, adata, markers: dict, labels: np.ndarray) -> list[float]:
-    """Per type: mean share of its cells' explanation on its own markers over that on another type's."""
-    ratios = []
-    for cell_type, genes in markers.items():
-        own = np.isin(adata.var_names, genes)
-        others = np.isin(adata.var_names, np.concatenate([g for t, g in markers.items() if t != cell_type]))
-        cells = labels == cell_type
-        per_other_type = explanation[cells][:, others].sum(axis=1).mean() / (len(markers) - 1)
-        ratios.append(explanation[cells][:, own].sum(axis=1).mean() / per_other_type)
-    return ratios
-
-
-def test_stored_explanation_points_at_the_predicted_types_markers(trained, sim):
+def test_stored_explanation_points_at_the_predicted_types_markers(trained, sim, share_on_markers):
     """What annotate stores argues for the predicted class: its markers, not every type's alike."""
     model, adata = trained
     markers = sim.uns["simulation"]["markers"]
@@ -110,8 +98,8 @@ def test_stored_explanation_points_at_the_predicted_types_markers(trained, sim):
     stored = np.asarray(adata.obsm[SCTABKeys.MASK].todense())
     # measured 1,800-7,900 for the attributions; the feature masks, which select genes whichever
     # class they argue for, gave 1.3-2.0 (every cell expresses the other types' markers a little)
-    assert min(_share_on_markers(stored, adata, markers, predicted)) >= 20
-    assert max(_share_on_markers(model.get_masks(dense=True), adata, markers, predicted)) < 5
+    assert min(share_on_markers(stored, adata, markers, predicted)) >= 20
+    assert max(share_on_markers(model.get_masks(dense=True), adata, markers, predicted)) < 5
     # the salient genes of each type are its planted markers (the masks' gave none in the top 10)
     record = ss.tl.salient_genes(adata, "cell_type", attention_key=SCTABKeys.MASK, n_genes=10, inplace=False)
     names = pd.DataFrame(record["names"])
