@@ -61,7 +61,7 @@ def test_distilled_network_reproduces_the_ensemble(name):
         # NACT's network: a member's settings and training (no early stopping), teacher unshifted
         assert record["model_kwargs"] == {}
         assert record["consistent"] is False
-        assert student.training_settings_["input_dropout"] == 0.0
+        assert student.training_settings_["weight_decay"] == ensemble.training_settings_["weight_decay"]
         assert student.training_settings_["early_stopping"] is False
     best = record["best_validation_f1"]
     assert best["ensemble"] == pytest.approx(ensemble.history["f1_macro_validation"].iloc[:, 0].max())
@@ -205,7 +205,9 @@ def test_nact_distill_defaults_and_consistency_on_request():
     assert default.module.n_members == 1 and consistent.module.n_members == 1
     assert default.training_settings_["distilled_from"]["consistent"] is False
     assert consistent.training_settings_["distilled_from"]["consistent"] is True
-    assert default.training_settings_["input_dropout"] == 0.0
+    # both networks were shifted: the option changes what the teacher sees
+    assert default.training_settings_["n_augmentation_vectors"] > 0
+    assert consistent.training_settings_["n_augmentation_vectors"] > 0
 
 
 def test_distill_an_ensemble_trained_on_every_cell():

@@ -13,6 +13,7 @@ import scvi
 import torch
 from anndata import AnnData
 from mudata import MuData
+from safetensors.torch import load_file, save_file
 from scvi.model.base import BaseModelClass
 
 import scsalient as ss
@@ -189,6 +190,32 @@ def test_distilled_model_keeps_its_record(distilled, tmp_path):
     record = loaded.training_settings_["distilled_from"]
     assert record == model.training_settings_["distilled_from"] and record["n_members"] == 2
     assert loaded.module.n_members == 1
+
+
+def test_nact_saved_with_removed_training_options_still_loads(nact, tmp_path):
+    # a model saved by a version whose train() took input_dropout, label_smoothing and
+    # balance_classes: they are in its training settings, and its weights hold the class weights
+    # of the weighted cross-entropy
+    model, adata = nact
+    model.save(tmp_path / "m")
+    old = {"input_dropout": 0.25, "label_smoothing": 0.1, "balance_classes": True}
+    path = tmp_path / "m" / "model.json"
+    content = json.loads(path.read_text())
+    settings = {**from_json(content["attributes"]["training_settings_"]), **old}
+    content["attributes"]["training_settings_"] = to_json(settings, "training_settings_")
+    path.write_text(json.dumps(content))
+    weights = load_file(str(tmp_path / "m" / "model.safetensors"))
+    save_file({**weights, "class_weights": torch.ones(3)}, str(tmp_path / "m" / "model.safetensors"))
+
+    loaded = ss.model.NACT.load(tmp_path / "m", adata.copy())
+    _assert_same_outputs(loaded, adata, _outputs(model, adata))
+    assert {k: loaded.training_settings_[k] for k in old} == old  # the record is kept as saved
+    # its settings replayed by distill() leave the removed options out
+    student = loaded.distill(max_epochs=1, **QUIET)
+    assert student.module.n_members == 1
+    assert not set(old) & set(student.training_settings_)
+    loaded.train(max_epochs=1, **QUIET)  # and it trains on, with the current options
+    assert not set(old) & set(loaded.training_settings_)
 
 
 def test_translator_load_takes_mdata_or_adata(translator, tmp_path):

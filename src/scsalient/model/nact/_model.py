@@ -38,10 +38,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_TRAINING: dict = {
     "lr": 1e-2,
     "batch_size": 128,
-    "input_dropout": 0.0,
-    "label_smoothing": 0.0,
-    "balance_classes": False,
 }
+
+#: training arguments of earlier versions that no default used, and were removed
+REMOVED_TRAINING_ARGUMENTS = ("input_dropout", "label_smoothing", "balance_classes")
 
 
 #: fewest optimiser steps of a training run (see :func:`default_epochs`)
@@ -156,7 +156,6 @@ class NACT(SaveLoadMixin, ClassifierMixin, BaseModelClass):
             n_input=n_genes,
             n_labels=self.summary_stats.n_labels,
             normalize_input=self.input_kind == "counts",
-            class_weights=self._class_weights() if adata is not None else None,
             **module_kwargs,
         )
         self._model_summary_string = (
@@ -241,9 +240,6 @@ class NACT(SaveLoadMixin, ClassifierMixin, BaseModelClass):
         lr: float | None = None,
         batch_size: int | None = None,
         weight_decay: float | None = None,
-        input_dropout: float | None = None,
-        label_smoothing: float | None = None,
-        balance_classes: bool | None = None,
         augment: bool | None = None,
         early_stopping: bool = False,
         early_stopping_patience: int = 10,
@@ -272,12 +268,6 @@ class NACT(SaveLoadMixin, ClassifierMixin, BaseModelClass):
             Cells per minibatch (128).
         weight_decay
             L2 penalty; ``None``: 10 / (number of training cells).
-        input_dropout
-            Dropout on the expression at training time (0).
-        label_smoothing
-            Label smoothing of the cross-entropy (0).
-        balance_classes
-            Weight each class by :math:`n / (C n_c)` in the cross-entropy (``False``).
         augment
             Shift each training cell by a random difference between two batches' centroids of
             the same cell type (see :func:`~scsalient.model.base._augment.batch_difference_vectors`).
@@ -305,16 +295,23 @@ class NACT(SaveLoadMixin, ClassifierMixin, BaseModelClass):
             Extra keyword arguments for the data splitter.
         **trainer_kwargs
             Passed to :class:`~scvi.train.Trainer` (e.g. ``enable_progress_bar=False``).
+
+        Raises
+        ------
+        TypeError
+            If given ``input_dropout``, ``label_smoothing`` or ``balance_classes``: earlier
+            versions took them, but no default used them and they were removed.
         """
+        removed = [name for name in REMOVED_TRAINING_ARGUMENTS if name in trainer_kwargs]
+        if removed:
+            what = "this option was" if len(removed) == 1 else "these options were"
+            raise TypeError(
+                f"NACT.train() got {', '.join(removed)}: {what} removed, as no default used it. Leave the "
+                "argument out (models saved with it still load)."
+            )
         n_train = int(round(self.adata.n_obs * train_size))
         chosen = dict(DEFAULT_TRAINING)
-        given = {
-            "lr": lr,
-            "batch_size": batch_size,
-            "input_dropout": input_dropout,
-            "label_smoothing": label_smoothing,
-            "balance_classes": balance_classes,
-        }
+        given = {"lr": lr, "batch_size": batch_size}
         chosen.update({k: v for k, v in given.items() if v is not None})
         chosen["max_epochs"] = (
             default_epochs(n_train, int(chosen["batch_size"])) if max_epochs is None else int(max_epochs)
@@ -322,7 +319,6 @@ class NACT(SaveLoadMixin, ClassifierMixin, BaseModelClass):
         chosen["weight_decay"] = 10.0 / max(n_train, 1) if weight_decay is None else float(weight_decay)
         chosen["early_stopping"] = bool(early_stopping)
         chosen["augment"] = self._resolve_augment(augment)
-        self.module.set_input_dropout(chosen["input_dropout"])
         self.training_settings_ = dict(chosen)
         steps = chosen["max_epochs"] * int(np.ceil(max(n_train, 1) / int(chosen["batch_size"])))
         plan = {
@@ -330,8 +326,6 @@ class NACT(SaveLoadMixin, ClassifierMixin, BaseModelClass):
             # the learning rate falls linearly to 0 over the run (not with early stopping)
             "linear_decay_steps": None if chosen["early_stopping"] else steps,
             "weight_decay": chosen["weight_decay"],
-            "label_smoothing": chosen["label_smoothing"],
-            "balance_classes": chosen["balance_classes"],
             **(plan_kwargs or {}),
         }
         n_genes = self.module.n_input

@@ -97,11 +97,6 @@ class NACTModule(BaseModuleClass, TemperatureScaled):
         Rank of the attention map.
     normalize_input
         If ``True``, the input holds counts and is turned into log1p(CP10k) first.
-    input_dropout
-        Dropout on the (normalised) expression at training time (changed by
-        :meth:`set_input_dropout`).
-    class_weights
-        Weight of each class in the cross-entropy; ``None`` for equal weights.
     n_members
         Networks in the deep ensemble :cite:p:`Lakshminarayanan2017` (``members``), trained
         together on the same minibatches from independent initialisations, each on its own
@@ -112,7 +107,7 @@ class NACTModule(BaseModuleClass, TemperatureScaled):
     -----
     At training time each cell may be shifted by a batch-difference vector
     (:class:`~scsalient.model.base._augment.BatchShift`, empty unless the model sets vectors);
-    each member draws its own shifts and input dropout. The temperature buffer (1 until
+    each member draws its own shifts. The temperature buffer (1 until
     :meth:`set_temperature` is called) divides the logits of the ensemble's mean probabilities
     at prediction time (temperature scaling :cite:p:`Guo2017`).
     """
@@ -125,8 +120,6 @@ class NACTModule(BaseModuleClass, TemperatureScaled):
         n_latent: int = 64,
         attention_rank: int = 64,
         normalize_input: bool = True,
-        input_dropout: float = 0.0,
-        class_weights: torch.Tensor | None = None,
         n_members: int = 1,
     ):
         super().__init__()
@@ -141,10 +134,8 @@ class NACTModule(BaseModuleClass, TemperatureScaled):
             NACTNetwork(n_input, n_labels, n_latent=n_latent, attention_rank=attention_rank)
             for _ in range(self.n_members)
         )
-        self.input_dropout = nn.Dropout(input_dropout)
         self.batch_shift = BatchShift(n_input)
-        weights = torch.ones(n_labels) if class_weights is None else torch.as_tensor(class_weights).float()
-        self.register_buffer("class_weights", weights)
+        self.register_load_state_dict_pre_hook(_without_class_weights)
 
     @staticmethod
     def n_parameters(
@@ -153,12 +144,6 @@ class NACTModule(BaseModuleClass, TemperatureScaled):
         """Number of trainable parameters, computed without building the network."""
         member = n_input * (2 * attention_rank + 1 + n_latent) + n_latent * n_labels + n_labels
         return n_members * member
-
-    def set_input_dropout(self, p: float) -> None:
-        """Dropout rate on the expression (used in training mode only)."""
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"input_dropout must be in [0, 1), got {p}.")
-        self.input_dropout.p = p
 
     def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
         return {"x": tensors[REGISTRY_KEYS.X_KEY]}
@@ -195,8 +180,6 @@ class NACTModule(BaseModuleClass, TemperatureScaled):
             views = per_member(views, self.n_members)
         member_logits, latents, sums = [], [], {}
         for member, x_member in zip(self.members, views):
-            if self.training:
-                x_member = self.input_dropout(x_member) * (1.0 - self.input_dropout.p)
             out = member(x_member)
             member_logits.append(out.pop("logits"))
             latents.append(out.pop("latent"))
@@ -251,22 +234,10 @@ class NACTModule(BaseModuleClass, TemperatureScaled):
         tensors: dict[str, torch.Tensor],
         inference_outputs: dict[str, torch.Tensor],
         generative_outputs: dict,
-        label_smoothing: float = 0.0,
-        balance_classes: bool = False,
     ) -> LossOutput:
-        """Cross-entropy between each member's logits and the registered labels, summed over members.
-
-        With ``balance_classes`` each class is weighted by ``class_weights``; with
-        ``label_smoothing`` the targets are smoothed towards the uniform distribution.
-        """
+        """Cross-entropy between each member's logits and the registered labels, summed over members."""
         labels = tensors[REGISTRY_KEYS.LABELS_KEY].view(-1).long()
-        weight = self.class_weights if balance_classes else None
-        ce = torch.stack(
-            [
-                F.cross_entropy(logits, labels, weight=weight, label_smoothing=label_smoothing)
-                for logits in inference_outputs["member_logits"]
-            ]
-        )
+        ce = torch.stack([F.cross_entropy(logits, labels) for logits in inference_outputs["member_logits"]])
         return LossOutput(
             loss=ce.sum(),
             n_obs_minibatch=labels.shape[0],
@@ -278,3 +249,8 @@ class NACTModule(BaseModuleClass, TemperatureScaled):
     def sample(self, *args, **kwargs):
         """Not available: N-ACT is not a generative model."""
         raise NotImplementedError("NACT is a classifier and cannot sample expression.")
+
+
+def _without_class_weights(module, state_dict, prefix, *args) -> None:
+    """Drop the ``class_weights`` buffer of models saved before the loss lost its class weighting."""
+    state_dict.pop(prefix + "class_weights", None)
