@@ -71,9 +71,6 @@ class ClassifierMixin(ExpressionModelMixin):
     _training_plan_cls = ClassifierTrainingPlan
     _data_splitter_cls = BlockDataSplitter
 
-    #: the default of :meth:`distill`'s ``consistent``
-    _distill_consistent: bool = False
-
     def _distill_model_kwargs(self) -> dict[str, Any]:
         """Settings in which :meth:`distill`'s network differs from a member by default (none)."""
         return {}
@@ -188,7 +185,7 @@ class ClassifierMixin(ExpressionModelMixin):
         temperature: float = 2.0,
         weight: float = 1.0,
         model_kwargs: dict[str, Any] | None = None,
-        consistent: bool | None = None,
+        consistent: bool = False,
         select_on: Literal["f1", "kl"] = "f1",
         **train_kwargs,
     ):
@@ -220,8 +217,7 @@ class ClassifierMixin(ExpressionModelMixin):
             Compute the ensemble's probabilities on each cell as the network sees it in
             training, after its batch-difference shift (the teacher and the network see the
             same view of the cell :cite:p:`Beyer2022`), instead of on the unshifted cell. Without
-            a ``batch_key`` (no shift) both are the same. ``None``: on for NACT, off for SCTAB
-            (where it has not been measured).
+            a ``batch_key`` (no shift) both are the same.
         select_on
             With early stopping, the epoch kept is the best on the validation cells by
             ``"f1"``, the macro-F1 against the labels, or ``"kl"``, the divergence of the
@@ -229,11 +225,11 @@ class ClassifierMixin(ExpressionModelMixin):
             macro-F1 has reached its ceiling).
         **train_kwargs
             Override training settings of the ensemble (e.g. ``max_epochs``) or pass trainer
-            arguments (e.g. ``enable_progress_bar=False``). NACT's network keeps the ensemble's
-            early stopping (its best epoch on the validation macro-F1) and trains with an input
-            dropout of 0.25 (``input_dropout=0.0`` turns it off; see the NACT user guide);
-            SCTAB's trains every epoch and keeps its last weights unless ``early_stopping=True``
-            is passed (see the SCTAB user guide).
+            arguments (e.g. ``enable_progress_bar=False``). NACT's network trains as the
+            ensemble did (a fixed schedule, without early stopping, by default); SCTAB's trains
+            every epoch and keeps its last weights unless ``early_stopping=True`` is passed (see
+            the SCTAB user guide). Settings the ensemble recorded that ``train`` no longer takes
+            (those of a model saved by an earlier version) are left out.
 
         Returns
         -------
@@ -256,7 +252,7 @@ class ClassifierMixin(ExpressionModelMixin):
         if n_members < 2:
             raise ValueError("distill() needs an ensemble (n_ensemble >= 2); this model is one network.")
         model_kwargs = self._distill_model_kwargs() if model_kwargs is None else dict(model_kwargs)
-        consistent = self._distill_consistent if consistent is None else bool(consistent)
+        consistent = bool(consistent)
         settings = set(inspect.signature(type(self).__init__).parameters) - {"self", "adata", "registry"}
         unknown = sorted(set(model_kwargs) - settings)
         if unknown:
