@@ -252,6 +252,55 @@ def overview_lines(results: dict) -> list[str]:
                 cells.append(f"{auroc[(dataset, system)]:.2f} ({caught:.0%} / {lost:.0%})")
             out.append(f"| {dataset} | {types} | " + " | ".join(cells) + " |")
         out.append("")
+    out += familiarity_lines(results)
+    return out
+
+
+def familiarity_lines(results: dict) -> list[str]:
+    """NACT's and SCTAB's familiarity: unseen-type detection, and known-type cells lost on every task."""
+    import scsalient as ss
+
+    default = ss.model.NACT._default_min_familiarity
+    runs = [r for r in results["runs"] if r.get("known_below_familiarity")]
+    if not runs:
+        return []
+    systems = [s for s in results["systems"] if any(r["system"] == s for r in runs)]
+    thresholds = list(runs[0]["known_below_familiarity"])
+    shown = [t for t in thresholds if default is None or float(t) >= default][:3]
+
+    def cell(mine: list[dict], key: str | None) -> str:
+        if not mine:
+            return "–"
+        parts = [f"{np.mean([r[key] for r in mine]):.2f}"] if key else []
+        for t in shown:
+            lost = np.mean([r["known_below_familiarity"][t] for r in mine])
+            if mine[0].get("unseen_below_familiarity"):
+                caught = np.mean([r["unseen_below_familiarity"][t] for r in mine])
+                parts.append(f"{caught:.0%} / {lost:.0%}")
+            else:
+                parts.append(f"– / {lost:.0%}")
+        return " · ".join(parts)
+
+    default_text = "no default threshold" if default is None else f"default `min_familiarity={default}`"
+    out = [
+        '**Familiarity** (NACT, SCTAB: `obs["<p>_familiarity"]`, one-vs-rest regressions on the '
+        f"latent space against the validation cells; {default_text}): AUROC for the cells of types the "
+        "reference lacks (tasks that have them), then at each threshold "
+        + ", ".join(f"{t}" for t in shown)
+        + " the share of unseen-type cells left unassigned / the share of known-type cells lost:",
+        "",
+        "| task | " + " | ".join(systems) + " |",
+        "|---|" + "---|" * len(systems),
+    ]
+    for dataset in results["datasets"]:
+        mine = {s: [r for r in runs if r["dataset"] == dataset and r["system"] == s] for s in systems}
+        if not any(mine.values()):
+            continue
+        has_auroc = any(r.get("familiarity_auroc") is not None for v in mine.values() for r in v)
+        key = "familiarity_auroc" if has_auroc else None
+        role = "selection" if dataset in SELECTION_TASKS else "report"
+        out.append(f"| {dataset} ({role}) | " + " | ".join(cell(mine[s], key) for s in systems) + " |")
+    out.append("")
     return out
 
 

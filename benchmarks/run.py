@@ -114,6 +114,8 @@ def peak_rss_mb() -> float:
 
 #: confidence thresholds at which the share of cells left unassigned is recorded
 UNASSIGNED_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+#: familiarity thresholds (NACT's and SCTAB's ``min_familiarity``) at which the same is recorded
+FAMILIARITY_THRESHOLDS = (0.0001, 0.001, 0.01, 0.05)
 
 
 def score(truth: np.ndarray, predictions: np.ndarray, known: set[str] | None = None) -> dict:
@@ -139,14 +141,16 @@ def score(truth: np.ndarray, predictions: np.ndarray, known: set[str] | None = N
     }
 
 
-def trust_scores(truth: np.ndarray, probabilities, known: set[str]) -> dict:
+def trust_scores(truth: np.ndarray, probabilities, known: set[str], familiarity=None) -> dict:
     """How far the predicted probabilities can be trusted, from a system's per-cell probabilities.
 
     ``ece``: expected calibration error (15 bins of the top probability) on the cells of known
     types; ``unseen_auroc``: how well a low top probability separates cells of types the
     reference lacks from the others (when the test cells have such types); and the share of
     unseen- and known-type cells whose top probability is under each threshold of
-    ``UNASSIGNED_THRESHOLDS`` (they would be left unassigned).
+    ``UNASSIGNED_THRESHOLDS`` (they would be left unassigned). With ``familiarity`` (NACT's
+    and SCTAB's per-cell score for resembling a reference type) the same for it:
+    ``familiarity_auroc`` and the shares under each of ``FAMILIARITY_THRESHOLDS``.
     """
     from scsalient.metrics import expected_calibration_error, unseen_type_auroc
 
@@ -154,6 +158,10 @@ def trust_scores(truth: np.ndarray, probabilities, known: set[str]) -> dict:
     classes = probabilities.columns.astype(str).to_numpy()
     valid = ~np.isnan(probs).any(axis=1)
     probs, truth = probs[valid], truth[valid]
+    if familiarity is not None:
+        familiarity = np.asarray(familiarity, dtype=np.float64)[valid]
+        if np.isnan(familiarity).all():
+            familiarity = None
     confidence = probs.max(axis=1)
     is_known = np.isin(truth, sorted(known))
     out = {
@@ -170,6 +178,15 @@ def trust_scores(truth: np.ndarray, probabilities, known: set[str]) -> dict:
         out["unseen_left_unassigned"] = {
             str(t): float((confidence[~is_known] < t).mean()) for t in UNASSIGNED_THRESHOLDS
         }
+    if familiarity is not None:
+        out["known_below_familiarity"] = {
+            str(t): float((familiarity[is_known] < t).mean()) for t in FAMILIARITY_THRESHOLDS
+        }
+        if (~is_known).any():
+            out["familiarity_auroc"] = unseen_type_auroc(familiarity, ~is_known)
+            out["unseen_below_familiarity"] = {
+                str(t): float((familiarity[~is_known] < t).mean()) for t in FAMILIARITY_THRESHOLDS
+            }
     return out
 
 
@@ -284,7 +301,7 @@ def run_one(system_name: str, dataset_name: str, seed: int, budget: str, out: Pa
         # after peak_rss_mb: the ontology and scsalient's imports are not the system's memory
         record.update(ontology_score(train.obs, test.obs, predictions))
         if result.get("probabilities") is not None:
-            record.update(trust_scores(truth, result["probabilities"], known))
+            record.update(trust_scores(truth, result["probabilities"], known, result.get("familiarity")))
     except Exception as error:  # noqa: BLE001 - any failure of a system is recorded, not fatal
         record.update(
             status="error", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc()

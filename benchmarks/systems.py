@@ -134,7 +134,9 @@ def train_classifier(model_name: str, adata: AnnData, label_key: str, seed: int,
 def _ours(model_name: str, train: AnnData, test: AnnData, label_key: str, seed: int, budget: str, **init):
     model, fit_seconds = train_classifier(model_name, train.copy(), label_key, seed, budget, **init)
     query = test.copy()
-    _, predict_seconds = _timed(model.annotate, query, explanation=False, latent=False, min_confidence=None)
+    _, predict_seconds = _timed(
+        model.annotate, query, explanation=False, latent=False, min_confidence=None, min_familiarity=None
+    )
     prefix = model._keys.UNS
     probabilities = query.obsm[model._keys.PROBABILITIES]
     history = model.history
@@ -149,6 +151,7 @@ def _ours(model_name: str, train: AnnData, test: AnnData, label_key: str, seed: 
     return {
         "predictions": query.obs[f"{prefix}_prediction"].astype(str).to_numpy(),
         "probabilities": probabilities,
+        "familiarity": query.obs[model._keys.FAMILIARITY].to_numpy(),
         "fit_seconds": fit_seconds,
         "predict_seconds": predict_seconds,
         "extra": extra,

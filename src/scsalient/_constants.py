@@ -16,6 +16,7 @@ class NACTKeys:
 
     PREDICTION: Final = "nact_prediction"  # obs, categorical predicted label
     CONFIDENCE: Final = "nact_confidence"  # obs, float max class probability
+    FAMILIARITY: Final = "nact_familiarity"  # obs, float conformal p-value of resembling a reference type
     PROBABILITIES: Final = "nact_probabilities"  # obsm, DataFrame cells x classes
     ATTENTION: Final = "nact_attention"  # obsm, sparse csr float32 cells x genes (top genes per cell)
     ATTENTION_MEAN: Final = "nact_attention_mean"  # varm, DataFrame genes x classes
@@ -36,6 +37,7 @@ class SCTABKeys:
     PREDICTION: Final = "sctab_prediction"  # obs, categorical predicted label
     UNCERTAINTY: Final = "sctab_uncertainty"  # obs, float 1 - max mean probability
     DISAGREEMENT: Final = "sctab_disagreement"  # obs, float fraction of members disagreeing
+    FAMILIARITY: Final = "sctab_familiarity"  # obs, float conformal p-value of resembling a reference type
     PROBABILITIES: Final = "sctab_probabilities"  # obsm, DataFrame cells x classes
     EMBEDDING: Final = "X_sctab"  # obsm, float32 cells x (members * n_d)
     MASK: Final = "sctab_mask"  # obsm, sparse csr float32 cells x genes

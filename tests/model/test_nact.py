@@ -124,7 +124,7 @@ def test_annotate_writes_documented_keys_and_nothing_else(trained, sim):
     before_obs, before_obsm, before_uns = set(adata.obs), set(adata.obsm), set(adata.uns)
     x_before = adata.X.copy()
     model.annotate(adata, n_top_genes=20)
-    assert set(adata.obs) - before_obs == {NACTKeys.PREDICTION, NACTKeys.CONFIDENCE}
+    assert set(adata.obs) - before_obs == {NACTKeys.PREDICTION, NACTKeys.CONFIDENCE, NACTKeys.FAMILIARITY}
     assert set(adata.obsm) - before_obsm == {NACTKeys.PROBABILITIES, NACTKeys.ATTENTION, NACTKeys.LATENT}
     assert set(adata.uns) - before_uns == {NACTKeys.UNS}
     assert (adata.X != x_before).nnz == 0

@@ -4,6 +4,7 @@ from ._checks import check_labels, inspect_expression, iter_row_blocks
 from ._classifier import ClassifierMixin
 from ._components import GeneMap, attention_softmax, log1p_cp10k
 from ._expression import ExpressionModelMixin, TrainingMixin
+from ._familiarity import LatentFamiliarity
 from ._fields import AccessibilityLayerField, ExpressionLayerField, LabelsField, check_accessibility
 from ._memory import check_training_memory
 from ._query import align_genes, conform_genes
@@ -20,6 +21,7 @@ __all__ = [
     "ExpressionModelMixin",
     "GeneMap",
     "LabelsField",
+    "LatentFamiliarity",
     "RestoreBestState",
     "SaveLoadMixin",
     "TrainingMixin",

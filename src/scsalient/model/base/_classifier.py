@@ -26,6 +26,7 @@ from ._annotate import (
 from ._augment import batch_difference_vectors
 from ._blocks import BlockDataSplitter, block_loader, is_backed
 from ._expression import ExpressionModelMixin
+from ._familiarity import MAX_FIT_CELLS
 from ._training_plan import MONITOR, ClassifierTrainingPlan
 
 if TYPE_CHECKING:
@@ -150,6 +151,7 @@ class ClassifierMixin(ExpressionModelMixin):
         monitor, mode = plan.monitor
         self._fit(plan, monitor=monitor, monitor_mode=mode, **fit_kwargs)
         self._calibrate()
+        self._fit_familiarity()
 
     def _calibrate(self) -> None:
         """Temperature scaling of the predicted probabilities on the validation cells :cite:p:`Guo2017`.
@@ -179,6 +181,42 @@ class ClassifierMixin(ExpressionModelMixin):
         )
         if settings_ is not None:
             settings_["temperature"] = temperature
+
+    def _fit_familiarity(self) -> None:
+        """Fit the familiarity score (:class:`~scsalient.model.base.LatentFamiliarity`) after training.
+
+        One-vs-rest logistic regressions on the latent representation of the training cells;
+        the validation cells are its reference. Without validation cells (``train_size=1``)
+        there is no familiarity.
+        """
+        familiarity = self.module.familiarity
+        familiarity.__init__()  # a model trained again starts from an empty score
+        validation = getattr(self, "validation_indices", None)
+        validation = np.asarray([] if validation is None else validation, dtype=np.int64)
+        settings_ = getattr(self, "training_settings_", None)
+        if len(validation) == 0:
+            logger.info("No validation cells: no familiarity score.")
+            if settings_ is not None:
+                settings_["familiarity"] = False
+            return
+        train = np.setdiff1d(np.asarray(self.train_indices, dtype=np.int64), validation)
+        if len(train) > MAX_FIT_CELLS:
+            train = np.sort(np.random.default_rng(settings.seed).choice(train, MAX_FIT_CELLS, replace=False))
+        adata = self._validate_anndata(None)
+        labels = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).reshape(-1)
+
+        def latent_of(indices: np.ndarray) -> np.ndarray:
+            out = np.zeros((len(indices), 0), dtype=np.float32)
+            for b in self._iter_inference(adata, indices, None, [self._latent_output], "familiarity"):
+                values = self._cells_first(b[self._latent_output])
+                if out.shape[1] == 0:
+                    out = np.zeros((len(indices), values.shape[1]), dtype=np.float32)
+                out[b["positions"]] = values
+            return out
+
+        familiarity.fit(latent_of(train), labels[train], len(self.classes), latent_of(validation))
+        if settings_ is not None:
+            settings_["familiarity"] = True
 
     def distill(
         self,
@@ -437,6 +475,8 @@ class ClassifierMixin(ExpressionModelMixin):
     _latent_output: str = ""
     #: default of :meth:`annotate`'s ``min_confidence`` (see the user guide, "How far to trust a prediction")
     _default_min_confidence: float | None = None
+    #: default of :meth:`annotate`'s ``min_familiarity`` (chosen on the benchmark's selection tasks)
+    _default_min_familiarity: float | None = None
 
     def _annotate_extras(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Per-cell values (besides probabilities) a model writes into ``obs``: name -> values."""
@@ -532,6 +572,7 @@ class ClassifierMixin(ExpressionModelMixin):
         adata: AnnData | None = None,
         *,
         min_confidence: float | None | Literal["default"] = "default",
+        min_familiarity: float | None | Literal["default"] = "default",
         majority_voting: bool = False,
         explanation: bool | Literal["dense"] = True,
         n_top_genes: int | None = 100,
@@ -544,10 +585,14 @@ class ClassifierMixin(ExpressionModelMixin):
         the table "Where results are stored" of the docs lists every key):
 
         * ``obs["<p>_prediction"]``: predicted cell type (categorical), ``"Unassigned"`` where
-          the confidence is below ``min_confidence``;
+          the confidence is below ``min_confidence`` or the familiarity below ``min_familiarity``;
         * the model's confidence column (NACT ``obs["nact_confidence"]``: the calibrated top
           probability; SCTAB ``obs["sctab_uncertainty"]``: 1 - that probability, and
           ``obs["sctab_disagreement"]``);
+        * ``obs["<p>_familiarity"]``: how much the cell resembles some type of the reference, a
+          conformal p-value in (0, 1] (:class:`~scsalient.model.base.LatentFamiliarity`): about
+          uniform for cells of the reference's types, small for cells of a type it never saw;
+          NaN when the model had no validation cells;
         * ``obsm["<p>_probabilities"]``: DataFrame of calibrated class probabilities;
         * the per-cell explanation (NACT ``obsm["nact_attention"]``, SCTAB ``obsm["sctab_mask"]``):
           cells x ``adata.var_names``, each row the shares of the cell's explanation (summing to
@@ -571,7 +616,13 @@ class ClassifierMixin(ExpressionModelMixin):
         min_confidence
             Cells whose calibrated top probability is below this are labelled ``"Unassigned"``
             (their probabilities and confidence are kept). ``"default"``: the model's default,
-            chosen on the annotation benchmark; ``None``: every cell gets its most probable type.
+            chosen on the annotation benchmark; ``None``: no threshold.
+        min_familiarity
+            Cells whose familiarity is below this are labelled ``"Unassigned"``: they look less
+            like any reference type than all but this share of the validation cells, which are
+            of known types. ``"default"``: the model's default, chosen on the annotation
+            benchmark; ``None``: no threshold (every cell gets a type unless ``min_confidence``
+            says otherwise).
         majority_voting
             Over-cluster the cells (Leiden on a kNN graph of the model's latent representation,
             at CellTypist's resolution for the number of cells :cite:p:`DominguezConde2022`) and
@@ -591,8 +642,11 @@ class ClassifierMixin(ExpressionModelMixin):
         keys = self._keys
         if min_confidence == "default":
             min_confidence = self._default_min_confidence
-        if min_confidence is not None and not 0.0 <= float(min_confidence) <= 1.0:
-            raise ValueError(f"min_confidence must be in [0, 1] or None, got {min_confidence!r}.")
+        if min_familiarity == "default":
+            min_familiarity = self._default_min_familiarity
+        for name, value in (("min_confidence", min_confidence), ("min_familiarity", min_familiarity)):
+            if value is not None and not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1] or None, got {value!r}.")
         if explanation not in (True, False, "dense"):
             raise ValueError(f"explanation must be True, False or 'dense', got {explanation!r}.")
         if n_top_genes is not None and n_top_genes < 1:
@@ -606,6 +660,7 @@ class ClassifierMixin(ExpressionModelMixin):
         sums = np.zeros((n_classes, len(model_genes)), dtype=np.float64)
         extras: dict[str, np.ndarray] = {}
         latent_values = None
+        familiarity = np.full(target.n_obs, np.nan, dtype=np.float32)
         blocks, block_rows = [], []
         dense = np.zeros((target.n_obs, target.n_vars), dtype=np.float32) if explanation == "dense" else None
         outputs = ["probabilities", "member_logits", self._latent_output]
@@ -619,8 +674,9 @@ class ClassifierMixin(ExpressionModelMixin):
                 np.add.at(sums, batch["probabilities"].argmax(axis=1), shares)
             for name, values in self._annotate_extras(batch).items():
                 extras.setdefault(name, np.full(target.n_obs, np.nan, dtype=np.float32))[rows] = values
+            values = self._cells_first(batch[self._latent_output])
+            familiarity[rows] = self.module.familiarity.score(values)
             if latent:
-                values = self._cells_first(batch[self._latent_output])
                 if latent_values is None:
                     latent_values = np.full((target.n_obs, values.shape[1]), np.nan, dtype=np.float32)
                 latent_values[rows] = values
@@ -637,12 +693,18 @@ class ClassifierMixin(ExpressionModelMixin):
         mean_df = pd.DataFrame(np.nan, index=target.var_names, columns=self.classes)
         mean_df.iloc[columns[columns >= 0]] = means[:, columns >= 0].T
         categories = list(self.classes)
+        unsure = np.zeros(target.n_obs, dtype=bool)
         if min_confidence is not None:
+            unsure |= confidence < min_confidence
+        if min_familiarity is not None:
+            unsure |= familiarity < min_familiarity  # NaN (no familiarity score) never unassigns
+        if min_confidence is not None or min_familiarity is not None:
             categories.append(UNASSIGNED)
-            codes = np.where((codes >= 0) & (confidence < min_confidence), n_classes, codes)
+            codes = np.where((codes >= 0) & unsure, n_classes, codes)
         prediction = pd.Categorical.from_codes(codes, categories=categories)
         target.obs[keys.PREDICTION] = prediction
         self._write_confidence(target, confidence, extras)
+        target.obs[keys.FAMILIARITY] = familiarity
         target.obsm[keys.PROBABILITIES] = pd.DataFrame(probs, index=target.obs_names, columns=self.classes)
         if dense is not None:
             target.obsm[keys.EXPLANATION] = dense
@@ -668,6 +730,7 @@ class ClassifierMixin(ExpressionModelMixin):
             "n_model_genes": len(model_genes),
             "n_genes_known": int((columns >= 0).sum()),
             "min_confidence": min_confidence,
+            "min_familiarity": min_familiarity,
             "n_top_genes": n_top_genes if explanation is True else None,
             "settings": {k: v for k, v in self.init_params_["non_kwargs"].items() if v is not None},
             "training": dict(getattr(self, "training_settings_", {})),

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._familiarity import LatentFamiliarity
+
 
 def log1p_cp10k(x: torch.Tensor, target_sum: float = 1e4) -> torch.Tensor:
     """Normalise counts per cell to ``target_sum`` and apply ``log1p`` (scanpy's default).
@@ -101,12 +103,14 @@ class TemperatureScaled(nn.Module):
 
     Holds the buffer ``temperature`` (1 until :meth:`set_temperature` is called; saved with the
     model). :meth:`calibrated` divides logits by it outside training (temperature scaling
-    :cite:p:`Guo2017`), leaving training untouched.
+    :cite:p:`Guo2017`), leaving training untouched. Also holds ``familiarity``, the
+    :class:`~scsalient.model.base.LatentFamiliarity` fitted after training.
     """
 
     def __init__(self):
         super().__init__()
         self.register_buffer("temperature", torch.ones(()))
+        self.familiarity = LatentFamiliarity()
 
     def set_temperature(self, temperature: float) -> None:
         """Temperature dividing the logits at prediction time (1: none)."""
