@@ -119,7 +119,8 @@ def test_annotate_writes_an_h5ad_and_two_tables_per_query(files, model_dir, tmp_
         assert "nact_attention" in annotated.obsm
 
         table = pd.read_csv(output / f"{name}_predictions.csv")
-        assert list(table.columns) == ["cell", "prediction", "confidence", "majority_voting", "agreement"]
+        columns = ["cell", "prediction", "confidence", "familiarity", "majority_voting", "agreement"]
+        assert list(table.columns) == columns
         assert table["cell"].tolist() == query.obs_names.tolist()
         assert table["prediction"].tolist() == annotated.obs["nact_prediction"].astype(str).tolist()
         np.testing.assert_allclose(table["confidence"], annotated.obs["nact_confidence"], rtol=1e-6)
@@ -274,6 +275,19 @@ def test_min_confidence_sends_less_confident_cells_to_unassigned(files, model_di
     assert "majority_voting" not in table
     genes = pd.read_csv(tmp_path / "query_a_salient_genes.csv")
     assert set(genes["cell_type"]) == set(table["prediction"][~unassigned])
+
+
+def test_min_familiarity_sends_unfamiliar_cells_to_unassigned(files, model_dir, tmp_path):
+    args = ("--model-dir", model_dir, "--output", tmp_path, "--min-confidence", "0")
+    result = invoke("annotate", files["query_a"], *args, "--min-familiarity", "0.5")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "query_a_predictions.csv")
+    unassigned = table["prediction"] == "Unassigned"
+    assert table["familiarity"].between(0, 1).all()
+    assert unassigned.any() and (unassigned == (table["familiarity"] < 0.5)).all()
+    annotated = ad.read_h5ad(tmp_path / "query_a_annotated.h5ad")
+    assert annotated.uns["nact"]["min_familiarity"] == 0.5
+    np.testing.assert_allclose(table["familiarity"], annotated.obs["nact_familiarity"], rtol=1e-6)
 
 
 def test_salient_gene_table_without_assigned_cells_is_empty():

@@ -277,6 +277,15 @@ status 2 (the files before it are written).""",
     "are labelled Unassigned. Default: the model's own threshold; 0 labels every cell.",
 )
 @click.option(
+    "--min-familiarity",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    metavar="P",
+    help="Cells whose familiarity (how much they resemble any type of the reference, a "
+    "p-value in 0-1) is below P are labelled Unassigned. Default: the model's own "
+    "threshold; 0 labels every cell.",
+)
+@click.option(
     "--majority-voting",
     is_flag=True,
     help="Also give each cell the most frequent prediction of its cluster (cells are "
@@ -296,6 +305,7 @@ def annotate(
     model_dir: Path,
     output_dir: Path,
     min_confidence: float | None,
+    min_familiarity: float | None,
     majority_voting: bool,
     n_genes: int,
     overwrite: bool,
@@ -311,12 +321,18 @@ def annotate(
     model = _load_classifier(model_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     threshold = "default" if min_confidence is None else min_confidence
+    familiarity = "default" if min_familiarity is None else min_familiarity
     for i, (query, (h5ad, predictions, genes)) in enumerate(outputs.items(), start=1):
         _echo(f"[{i}/{len(queries)}] Reading {query} ...")
         adata = _read_h5ad(query)
         _echo(f"[{i}/{len(queries)}] Annotating {adata.n_obs:,} cells ...")
         with _input_errors(str(query)):
-            model.annotate(adata, min_confidence=threshold, majority_voting=majority_voting)
+            model.annotate(
+                adata,
+                min_confidence=threshold,
+                min_familiarity=familiarity,
+                majority_voting=majority_voting,
+            )
         table = prediction_table(adata, model._keys, majority_voting)
         table.to_csv(predictions, index=False)
         salient_gene_table(adata, model._keys, n_genes).to_csv(genes, index=False)
@@ -370,7 +386,7 @@ def _load_classifier(model_dir: Path):
 
 # ------------------------------------------------------------------------------------ tables
 def prediction_table(adata: AnnData, keys, majority_voting: bool) -> pd.DataFrame:
-    """One row per cell: its name, prediction and confidence (and the majority vote).
+    """One row per cell: its name, prediction, confidence and familiarity (and the majority vote).
 
     Parameters
     ----------
@@ -389,6 +405,7 @@ def prediction_table(adata: AnnData, keys, majority_voting: bool) -> pd.DataFram
             "prediction": adata.obs[keys.PREDICTION].to_numpy(),
             # the calibrated top probability, whichever confidence column the model writes
             "confidence": adata.obsm[keys.PROBABILITIES].max(axis=1, skipna=False).to_numpy(),
+            "familiarity": adata.obs[keys.FAMILIARITY].to_numpy(),
         }
     )
     if majority_voting:
