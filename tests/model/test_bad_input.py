@@ -166,7 +166,8 @@ def test_unused_categories_are_dropped_and_the_column_is_kept():
     assert model.summary_stats.n_labels == 4
     model.train(max_epochs=1, **QUIET)
     model.annotate()
-    assert list(adata.obs["sctab_prediction"].cat.categories) == list(model.classes)
+    # the model's classes, and "Unassigned" for the default familiarity threshold; no "ghost"
+    assert list(adata.obs["sctab_prediction"].cat.categories) == [*model.classes, "Unassigned"]
 
 
 def test_clustering_a_backed_file_is_refused_clearly(tmp_path):

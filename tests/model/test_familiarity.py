@@ -8,6 +8,8 @@ cells should sit at the bottom.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -67,7 +69,9 @@ def test_min_familiarity_writes_unassigned(trained, split):
     model, annotated, _ = trained
     keys = model._keys
     adata = split[1].copy()
-    model.annotate(adata, min_confidence=None, min_familiarity=0.05, explanation=False, latent=False)
+    # a third of this query is of the unseen type: annotate says that many cells are unfamiliar
+    with pytest.warns(UserWarning, match=r"\d+% of the cells have a familiarity below 0.05"):
+        model.annotate(adata, min_confidence=None, min_familiarity=0.05, explanation=False, latent=False)
     prediction = adata.obs[keys.PREDICTION].astype(str).to_numpy()
     low = _familiarity(model, adata) < 0.05
     assert low.any() and (prediction[low] == "Unassigned").all() and (prediction[~low] != "Unassigned").all()
@@ -76,6 +80,13 @@ def test_min_familiarity_writes_unassigned(trained, split):
     np.testing.assert_allclose(_familiarity(model, adata), _familiarity(model, annotated))
     with pytest.raises(ValueError, match="min_familiarity"):
         model.annotate(split[1].copy(), min_familiarity=-0.1)
+    # cells of the reference's types at the default threshold: few withheld, no warning
+    known = split[1][split[1].obs["cell_type"].astype(str) != UNSEEN].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        model.annotate(known, explanation=False, latent=False)
+    assert known.uns[keys.UNS]["min_familiarity"] == 1e-3
+    assert (known.obs[keys.PREDICTION].astype(str) == "Unassigned").mean() <= 0.02
 
 
 def test_familiarity_is_saved_with_the_model(trained, split, tmp_path):

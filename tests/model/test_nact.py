@@ -194,7 +194,7 @@ def test_min_confidence_writes_unassigned(trained, sim):
     assert (prediction[low] == "Unassigned").all() and (prediction[~low] != "Unassigned").all()
     assert adata.uns[NACTKeys.UNS]["min_confidence"] == 0.99
     none = sim.copy()
-    model.annotate(none, min_confidence=None, explanation=False)
+    model.annotate(none, min_confidence=None, min_familiarity=None, explanation=False)
     assert "Unassigned" not in none.obs[NACTKeys.PREDICTION].cat.categories
     with pytest.raises(ValueError, match="min_confidence"):
         model.annotate(sim.copy(), min_confidence=1.5)

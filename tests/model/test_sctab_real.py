@@ -35,8 +35,12 @@ def test_kang_heldout_donors_ensemble(kang):
     model.annotate(test, latent=False)
     predicted = test.obs[SCTABKeys.PREDICTION].astype(str)
     truth = test.obs["cell_type"].astype(str)
+    # held-out donors of the reference's study: the default familiarity threshold withholds few
+    # of them (measured 0.8%, macro-F1 0.998 on the rest)
+    withheld = (predicted == "Unassigned").to_numpy()
+    assert withheld.mean() <= 0.03
     # every peer reaches 0.99 on this split; measured 0.990 with 2,500 training cells (uncertainty AUROC 0.97)
-    assert f1_score(truth, predicted, average="macro") >= 0.95
+    assert f1_score(truth[~withheld], predicted[~withheld], average="macro") >= 0.95
     wrong = (predicted != truth).to_numpy()
     uncertainty = test.obs[SCTABKeys.UNCERTAINTY].to_numpy()
     assert uncertainty[wrong].mean() > uncertainty[~wrong].mean()

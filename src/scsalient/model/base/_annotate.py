@@ -11,7 +11,7 @@ from scipy import sparse
 
 logger = logging.getLogger(__name__)
 
-#: label written for cells whose calibrated confidence is below ``min_confidence``
+#: label written for cells below ``min_confidence`` or ``min_familiarity``
 UNASSIGNED = "Unassigned"
 
 

@@ -26,7 +26,7 @@ from ._annotate import (
 from ._augment import batch_difference_vectors
 from ._blocks import BlockDataSplitter, block_loader, is_backed
 from ._expression import ExpressionModelMixin
-from ._familiarity import MAX_FIT_CELLS
+from ._familiarity import MAX_FIT_CELLS, UNFAMILIAR_WARNING_SHARE
 from ._training_plan import MONITOR, ClassifierTrainingPlan
 
 if TYPE_CHECKING:
@@ -475,8 +475,10 @@ class ClassifierMixin(ExpressionModelMixin):
     _latent_output: str = ""
     #: default of :meth:`annotate`'s ``min_confidence`` (see the user guide, "How far to trust a prediction")
     _default_min_confidence: float | None = None
-    #: default of :meth:`annotate`'s ``min_familiarity`` (chosen on the benchmark's selection tasks)
-    _default_min_familiarity: float | None = None
+    #: default of :meth:`annotate`'s ``min_familiarity``: the largest of 1e-4, 1e-3, 1e-2, 0.05 at
+    #: which the benchmark's selection tasks lose at most 2% of known-type cells on average
+    #: (``benchmarks/results/defaults.md``)
+    _default_min_familiarity: float | None = 1e-3
 
     def _annotate_extras(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Per-cell values (besides probabilities) a model writes into ``obs``: name -> values."""
@@ -697,7 +699,19 @@ class ClassifierMixin(ExpressionModelMixin):
         if min_confidence is not None:
             unsure |= confidence < min_confidence
         if min_familiarity is not None:
-            unsure |= familiarity < min_familiarity  # NaN (no familiarity score) never unassigns
+            unfamiliar = familiarity < min_familiarity  # NaN (no familiarity score) never unassigns
+            unsure |= unfamiliar
+            share = unfamiliar[codes >= 0].mean() if (codes >= 0).any() else 0.0
+            if share > UNFAMILIAR_WARNING_SHARE:
+                warnings.warn(
+                    f"{share:.0%} of the cells have a familiarity below {min_familiarity} and are "
+                    "labelled Unassigned: the query holds types the reference lacks, or differs from "
+                    "the reference as a whole (another study or technology moves every cell). Look at "
+                    f"obs['{keys.FAMILIARITY}'] by cluster; if whole clusters of known types fall "
+                    "below the threshold, lower min_familiarity or set it to None.",
+                    UserWarning,
+                    stacklevel=2,
+                )
         if min_confidence is not None or min_familiarity is not None:
             categories.append(UNASSIGNED)
             codes = np.where((codes >= 0) & unsure, n_classes, codes)

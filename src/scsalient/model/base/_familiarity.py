@@ -17,6 +17,10 @@ FAMILIARITY_C = 1e-3
 #: at most this many training cells fit the regressions (drawn at random, seeded)
 MAX_FIT_CELLS = 20_000
 
+#: share of a query's cells under ``min_familiarity`` above which ``annotate`` warns (about 100
+#: times what the default threshold withholds from cells like the reference's)
+UNFAMILIAR_WARNING_SHARE = 0.1
+
 _BUFFERS = ("mean", "scale", "coef", "intercept", "reference")
 #: smallest spread of the validation cells' decision values (a reference of identical values)
 _MIN_SPREAD = 1e-6
