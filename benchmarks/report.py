@@ -278,16 +278,17 @@ def familiarity_lines(results: dict) -> list[str]:
                 caught = np.mean([r["unseen_below_familiarity"][t] for r in mine])
                 parts.append(f"{caught:.0%} / {lost:.0%}")
             else:
-                parts.append(f"– / {lost:.0%}")
+                parts.append(f"{lost:.0%}")
         return " · ".join(parts)
 
     default_text = "no default threshold" if default is None else f"default `min_familiarity={default}`"
     out = [
         '**Familiarity** (NACT, SCTAB: `obs["<p>_familiarity"]`, one-vs-rest regressions on the '
-        f"latent space against the validation cells; {default_text}): AUROC for the cells of types the "
-        "reference lacks (tasks that have them), then at each threshold "
+        f"latent space against the validation cells; {default_text}): on tasks with types the reference "
+        "lacks, the AUROC for their cells, then at each threshold "
         + ", ".join(f"{t}" for t in shown)
-        + " the share of unseen-type cells left unassigned / the share of known-type cells lost:",
+        + " the share of unseen-type cells left unassigned / the share of known-type cells lost; on "
+        "the other tasks, the share of (known-type) cells lost at each threshold:",
         "",
         "| task | " + " | ".join(systems) + " |",
         "|---|" + "---|" * len(systems),
