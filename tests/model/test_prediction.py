@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import sparse
 
+from scsalient.model.base._blocks import read_rows
 from scsalient.model.base._checks import _all_integer, scan_expression
 
 
@@ -26,3 +27,19 @@ def test_scan_tells_counts_from_non_integers():
     assert scan_expression(counts, "adata.X").integer
     counts.data[7] += 0.5
     assert not scan_expression(counts, "adata.X").integer
+
+
+@pytest.mark.parametrize("kind", ["csr", "dense"])
+def test_read_rows_copies_and_keeps_the_order(kind):
+    x = np.arange(60, dtype=np.float32).reshape(20, 3)
+    matrix = sparse.csr_matrix(x) if kind == "csr" else x.copy()
+    for rows in (np.arange(4, 11), np.array([9, 2, 3, 15]), np.array([5])):
+        block = read_rows(matrix, rows)
+        dense = block.toarray() if sparse.issparse(block) else block
+        np.testing.assert_array_equal(dense, x[rows])
+        if sparse.issparse(block):
+            block.data[:] = -1
+        else:
+            block[:] = -1
+        after = matrix.toarray() if sparse.issparse(matrix) else matrix
+        np.testing.assert_array_equal(after, x)  # the user's matrix is never written to

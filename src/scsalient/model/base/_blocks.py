@@ -46,6 +46,8 @@ def read_rows(x, rows: np.ndarray) -> sparse.csr_matrix | np.ndarray:
     of ``rows``.
     """
     rows = np.asarray(rows)
+    if _consecutive(rows):  # the common case (prediction in order): one slice, no reordering
+        return _read_slice(x, rows)
     order = np.argsort(rows, kind="stable")
     ordered = rows[order]
     breaks = np.flatnonzero(np.diff(ordered) > MAX_GAP) + 1
@@ -56,15 +58,23 @@ def read_rows(x, rows: np.ndarray) -> sparse.csr_matrix | np.ndarray:
     return block[inverse]
 
 
+def _consecutive(rows: np.ndarray) -> bool:
+    """Whether ``rows`` are ``lo, lo + 1, ..., hi - 1`` (at least one row)."""
+    return len(rows) > 0 and bool((np.diff(rows) == 1).all())
+
+
 def _read_slice(x, rows: np.ndarray):
-    """Rows ``rows`` (sorted, close together) read as the one slice they span."""
+    """Rows ``rows`` (sorted, close together) read as the one slice they span (a copy)."""
     lo, hi = int(rows[0]), int(rows[-1]) + 1
     block = x[lo:hi]
     if hasattr(block, "compute"):  # dask arrays (lazily read zarr)
         block = block.compute()
-    if sparse.issparse(block):
-        return sparse.csr_matrix(block)[rows - lo]
-    return np.asarray(block)[rows - lo]
+    whole = _consecutive(rows)
+    if sparse.issparse(block):  # a slice of a sparse matrix is already a copy
+        block = sparse.csr_matrix(block)
+        return block if whole else block[rows - lo]
+    # a slice of an in-memory array is a view of the user's data: copy it
+    return np.array(block) if whole else np.asarray(block)[rows - lo]
 
 
 def _dense(block) -> torch.Tensor:
