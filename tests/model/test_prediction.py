@@ -4,10 +4,67 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from scipy import sparse
+from torch.utils._python_dispatch import TorchDispatchMode
 
+import scsalient as ss
 from scsalient.model.base._blocks import read_rows
 from scsalient.model.base._checks import _all_integer, scan_expression
+
+#: genes of the simulated data
+N_GENES = 1500
+
+
+@pytest.fixture(scope="module")
+def sim():
+    return ss.datasets.simulate(n_cells=800, n_genes=N_GENES, n_cell_types=3, n_donors=2, seed=3)
+
+
+class _NewCellGeneArrays(TorchDispatchMode):
+    """Counts the operations that allocate a new array of at least ``size`` values."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor)}
+        for tensor in out if isinstance(out, tuple | list) else (out,):
+            if (
+                isinstance(tensor, torch.Tensor)
+                and tensor.numel() >= self.size
+                and tensor.untyped_storage().data_ptr() not in inputs
+            ):
+                self.count += 1
+        return out
+
+
+def test_nact_prediction_allocates_few_cell_gene_arrays(sim):
+    # at prediction, each cells x genes array is time spent filling memory: the normalised input,
+    # the attention (computed in place), its mask and the gene scores are all a network needs
+    from scsalient.model.nact import NACTModule
+
+    torch.manual_seed(0)
+    module = NACTModule(N_GENES, 3, n_latent=8, attention_rank=8).eval()
+    with torch.no_grad():
+        module.members[0].keys.normal_(0, 0.1)
+        module.members[0].gate_bias.normal_(0, 0.5)
+    x = torch.as_tensor(sim.X[:200].toarray(), dtype=torch.float32)
+    with torch.inference_mode():
+        fast = module.inference(x)
+        counter = _NewCellGeneArrays(x.numel())
+        with counter:
+            module.inference(x)
+    assert counter.count <= 4
+    with torch.enable_grad():  # the training path, out of place, gives the same numbers
+        slow = module.inference(x)
+    for key in ("logits", "member_logits", "attention", "scores", "latent"):
+        assert torch.equal(fast[key], slow[key].detach()), key
+    expressed = x > 0
+    assert (fast["attention"][~expressed] == 0).all() and (fast["attention"][expressed] > 0).all()
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
