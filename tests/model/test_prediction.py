@@ -2,23 +2,165 @@
 
 from __future__ import annotations
 
+import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy import sparse
+from scvi import REGISTRY_KEYS
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import scsalient as ss
-from scsalient.model.base._blocks import read_rows
+from scsalient._constants import NACTKeys, SCTABKeys
+from scsalient.model.base._blocks import prediction_block_size, read_rows
 from scsalient.model.base._checks import _all_integer, scan_expression
 
-#: genes of the simulated data
+#: more genes than 2**19 / 1024, so that the default blocks are smaller than 1,024 cells
 N_GENES = 1500
+SMALL = {
+    "nact": ("NACT", {"n_latent": 8, "attention_rank": 8}),
+    "nact_ensemble": ("NACT", {"n_latent": 8, "attention_rank": 8, "n_ensemble": 2}),
+    "sctab": ("SCTAB", {"n_ensemble": 2, "n_d": 8, "n_a": 8}),
+}
 
 
 @pytest.fixture(scope="module")
 def sim():
     return ss.datasets.simulate(n_cells=800, n_genes=N_GENES, n_cell_types=3, n_donors=2, seed=3)
+
+
+@pytest.fixture(scope="module", params=list(SMALL))
+def trained(request, sim):
+    import scvi
+
+    scvi.settings.seed = 0
+    name, settings = SMALL[request.param]
+    adata = sim[:300].copy()
+    cls = getattr(ss.model, name)
+    cls.setup_anndata(adata, labels_key="cell_type")
+    model = cls(adata, **settings)
+    model.train(max_epochs=2, enable_progress_bar=False)
+    return model
+
+
+def _awkward_query(sim: ad.AnnData) -> tuple[ad.AnnData, list[str]]:
+    """Genes shuffled, 10% of the model's genes missing, two unknown genes, and two cells that
+    express only genes the model lacks (missing or unknown ones); returns the query and those cells."""
+    rng = np.random.default_rng(0)
+    query = sim[300:].copy()
+    keep = np.sort(rng.permutation(sim.n_vars)[: int(0.9 * sim.n_vars)])
+    dropped = np.setdiff1d(np.arange(sim.n_vars), keep)
+    x = query.X.toarray()
+    empty = [3, 250]
+    x[empty] = 0.0
+    x[empty[0], dropped[:5]] = 4.0  # expresses only genes the query lacks: dropped below
+    unknown = np.zeros((query.n_obs, 2), dtype=x.dtype)
+    unknown[empty[1]] = [7.0, 2.0]  # and only genes the model never saw
+    x = np.hstack([x[:, keep], unknown])
+    names = list(query.var_names[keep]) + ["unknown_a", "unknown_b"]
+    order = rng.permutation(len(names))
+    out = ad.AnnData(
+        sparse.csr_matrix(x[:, order]),
+        obs=query.obs[[]].copy(),
+        var=pd.DataFrame(index=pd.Index(names)[order]),
+    )
+    return out, list(out.obs_names[empty])
+
+
+def _direct_probabilities(model, query: ad.AnnData) -> np.ndarray:
+    """Class probabilities of every cell from one forward pass of the module over the whole query,
+    the query's genes placed by hand in the model's order (zeros for the missing ones)."""
+    genes = pd.Index(model.get_var_names())
+    source = pd.Index(query.var_names).get_indexer(genes)
+    x = np.zeros((query.n_obs, len(genes)), dtype=np.float32)
+    x[:, source >= 0] = query.X.toarray()[:, source[source >= 0]]
+    model.module.eval()
+    with torch.inference_mode():
+        tensors = {REGISTRY_KEYS.X_KEY: torch.as_tensor(x)}
+        out = model.module.inference(**model.module._get_inference_input(tensors))
+        return torch.softmax(out["logits"], dim=-1).numpy()
+
+
+def test_predictions_are_those_of_a_direct_forward_pass(trained, sim):
+    model = trained
+    query, empty = _awkward_query(sim)
+    expected = _direct_probabilities(model, query)
+    is_empty = query.obs_names.isin(empty)
+    expected[is_empty] = np.nan
+    with pytest.warns(UserWarning, match="no expression in any of the model's genes"):
+        soft = model.predict(query, soft=True)
+    np.testing.assert_allclose(soft.to_numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert list(soft.index) == list(query.obs_names) and list(soft.columns) == list(model.classes)
+    for batch_size in (7, 100_000):  # blocks of any size give the same values
+        with pytest.warns(UserWarning, match="no expression"):
+            other = model.predict(query, soft=True, batch_size=batch_size)
+        np.testing.assert_allclose(other.to_numpy(), soft.to_numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.warns(UserWarning, match="no expression"):
+        labels = model.predict(query)
+    assert list(labels[is_empty]) == [None, None]
+    np.testing.assert_array_equal(labels[~is_empty], model.classes[expected[~is_empty].argmax(axis=1)])
+
+    annotated = query.copy()
+    with pytest.warns(UserWarning, match="no expression"):
+        model.annotate(annotated, explanation=False, latent=False, min_confidence=None)
+    keys = model._keys
+    np.testing.assert_allclose(annotated.obsm[keys.PROBABILITIES].to_numpy(), soft.to_numpy(), atol=1e-7)
+    prediction = annotated.obs[keys.PREDICTION]
+    assert prediction[is_empty].isna().all()
+    np.testing.assert_array_equal(prediction[~is_empty].astype(str).to_numpy(), labels[~is_empty])
+    top = np.where(is_empty, np.nan, np.nan_to_num(expected).max(axis=1))
+    confidence = (
+        1.0 - annotated.obs[SCTABKeys.UNCERTAINTY]
+        if keys is SCTABKeys
+        else annotated.obs[NACTKeys.CONFIDENCE]
+    )
+    np.testing.assert_allclose(confidence.to_numpy(), top, rtol=1e-5, atol=1e-6)
+    assert keys.LATENT not in annotated.obsm and keys.EXPLANATION not in annotated.obsm
+
+
+class _Recorder:
+    """Wraps a module's ``inference`` and records the cells of each forward pass."""
+
+    def __init__(self, module, monkeypatch):
+        self.sizes: list[int] = []
+        inference = module.inference
+
+        def recorded(*args, **kwargs):
+            x = kwargs.get("x", args[0] if args else None)
+            self.sizes.append(int(x.shape[0]))
+            return inference(*args, **kwargs)
+
+        monkeypatch.setattr(module, "inference", recorded)
+
+
+def test_default_blocks_are_sized_to_the_number_of_genes(trained, sim, monkeypatch):
+    # cells x genes intermediates of a few MiB stay in the CPU's cache: with 1,500 genes the
+    # default block is 349 cells, not 1,024
+    model = trained
+
+    def per_batch_loader(*args, **kwargs):
+        raise AssertionError("prediction slices blocks from the matrix, not scvi-tools' loader")
+
+    monkeypatch.setattr(model, "_make_data_loader", per_batch_loader)
+    recorder = _Recorder(model.module, monkeypatch)
+    model.predict(sim, soft=True)
+    block = prediction_block_size(N_GENES)
+    assert block == 2**19 // N_GENES < sim.n_obs
+    assert recorder.sizes == [block, block] + [sim.n_obs - 2 * block]
+    recorder.sizes.clear()
+    model.annotate(sim.copy(), explanation=False, latent=False)
+    assert max(recorder.sizes) == block
+    recorder.sizes.clear()
+    model.predict(sim, soft=True, batch_size=500)
+    assert recorder.sizes == [500, sim.n_obs - 500]
+
+
+def test_prediction_block_size_bounds():
+    assert prediction_block_size(2_511) == 208  # Kang PBMCs
+    assert prediction_block_size(15_073) == 64  # at least 64 cells
+    assert prediction_block_size(60_000) == 64
+    assert prediction_block_size(100) == 1024  # at most 1,024 cells
 
 
 class _NewCellGeneArrays(TorchDispatchMode):

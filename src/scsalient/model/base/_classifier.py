@@ -24,7 +24,7 @@ from ._annotate import (
     top_per_row,
 )
 from ._augment import batch_difference_vectors
-from ._blocks import BlockDataSplitter, block_loader, is_backed
+from ._blocks import BlockDataset, BlockDataSplitter, prediction_block_size
 from ._expression import ExpressionModelMixin
 from ._training_plan import MONITOR, ClassifierTrainingPlan
 
@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 logger = logging.getLogger(__name__)
+
+#: cells from which a prediction shows a progress bar
+PROGRESS_MIN_CELLS = 10_000
 
 
 def predicted_labels(probs: np.ndarray, classes: np.ndarray) -> np.ndarray:
@@ -370,18 +373,18 @@ class ClassifierMixin(ExpressionModelMixin):
         """
         self._check_if_trained(warn=True)
         self.module.eval()
-        batch_size = batch_size or 1024
+        batch_size = batch_size or prediction_block_size(adata.n_vars)
         rows = np.arange(adata.n_obs) if indices is None else np.asarray(indices, dtype=np.int64)
         positions = np.flatnonzero(~np.isin(rows, self._empty_cells(adata)))
         rows = rows[positions]
         if len(rows) == 0:
             return
-        if is_backed(adata):  # contiguous reads instead of one read per cell
-            loader = block_loader(self.get_anndata_manager(adata), rows, batch_size, shuffle=False)
-        else:
-            loader = self._make_data_loader(adata=adata, indices=rows, batch_size=batch_size)
+        # blocks of rows sliced from the matrix (one slice per block, in memory as on disk) rather
+        # than scvi-tools' loader, which gathers each minibatch's rows by index; only the block in
+        # hand is made dense
+        loader = BlockDataset(self.get_anndata_manager(adata), rows, batch_size, shuffle=False)
         start = 0
-        for tensors in tqdm(loader, desc=desc, disable=len(loader) < 10, leave=False):
+        for tensors in tqdm(loader, desc=desc, disable=len(rows) < PROGRESS_MIN_CELLS, leave=False):
             out = self._inference_outputs(tensors, keys)
             n = len(out["logits"])
             batch = {"positions": positions[start : start + n]}
@@ -413,7 +416,8 @@ class ClassifierMixin(ExpressionModelMixin):
         soft
             Return class probabilities instead of labels.
         batch_size
-            Cells per forward pass.
+            Cells per forward pass; ``None`` sizes the blocks to the number of genes (about
+            500,000 values, 64 to 1,024 cells), small enough to stay in the CPU's cache.
 
         Returns
         -------
@@ -480,7 +484,8 @@ class ClassifierMixin(ExpressionModelMixin):
         indices
             Cells of ``adata``; ``None`` for all.
         batch_size
-            Cells per forward pass.
+            Cells per forward pass; ``None`` sizes the blocks to the number of genes (about
+            500,000 values, 64 to 1,024 cells), small enough to stay in the CPU's cache.
 
         Returns
         -------
@@ -540,7 +545,7 @@ class ClassifierMixin(ExpressionModelMixin):
         explanation: bool | Literal["dense"] = True,
         n_top_genes: int | None = 100,
         latent: bool = True,
-        batch_size: int | None = 1024,
+        batch_size: int | None = None,
     ) -> None:
         """Write predictions, their confidence and their explanation into ``adata``.
 
@@ -590,7 +595,8 @@ class ClassifierMixin(ExpressionModelMixin):
         latent
             Store the latent representation.
         batch_size
-            Cells per forward pass.
+            Cells per forward pass; ``None`` sizes the blocks to the number of genes (about
+            500,000 values, 64 to 1,024 cells), small enough to stay in the CPU's cache.
         """
         keys = self._keys
         if min_confidence == "default":
