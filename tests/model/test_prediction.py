@@ -163,6 +163,22 @@ def test_prediction_block_size_bounds():
     assert prediction_block_size(100) == 1024  # at most 1,024 cells
 
 
+def test_annotate_with_majority_voting_is_one_pass(trained, sim, monkeypatch):
+    model = trained
+    calls = []
+    iterate = model._iter_inference
+
+    def counted(*args, **kwargs):
+        calls.append(args[3] if len(args) > 3 else kwargs.get("keys"))
+        return iterate(*args, **kwargs)
+
+    monkeypatch.setattr(model, "_iter_inference", counted)
+    query = sim[300:700].copy()
+    model.annotate(query, majority_voting=True, latent=False, explanation=False)
+    assert len(calls) == 1  # the latent representation is read in the same pass, not stored
+    assert model._keys.MAJORITY_VOTING in query.obs and model._keys.LATENT not in query.obsm
+
+
 class _NewCellGeneArrays(TorchDispatchMode):
     """Counts the operations that allocate a new array of at least ``size`` values."""
 

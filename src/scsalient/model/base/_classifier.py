@@ -446,6 +446,9 @@ class ClassifierMixin(ExpressionModelMixin):
     #: default of :meth:`annotate`'s ``min_confidence`` (see the user guide, "How far to trust a prediction")
     _default_min_confidence: float | None = None
 
+    #: inference outputs (besides ``"probabilities"``) that :meth:`_annotate_extras` reads
+    _annotate_extras_outputs: tuple[str, ...] = ()
+
     def _annotate_extras(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Per-cell values (besides probabilities) a model writes into ``obs``: name -> values."""
         return {}
@@ -618,8 +621,11 @@ class ClassifierMixin(ExpressionModelMixin):
         latent_values = None
         blocks, block_rows = [], []
         dense = np.zeros((target.n_obs, target.n_vars), dtype=np.float32) if explanation == "dense" else None
-        outputs = ["probabilities", "member_logits", self._latent_output]
-        if explanation:  # SCTAB's explanation costs a backward pass: only when asked for
+        # only the outputs that are stored (SCTAB's explanation costs a backward pass)
+        outputs = ["probabilities", *self._annotate_extras_outputs]
+        if latent or majority_voting:
+            outputs.append(self._latent_output)
+        if explanation:
             outputs.append(self._explanation_output)
         for batch in self._iter_inference(prepared, None, batch_size, outputs, "annotate"):
             rows = batch["positions"]
@@ -629,7 +635,7 @@ class ClassifierMixin(ExpressionModelMixin):
                 np.add.at(sums, batch["probabilities"].argmax(axis=1), shares)
             for name, values in self._annotate_extras(batch).items():
                 extras.setdefault(name, np.full(target.n_obs, np.nan, dtype=np.float32))[rows] = values
-            if latent:
+            if latent or majority_voting:
                 values = self._cells_first(batch[self._latent_output])
                 if latent_values is None:
                     latent_values = np.full((target.n_obs, values.shape[1]), np.nan, dtype=np.float32)
@@ -639,13 +645,9 @@ class ClassifierMixin(ExpressionModelMixin):
             elif explanation:
                 blocks.append(top_per_row(shares, n_top_genes, columns, target.n_vars))
                 block_rows.append(rows)
-        codes = predicted_codes(probs)
+        predicted = predicted_codes(probs)
+        codes = predicted
         confidence = np.max(probs, axis=1)
-        counts = np.bincount(codes[codes >= 0], minlength=n_classes).astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            means = sums / counts[:, None]
-        mean_df = pd.DataFrame(np.nan, index=target.var_names, columns=self.classes)
-        mean_df.iloc[columns[columns >= 0]] = means[:, columns >= 0].T
         categories = list(self.classes)
         if min_confidence is not None:
             categories.append(UNASSIGNED)
@@ -659,6 +661,11 @@ class ClassifierMixin(ExpressionModelMixin):
         elif explanation:
             target.obsm[keys.EXPLANATION] = place_rows(blocks, block_rows, target.n_obs)
         if explanation:
+            counts = np.bincount(predicted[predicted >= 0], minlength=n_classes).astype(np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                means = sums / counts[:, None]
+            mean_df = pd.DataFrame(np.nan, index=target.var_names, columns=self.classes)
+            mean_df.iloc[columns[columns >= 0]] = means[:, columns >= 0].T
             target.varm[keys.EXPLANATION_MEAN] = mean_df
         if latent and latent_values is not None:
             target.obsm[keys.LATENT] = latent_values

@@ -456,6 +456,8 @@ class SCTAB(SaveLoadMixin, ClassifierMixin, BaseModelClass):
         )
 
     # ------------------------------------------------------------------ read-out
+    _annotate_extras_outputs = ("member_logits",)
+
     def _annotate_extras(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The members' disagreement: the fraction whose own prediction differs from the ensemble's."""
         predicted = batch["probabilities"].argmax(axis=1)
