@@ -38,6 +38,24 @@ def is_backed(adata) -> bool:
 #: rows between two wanted rows up to which one slice is read rather than two
 MAX_GAP = 32
 
+#: values (cells x genes) per block of a prediction when no batch size is given: the forward
+#: pass holds a few cells x genes arrays at once, and arrays of ~2 MiB keep them in the CPU's
+#: cache (on Kang PBMCs, 2,511 genes, one core: N-ACT's prediction took ~15% less time in
+#: blocks of 208-256 cells than of 1,024, SCTAB's ~30% less)
+PREDICTION_BLOCK_VALUES = 2**19
+#: fewest and most cells per block of a prediction when no batch size is given
+PREDICTION_BLOCK_CELLS = (64, 1024)
+
+
+def prediction_block_size(n_genes: int) -> int:
+    """Cells per forward pass of a prediction when none is given.
+
+    :data:`PREDICTION_BLOCK_VALUES` values (cells x ``n_genes``), within
+    :data:`PREDICTION_BLOCK_CELLS`.
+    """
+    low, high = PREDICTION_BLOCK_CELLS
+    return int(np.clip(PREDICTION_BLOCK_VALUES // max(int(n_genes), 1), low, high))
+
 
 def read_rows(x, rows: np.ndarray) -> sparse.csr_matrix | np.ndarray:
     """Rows ``rows`` of a dense, sparse or on-disk matrix, read as few contiguous slices.
@@ -46,6 +64,8 @@ def read_rows(x, rows: np.ndarray) -> sparse.csr_matrix | np.ndarray:
     of ``rows``.
     """
     rows = np.asarray(rows)
+    if _consecutive(rows):  # the common case (prediction in order): one slice, no reordering
+        return _read_slice(x, rows)
     order = np.argsort(rows, kind="stable")
     ordered = rows[order]
     breaks = np.flatnonzero(np.diff(ordered) > MAX_GAP) + 1
@@ -56,15 +76,23 @@ def read_rows(x, rows: np.ndarray) -> sparse.csr_matrix | np.ndarray:
     return block[inverse]
 
 
+def _consecutive(rows: np.ndarray) -> bool:
+    """Whether ``rows`` are ``lo, lo + 1, ..., hi - 1`` (at least one row)."""
+    return len(rows) > 0 and bool((np.diff(rows) == 1).all())
+
+
 def _read_slice(x, rows: np.ndarray):
-    """Rows ``rows`` (sorted, close together) read as the one slice they span."""
+    """Rows ``rows`` (sorted, close together) read as the one slice they span (a copy)."""
     lo, hi = int(rows[0]), int(rows[-1]) + 1
     block = x[lo:hi]
     if hasattr(block, "compute"):  # dask arrays (lazily read zarr)
         block = block.compute()
-    if sparse.issparse(block):
-        return sparse.csr_matrix(block)[rows - lo]
-    return np.asarray(block)[rows - lo]
+    whole = _consecutive(rows)
+    if sparse.issparse(block):  # a slice of a sparse matrix is already a copy
+        block = sparse.csr_matrix(block)
+        return block if whole else block[rows - lo]
+    # a slice of an in-memory array is a view of the user's data: copy it
+    return np.array(block) if whole else np.asarray(block)[rows - lo]
 
 
 def _dense(block) -> torch.Tensor:

@@ -106,7 +106,7 @@ def scan_expression(x, where: str) -> ExpressionScan:
                     "raw counts or log1p-normalised expression, not scaled or centred data."
                 )
             max_value = max(max_value, float(values.max()))
-            if integer and np.any(np.mod(values, 1) != 0):
+            if integer and not _all_integer(values):
                 integer = False
         totals.append(np.asarray(block.sum(axis=1), dtype=np.float64).ravel())
         if max_value <= MAX_LOGNORM_VALUE:
@@ -125,6 +125,17 @@ def scan_expression(x, where: str) -> ExpressionScan:
         expm1_totals=np.concatenate(expm1_totals) if complete else np.zeros(0),
         sample=np.concatenate(samples),
     )
+
+
+def _all_integer(values: np.ndarray) -> bool:
+    """Whether every (finite) value is a whole number.
+
+    ``floor(v) == v`` rather than ``v % 1 == 0``: the same answer for finite values, at a small
+    fraction of the cost (the modulo dominated the scan of a query at prediction time).
+    """
+    if values.dtype.kind != "f":  # integer and boolean dtypes hold whole numbers only
+        return True
+    return bool(np.array_equal(np.floor(values), values))
 
 
 def _expm1_totals(block) -> np.ndarray:

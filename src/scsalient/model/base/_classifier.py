@@ -24,7 +24,7 @@ from ._annotate import (
     top_per_row,
 )
 from ._augment import batch_difference_vectors
-from ._blocks import BlockDataSplitter, block_loader, is_backed
+from ._blocks import BlockDataset, BlockDataSplitter, prediction_block_size
 from ._expression import ExpressionModelMixin
 from ._familiarity import MAX_FIT_CELLS, UNFAMILIAR_WARNING_SHARE
 from ._training_plan import MONITOR, ClassifierTrainingPlan
@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 logger = logging.getLogger(__name__)
+
+#: cells from which a prediction shows a progress bar
+PROGRESS_MIN_CELLS = 10_000
 
 
 def predicted_labels(probs: np.ndarray, classes: np.ndarray) -> np.ndarray:
@@ -404,18 +407,18 @@ class ClassifierMixin(ExpressionModelMixin):
         """
         self._check_if_trained(warn=True)
         self.module.eval()
-        batch_size = batch_size or 1024
+        batch_size = batch_size or prediction_block_size(adata.n_vars)
         rows = np.arange(adata.n_obs) if indices is None else np.asarray(indices, dtype=np.int64)
         positions = np.flatnonzero(~np.isin(rows, self._empty_cells(adata)))
         rows = rows[positions]
         if len(rows) == 0:
             return
-        if is_backed(adata):  # contiguous reads instead of one read per cell
-            loader = block_loader(self.get_anndata_manager(adata), rows, batch_size, shuffle=False)
-        else:
-            loader = self._make_data_loader(adata=adata, indices=rows, batch_size=batch_size)
+        # blocks of rows sliced from the matrix (one slice per block, in memory as on disk) rather
+        # than scvi-tools' loader, which gathers each minibatch's rows by index; only the block in
+        # hand is made dense
+        loader = BlockDataset(self.get_anndata_manager(adata), rows, batch_size, shuffle=False)
         start = 0
-        for tensors in tqdm(loader, desc=desc, disable=len(loader) < 10, leave=False):
+        for tensors in tqdm(loader, desc=desc, disable=len(rows) < PROGRESS_MIN_CELLS, leave=False):
             out = self._inference_outputs(tensors, keys)
             n = len(out["logits"])
             batch = {"positions": positions[start : start + n]}
@@ -447,7 +450,8 @@ class ClassifierMixin(ExpressionModelMixin):
         soft
             Return class probabilities instead of labels.
         batch_size
-            Cells per forward pass.
+            Cells per forward pass; ``None`` sizes the blocks to the number of genes (about
+            500,000 values, 64 to 1,024 cells), small enough to stay in the CPU's cache.
 
         Returns
         -------
@@ -479,6 +483,9 @@ class ClassifierMixin(ExpressionModelMixin):
     #: which the benchmark's selection tasks lose at most 2% of known-type cells on average
     #: (``benchmarks/results/defaults.md``)
     _default_min_familiarity: float | None = 1e-3
+
+    #: inference outputs (besides ``"probabilities"``) that :meth:`_annotate_extras` reads
+    _annotate_extras_outputs: tuple[str, ...] = ()
 
     def _annotate_extras(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Per-cell values (besides probabilities) a model writes into ``obs``: name -> values."""
@@ -518,7 +525,8 @@ class ClassifierMixin(ExpressionModelMixin):
         indices
             Cells of ``adata``; ``None`` for all.
         batch_size
-            Cells per forward pass.
+            Cells per forward pass; ``None`` sizes the blocks to the number of genes (about
+            500,000 values, 64 to 1,024 cells), small enough to stay in the CPU's cache.
 
         Returns
         -------
@@ -579,7 +587,7 @@ class ClassifierMixin(ExpressionModelMixin):
         explanation: bool | Literal["dense"] = True,
         n_top_genes: int | None = 100,
         latent: bool = True,
-        batch_size: int | None = 1024,
+        batch_size: int | None = None,
     ) -> None:
         """Write predictions, their confidence and their explanation into ``adata``.
 
@@ -639,7 +647,8 @@ class ClassifierMixin(ExpressionModelMixin):
         latent
             Store the latent representation.
         batch_size
-            Cells per forward pass.
+            Cells per forward pass; ``None`` sizes the blocks to the number of genes (about
+            500,000 values, 64 to 1,024 cells), small enough to stay in the CPU's cache.
         """
         keys = self._keys
         if min_confidence == "default":
@@ -665,8 +674,13 @@ class ClassifierMixin(ExpressionModelMixin):
         familiarity = np.full(target.n_obs, np.nan, dtype=np.float32)
         blocks, block_rows = [], []
         dense = np.zeros((target.n_obs, target.n_vars), dtype=np.float32) if explanation == "dense" else None
-        outputs = ["probabilities", "member_logits", self._latent_output]
-        if explanation:  # SCTAB's explanation costs a backward pass: only when asked for
+        # only the outputs that are stored (SCTAB's explanation costs a backward pass)
+        outputs = ["probabilities", *self._annotate_extras_outputs]
+        # the latent representation: stored, clustered on, or scored for familiarity
+        read_latent = latent or majority_voting or self.module.familiarity.fitted
+        if read_latent:
+            outputs.append(self._latent_output)
+        if explanation:
             outputs.append(self._explanation_output)
         for batch in self._iter_inference(prepared, None, batch_size, outputs, "annotate"):
             rows = batch["positions"]
@@ -676,9 +690,10 @@ class ClassifierMixin(ExpressionModelMixin):
                 np.add.at(sums, batch["probabilities"].argmax(axis=1), shares)
             for name, values in self._annotate_extras(batch).items():
                 extras.setdefault(name, np.full(target.n_obs, np.nan, dtype=np.float32))[rows] = values
-            values = self._cells_first(batch[self._latent_output])
-            familiarity[rows] = self.module.familiarity.score(values)
-            if latent:
+            if read_latent:
+                values = self._cells_first(batch[self._latent_output])
+                familiarity[rows] = self.module.familiarity.score(values)
+            if latent or majority_voting:
                 if latent_values is None:
                     latent_values = np.full((target.n_obs, values.shape[1]), np.nan, dtype=np.float32)
                 latent_values[rows] = values
@@ -687,13 +702,9 @@ class ClassifierMixin(ExpressionModelMixin):
             elif explanation:
                 blocks.append(top_per_row(shares, n_top_genes, columns, target.n_vars))
                 block_rows.append(rows)
-        codes = predicted_codes(probs)
+        predicted = predicted_codes(probs)
+        codes = predicted
         confidence = np.max(probs, axis=1)
-        counts = np.bincount(codes[codes >= 0], minlength=n_classes).astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            means = sums / counts[:, None]
-        mean_df = pd.DataFrame(np.nan, index=target.var_names, columns=self.classes)
-        mean_df.iloc[columns[columns >= 0]] = means[:, columns >= 0].T
         categories = list(self.classes)
         unsure = np.zeros(target.n_obs, dtype=bool)
         if min_confidence is not None:
@@ -725,6 +736,11 @@ class ClassifierMixin(ExpressionModelMixin):
         elif explanation:
             target.obsm[keys.EXPLANATION] = place_rows(blocks, block_rows, target.n_obs)
         if explanation:
+            counts = np.bincount(predicted[predicted >= 0], minlength=n_classes).astype(np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                means = sums / counts[:, None]
+            mean_df = pd.DataFrame(np.nan, index=target.var_names, columns=self.classes)
+            mean_df.iloc[columns[columns >= 0]] = means[:, columns >= 0].T
             target.varm[keys.EXPLANATION_MEAN] = mean_df
         if latent and latent_values is not None:
             target.obsm[keys.LATENT] = latent_values

@@ -15,7 +15,9 @@ def log1p_cp10k(x: torch.Tensor, target_sum: float = 1e4) -> torch.Tensor:
     Cells with zero total stay zero instead of producing NaN.
     """
     library = x.sum(dim=-1, keepdim=True).clamp_min(1e-8)
-    return torch.log1p(x * (target_sum / library))
+    scaled = x * (target_sum / library)
+    # in place without gradients (prediction): one cells x genes block fewer
+    return torch.log1p(scaled) if torch.is_grad_enabled() else scaled.log1p_()
 
 
 #: attention logit of absent features (finite, so a cell with no features gets uniform attention)

@@ -356,7 +356,7 @@ class NACT(SaveLoadMixin, ClassifierMixin, BaseModelClass):
         indices: Sequence[int] | None = None,
         n_top_genes: int | None = None,
         dense: bool = False,
-        batch_size: int | None = 1024,
+        batch_size: int | None = None,
     ) -> sparse.csr_matrix | np.ndarray:
         r"""Per-cell attention: the share of each gene in the cell's attention-weighted expression.
 
@@ -377,7 +377,8 @@ class NACT(SaveLoadMixin, ClassifierMixin, BaseModelClass):
         dense
             Return a dense float32 array (4 bytes per cell and gene) instead of a CSR matrix.
         batch_size
-            Cells per forward pass.
+            Cells per forward pass; ``None`` sizes the blocks to the number of genes (about
+            500,000 values, 64 to 1,024 cells), small enough to stay in the CPU's cache.
 
         Returns
         -------
@@ -392,7 +393,7 @@ class NACT(SaveLoadMixin, ClassifierMixin, BaseModelClass):
         indices: Sequence[int] | None = None,
         n_top_genes: int | None = None,
         dense: bool = False,
-        batch_size: int | None = 1024,
+        batch_size: int | None = None,
     ) -> sparse.csr_matrix | np.ndarray:
         r"""Per-cell attribution of the prediction to the genes, as shares.
 
@@ -419,7 +420,8 @@ class NACT(SaveLoadMixin, ClassifierMixin, BaseModelClass):
         dense
             Return a dense float32 array instead of a CSR matrix.
         batch_size
-            Cells per forward pass.
+            Cells per forward pass; ``None`` sizes the blocks to the number of genes (about
+            500,000 values, 64 to 1,024 cells), small enough to stay in the CPU's cache.
 
         Returns
         -------
@@ -440,7 +442,7 @@ class NACT(SaveLoadMixin, ClassifierMixin, BaseModelClass):
         adata: AnnData | None = None,
         indices: Sequence[int] | None = None,
         classes: Sequence[str] | None = None,
-        batch_size: int | None = 1024,
+        batch_size: int | None = None,
     ) -> np.ndarray:
         r"""Each gene's contribution to each cell's logit of its predicted class (or of ``classes``).
 
@@ -458,7 +460,8 @@ class NACT(SaveLoadMixin, ClassifierMixin, BaseModelClass):
         classes
             One class name per cell; ``None``: each cell's predicted class.
         batch_size
-            Cells per forward pass.
+            Cells per forward pass; ``None`` sizes the blocks to the number of genes (about
+            500,000 values, 64 to 1,024 cells), small enough to stay in the CPU's cache.
 
         Returns
         -------

@@ -58,8 +58,13 @@ class NACTNetwork(nn.Module):
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """Gene attention (gates) of cells ``x``: in (0, 2) for expressed genes, 0 for the others."""
-        logits = self.query(x) @ self.keys.T + self.gate_bias
-        return 2.0 * torch.sigmoid(logits) * (x != 0)
+        if torch.is_grad_enabled():
+            logits = self.query(x) @ self.keys.T + self.gate_bias
+            return 2.0 * torch.sigmoid(logits) * (x != 0)
+        # without gradients (prediction), the same operations in place: each would otherwise
+        # allocate and fill another cells x genes array
+        logits = self.query(x) @ self.keys.T
+        return logits.add_(self.gate_bias).sigmoid_().mul_(2.0).masked_fill_(x == 0, 0.0)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits, attention, gene scores and latent representation of cells ``x``."""
@@ -183,8 +188,9 @@ class NACTModule(BaseModuleClass, TemperatureScaled):
             out = member(x_member)
             member_logits.append(out.pop("logits"))
             latents.append(out.pop("latent"))
-            for key, value in out.items():
-                sums[key] = sums.get(key, 0.0) + value / self.n_members
+            for key, value in out.items():  # one network: its own outputs, not copies
+                share = value if self.n_members == 1 else value / self.n_members
+                sums[key] = sums[key] + share if key in sums else share
         member_logits = torch.stack(member_logits)
         logits = self.calibrated(mean_probability_logits(member_logits))
         latent = torch.cat(latents, dim=-1)

@@ -456,6 +456,8 @@ class SCTAB(SaveLoadMixin, ClassifierMixin, BaseModelClass):
         )
 
     # ------------------------------------------------------------------ read-out
+    _annotate_extras_outputs = ("member_logits",)
+
     def _annotate_extras(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The members' disagreement: the fraction whose own prediction differs from the ensemble's."""
         predicted = batch["probabilities"].argmax(axis=1)
@@ -482,7 +484,7 @@ class SCTAB(SaveLoadMixin, ClassifierMixin, BaseModelClass):
         indices: Sequence[int] | None = None,
         n_top_genes: int | None = None,
         dense: bool = False,
-        batch_size: int | None = 1024,
+        batch_size: int | None = None,
     ) -> sparse.csr_matrix | np.ndarray:
         """Per-cell attributions to the predicted class, as shares (what ``annotate`` stores).
 
@@ -507,7 +509,8 @@ class SCTAB(SaveLoadMixin, ClassifierMixin, BaseModelClass):
         dense
             Return a dense float32 array instead of a CSR matrix.
         batch_size
-            Cells per forward and backward pass.
+            Cells per forward and backward pass; ``None`` sizes the blocks to the number of
+            genes (about 500,000 values, 64 to 1,024 cells), small enough to stay in the CPU's cache.
 
         Returns
         -------
@@ -521,7 +524,7 @@ class SCTAB(SaveLoadMixin, ClassifierMixin, BaseModelClass):
         indices: Sequence[int] | None = None,
         n_top_genes: int | None = None,
         dense: bool = False,
-        batch_size: int | None = 1024,
+        batch_size: int | None = None,
     ) -> sparse.csr_matrix | np.ndarray:
         """Per-cell feature masks (the members' mean), over the genes each cell expresses.
 
@@ -536,7 +539,8 @@ class SCTAB(SaveLoadMixin, ClassifierMixin, BaseModelClass):
         dense
             Return a dense float32 array instead of a CSR matrix.
         batch_size
-            Cells per forward pass.
+            Cells per forward pass; ``None`` sizes the blocks to the number of genes (about
+            500,000 values, 64 to 1,024 cells), small enough to stay in the CPU's cache.
 
         Returns
         -------
