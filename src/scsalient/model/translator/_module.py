@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,45 @@ from torch import nn
 from scsalient.model.base._components import GeneMap, attention_softmax, log1p_cp10k, xavier_init
 
 Modality = Literal["rna", "atac"]
+#: inputs with at most this fraction of non-zero entries are encoded from their entries in training
+SPARSE_INPUT_DENSITY = 0.05
+
+
+class Entries(NamedTuple):
+    """The non-zero entries of a cells x features matrix: cell, feature and value of each."""
+
+    cell: torch.Tensor
+    feature: torch.Tensor
+    value: torch.Tensor
+    n_cells: int
+
+    @classmethod
+    def of(cls, x: torch.Tensor) -> Entries:
+        """The non-zero entries of the dense matrix ``x`` (row-major order)."""
+        cell, feature = torch.nonzero(x, as_tuple=True)
+        return cls(cell, feature, x[cell, feature], x.shape[0])
+
+    def per_cell_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum ``values`` (one per entry, with trailing dimensions) over the entries of each cell."""
+        out = values.new_zeros((self.n_cells, *values.shape[1:]))
+        return out.index_add(0, self.cell, values)
+
+    def to_dense(self, values: torch.Tensor, n_features: int) -> torch.Tensor:
+        """A sparse cells x features tensor holding ``values`` at the entries."""
+        index = torch.stack([self.cell, self.feature])
+        return torch.sparse_coo_tensor(
+            index, values, (self.n_cells, n_features), is_coalesced=True, check_invariants=False
+        )
+
+
+def sparse_linear(layer: nn.Linear, entries: Entries, values: torch.Tensor) -> torch.Tensor:
+    """``layer`` applied to the matrix holding ``values`` at ``entries`` (zero elsewhere).
+
+    Costs ``entries x out_features`` instead of ``cells x in_features x out_features``.
+    """
+    columns = layer.weight.index_select(1, entries.feature)  # (out_features, n_entries)
+    out = entries.per_cell_sum(values[:, None] * columns.T)
+    return out if layer.bias is None else out + layer.bias
 
 
 class FeatureAttention(nn.Module):
@@ -52,6 +91,28 @@ class FeatureAttention(nn.Module):
         attention = attention_softmax(c * torch.tanh(self.map(x) / c), x)
         n_expressed = (x != 0).sum(dim=-1, keepdim=True).clamp_min(1)
         return x * attention * n_expressed, attention
+
+    @property
+    def reads_entries(self) -> bool:
+        """Whether :meth:`forward_entries` applies (a low-rank map)."""
+        return isinstance(self.map.layers, nn.Sequential)
+
+    def forward_entries(self, entries: Entries) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` on the non-zero entries of a sparse input (low-rank maps only).
+
+        The same maths at the cost of the entries: the logits are needed only at the features a
+        cell has (the softmax runs over them), and the gated input is zero elsewhere. The bounded
+        logits need no max shift before the exponential. Returns the gated input and the
+        attention at the entries.
+        """
+        first, second = self.map.layers
+        c = self.logit_bound
+        u = sparse_linear(first, entries, entries.value)  # (cells, rank)
+        logits = (u[entries.cell] * second.weight[entries.feature]).sum(-1) + second.bias[entries.feature]
+        weight = torch.exp(c * torch.tanh(logits / c))
+        attention = weight / entries.per_cell_sum(weight)[entries.cell]
+        n_present = entries.per_cell_sum(torch.ones_like(weight))[entries.cell]
+        return entries.value * attention * n_present, attention
 
 
 class TranslatorNetwork(nn.Module):
@@ -121,6 +182,22 @@ class TranslatorNetwork(nn.Module):
         """Latent representation and feature attention of prepared inputs ``h``."""
         gated, attention = self.attention[modality](h)
         return self.encoder[modality](gated), attention
+
+    def encode_entries(self, modality: Modality, entries: Entries) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`encode` of a sparse input given by its non-zero ``entries``.
+
+        The same maths as :meth:`encode` (up to rounding) at the cost of the entries: attention
+        and the encoder's first layer read only the features a cell has. Returns the latents and
+        the attention at the entries. Needs a low-rank attention map.
+        """
+        gated, attention = self.attention[modality].forward_entries(entries)
+        fc_layers, latent = self.encoder[modality]
+        h = sparse_linear(fc_layers.fc_layers[0][0], entries, gated)
+        for i, block in enumerate(fc_layers.fc_layers):
+            for layer in list(block)[1:] if i == 0 else block:
+                if layer is not None:
+                    h = layer(h)
+        return latent(h), attention
 
     def decode_rna(
         self, z: torch.Tensor, batch_index: torch.Tensor | None = None, genes: torch.Tensor | None = None
@@ -252,6 +329,30 @@ class TranslatorModule(BaseModuleClass):
         latents, attentions = zip(*(member.encode(modality, h) for member in self.members), strict=True)
         return torch.stack(latents), torch.stack(attentions).mean(0)
 
+    def reads_entries(self, modality: Modality, h: torch.Tensor) -> bool:
+        """Whether training encodes ``h`` from its non-zero entries (:meth:`encode_sparse`).
+
+        Yes for a low-rank attention map over inputs at most :data:`SPARSE_INPUT_DENSITY` non-zero
+        (accessibility: about 0.4% of the 25,734 MOp regions per nucleus), where it is many
+        times faster than the dense maths it reproduces.
+        """
+        if not self.members[0].attention[modality].reads_entries or h.numel() == 0:
+            return False
+        return bool((h != 0).sum() <= SPARSE_INPUT_DENSITY * h.numel())
+
+    def encode_sparse(self, modality: Modality, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`encode` from the non-zero entries of ``h`` (same maths, up to rounding).
+
+        Returns the latents and the members' mean attention as a sparse COO tensor (cells x
+        features, holding the attention of the features each cell has; the rest is 0, as in
+        :meth:`encode`).
+        """
+        entries = Entries.of(h)
+        latents, attentions = zip(
+            *(member.encode_entries(modality, entries) for member in self.members), strict=True
+        )
+        return torch.stack(latents), entries.to_dense(torch.stack(attentions).mean(0), h.shape[1])
+
     def decode_rna(
         self, z: torch.Tensor, batch_index: torch.Tensor | None = None, genes: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -290,7 +391,9 @@ class TranslatorModule(BaseModuleClass):
     def inference(self, rna: torch.Tensor, atac: torch.Tensor) -> dict[str, torch.Tensor]:
         """Encode both modalities of paired cells (latents stacked over members)."""
         z_rna, attention_rna = self.encode("rna", self.prepare("rna", rna))
-        z_atac, attention_atac = self.encode("atac", self.prepare("atac", atac))
+        h_atac = self.prepare("atac", atac)
+        encode_atac = self.encode_sparse if self.reads_entries("atac", h_atac) else self.encode
+        z_atac, attention_atac = encode_atac("atac", h_atac)
         return {
             "z_rna": z_rna,
             "z_atac": z_atac,
