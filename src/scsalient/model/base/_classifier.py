@@ -723,9 +723,10 @@ class ClassifierMixin(ExpressionModelMixin):
                     UserWarning,
                     stacklevel=2,
                 )
-        if min_confidence is not None or min_familiarity is not None:
+        unsure &= codes >= 0
+        if unsure.any():  # no empty "Unassigned" category, which every groupby would then skip
             categories.append(UNASSIGNED)
-            codes = np.where((codes >= 0) & unsure, n_classes, codes)
+            codes = np.where(unsure, n_classes, codes)
         prediction = pd.Categorical.from_codes(codes, categories=categories)
         target.obs[keys.PREDICTION] = prediction
         self._write_confidence(target, confidence, extras)
