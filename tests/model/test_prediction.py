@@ -221,6 +221,14 @@ def test_nact_prediction_allocates_few_cell_gene_arrays(sim):
         slow = module.inference(x)
     for key in ("logits", "member_logits", "attention", "scores", "latent"):
         assert torch.equal(fast[key], slow[key].detach()), key
+    odd = torch.zeros(2, N_GENES)
+    odd[0, :4] = torch.tensor([-0.0, -1.5, 2.0, 1e-30])  # the mask is x != 0, whatever the sign
+    with torch.inference_mode():
+        fast_gate = module.members[0].attention(odd)
+    with torch.enable_grad():
+        slow_gate = module.members[0].attention(odd)
+    assert torch.equal(fast_gate, slow_gate.detach())
+    assert fast_gate[0, 0] == 0 and (fast_gate[0, 1:4] > 0).all()
     expressed = x > 0
     assert (fast["attention"][~expressed] == 0).all() and (fast["attention"][expressed] > 0).all()
 
