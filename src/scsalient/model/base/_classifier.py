@@ -205,19 +205,13 @@ class ClassifierMixin(ExpressionModelMixin):
         train = np.setdiff1d(np.asarray(self.train_indices, dtype=np.int64), validation)
         if len(train) > MAX_FIT_CELLS:
             train = np.sort(np.random.default_rng(settings.seed).choice(train, MAX_FIT_CELLS, replace=False))
-        adata = self._validate_anndata(None)
         labels = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).reshape(-1)
-
-        def latent_of(indices: np.ndarray) -> np.ndarray:
-            out = np.zeros((len(indices), 0), dtype=np.float32)
-            for b in self._iter_inference(adata, indices, None, [self._latent_output], "familiarity"):
-                values = self._cells_first(b[self._latent_output])
-                if out.shape[1] == 0:
-                    out = np.zeros((len(indices), values.shape[1]), dtype=np.float32)
-                out[b["positions"]] = values
-            return out
-
-        familiarity.fit(latent_of(train), labels[train], len(self.classes), latent_of(validation))
+        familiarity.fit(
+            self.get_latent_representation(indices=train),
+            labels[train],
+            len(self.classes),
+            self.get_latent_representation(indices=validation),
+        )
         if settings_ is not None:
             settings_["familiarity"] = True
 
