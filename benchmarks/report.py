@@ -226,6 +226,12 @@ def overview_lines(results: dict) -> list[str]:
         *table(ece, best=min),
         "",
     ]
+    if any(r.get("reliability") for r in results["runs"]):
+        out += [
+            "Reliability diagrams of every task (bins pooled over the seeds that recorded them): "
+            "`classification_reliability.png`.",
+            "",
+        ]
     unseen = [d for d in datasets if any((d, s) in auroc for s in systems)]
     if unseen:
         out += [
@@ -501,6 +507,86 @@ def write_classification_figure(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def pooled_reliability(results: dict, dataset: str, system: str) -> dict | None:
+    """The reliability bins of one system on one task, pooled over the seeds that recorded them.
+
+    Returns ``{"n_cells", "confidence", "accuracy"}`` arrays (NaN for empty bins) or ``None``
+    when no run of the pair recorded its bins (runs made before they were recorded).
+    """
+    tables = [
+        r["reliability"]
+        for r in results["runs"]
+        if r["status"] == "ok" and r["dataset"] == dataset and r["system"] == system and r.get("reliability")
+    ]
+    if not tables:
+        return None
+    n = np.array([t["n_cells"] for t in tables], dtype=float)
+    nan = np.nan
+
+    def weighted(field: str) -> np.ndarray:
+        values = np.array([[nan if v is None else v for v in t[field]] for t in tables], dtype=float)
+        total = n.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(total > 0, np.nansum(values * n, axis=0) / total, nan)
+
+    return {"n_cells": n.sum(axis=0), "confidence": weighted("confidence"), "accuracy": weighted("accuracy")}
+
+
+def write_reliability_figure(results: dict, path: Path) -> bool:
+    """One reliability diagram per task, every system that recorded its bins drawn on it.
+
+    Each point is a bin of the top probability (15 equal-width bins, pooled over seeds): its
+    mean confidence against its accuracy, the area proportional to the cells in it. A
+    calibrated system follows the diagonal; below it is overconfident. Returns whether a
+    figure was written (runs recorded before the bins were kept have none).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    systems = list(results["systems"])
+    panels = []
+    for dataset in results["datasets"]:
+        curves = {s: pooled_reliability(results, dataset, s) for s in systems}
+        curves = {s: c for s, c in curves.items() if c is not None}
+        if curves:
+            panels.append((dataset, curves))
+    if not panels:
+        return False
+    ece = _mean_over_seeds(results, "ece")
+    n_cols = min(5, len(panels))
+    n_rows = int(np.ceil(len(panels) / n_cols))
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.0 * n_cols, 3.0 * n_rows), squeeze=False)
+    colors = {s: plt.get_cmap("tab10")(i) for i, s in enumerate(systems)}
+    for ax, (dataset, curves) in zip(axes.flat, panels):
+        ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--")
+        for system, curve in curves.items():
+            filled = curve["n_cells"] > 0
+            x, y, n = curve["confidence"][filled], curve["accuracy"][filled], curve["n_cells"][filled]
+            label = f"{system} ({ece.get((dataset, system), np.nan):.3f})"
+            ax.plot(x, y, color=colors[system], lw=1.0, label=label)
+            ax.scatter(x, y, s=4 + 60 * n / n.sum(), color=colors[system], zorder=3)
+        role = "selection" if dataset in SELECTION_TASKS else "report"
+        ax.set_title(f"{dataset} ({role})", fontsize=9)
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(0, 1.02)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6, loc="upper left", frameon=False, title="system (ECE)", title_fontsize=6)
+        ax.spines[["top", "right"]].set_visible(False)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy", fontsize=8)
+    for ax in axes[-1, :]:
+        ax.set_xlabel("mean top probability", fontsize=8)
+    fig.suptitle("Reliability of the top probability per task (cells of the reference's types)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
 def main() -> None:
     """Re-render classification.md and .png from results/classification.json."""
     import json
@@ -509,6 +595,7 @@ def main() -> None:
     results = json.loads((results_dir / "classification.json").read_text())
     write_classification_markdown(results, results_dir / "classification.md")
     write_classification_figure(results, results_dir / "classification.png")
+    write_reliability_figure(results, results_dir / "classification_reliability.png")
 
 
 if __name__ == "__main__":

@@ -152,7 +152,7 @@ def trust_scores(truth: np.ndarray, probabilities, known: set[str], familiarity=
     and SCTAB's per-cell score for resembling a reference type) the same for it:
     ``familiarity_auroc`` and the shares under each of ``FAMILIARITY_THRESHOLDS``.
     """
-    from scsalient.metrics import expected_calibration_error, unseen_type_auroc
+    from scsalient.metrics import expected_calibration_error, reliability_table, unseen_type_auroc
 
     probs = probabilities.to_numpy(dtype=np.float64)
     classes = probabilities.columns.astype(str).to_numpy()
@@ -166,6 +166,7 @@ def trust_scores(truth: np.ndarray, probabilities, known: set[str], familiarity=
     is_known = np.isin(truth, sorted(known))
     out = {
         "ece": expected_calibration_error(probs[is_known], truth[is_known], classes),
+        "reliability": _reliability_record(reliability_table(probs[is_known], truth[is_known], classes)),
         "mean_confidence_known": float(confidence[is_known].mean()),
         "known_left_unassigned": {
             str(t): float((confidence[is_known] < t).mean()) for t in UNASSIGNED_THRESHOLDS
@@ -188,6 +189,15 @@ def trust_scores(truth: np.ndarray, probabilities, known: set[str], familiarity=
                 str(t): float((familiarity[~is_known] < t).mean()) for t in FAMILIARITY_THRESHOLDS
             }
     return out
+
+
+def _reliability_record(table) -> dict:
+    """A reliability table as JSON lists (``None`` for the confidence and accuracy of empty bins)."""
+    return {
+        "n_cells": [int(v) for v in table["n_cells"]],
+        "confidence": [None if np.isnan(v) else round(float(v), 4) for v in table["confidence"]],
+        "accuracy": [None if np.isnan(v) else round(float(v), 4) for v in table["accuracy"]],
+    }
 
 
 #: CL ID given to a predicted label without one: the root term "cell", never a true type or a
@@ -419,13 +429,14 @@ def system_records(names: list[str]) -> dict[str, dict]:
 
 def write_results(results: dict, out: Path) -> None:
     """Summarise the runs of ``results`` and write classification.json, .md and .png into ``out``."""
-    from report import write_classification_figure, write_classification_markdown
+    from report import write_classification_figure, write_classification_markdown, write_reliability_figure
 
     results["summary"] = summarise(results["runs"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "classification.json").write_text(json.dumps(results, indent=1))
     write_classification_markdown(results, out / "classification.md")
     write_classification_figure(results, out / "classification.png")
+    write_reliability_figure(results, out / "classification_reliability.png")
 
 
 def summarise(runs: list[dict]) -> list[dict]:
