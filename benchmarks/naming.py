@@ -447,7 +447,8 @@ def check_mergeable(previous: dict, settings: dict, path: Path) -> None:
         found = ", ".join(f"{key}={previous.get(key)!r} there, {settings[key]!r} here" for key in differ)
         raise SystemExit(
             f"--merge: {path} was written with other settings ({found}); its rows cannot stand "
-            "beside this run's. Run with those settings, re-run every dataset, or use another --out."
+            "beside this run's. Run with those settings, pass --overwrite instead of --merge to replace "
+            "them, or use another --out."
         )
 
 
