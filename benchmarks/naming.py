@@ -14,14 +14,16 @@ For every labelled dataset with a marker database that covers its types, cells a
 * ``marker_gene_overlap``: :func:`scanpy.tl.marker_gene_overlap` of the Wilcoxon ranks with the
   database, the type with the largest overlap.
 
-All methods see the same clusters and the same PanglaoDB markers (human; immune and blood types
-for blood and tumour immune cells, pancreas types for pancreas). Each cluster's name is scored
+All methods see the same clusters and the same PanglaoDB markers (human markers with immune and
+blood types for blood and tumour immune cells, pancreas types for pancreas; mouse markers with
+brain and vasculature types for the mouse motor cortex). Each cluster's name is scored
 against the cluster's majority label through the Cell Ontology: correct when the name is the
 label's term, its parent (one ``is_a`` step up) or a descendant; wrong otherwise; "Unassigned"
 (and no name at all) counted apart. The margin rule's two settings (``min_margin``,
 ``min_overlap``) are chosen on the SELECTION datasets only and reported on the others.
 
-Run: ``python benchmarks/naming.py [--budget quick|full] [--out DIR]`` (one thread each).
+Run: ``python benchmarks/naming.py [--budget quick|full] [--out DIR]`` (one thread each);
+``--datasets NAME ... --merge`` re-runs some datasets and keeps the others' rows.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -39,25 +42,42 @@ import pandas as pd
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 from datasets import DATA_DIR, ONTOLOGY_FILE  # noqa: E402
+from datasets import DATASETS as LOADERS  # noqa: E402
 from naming_terms import DATABASE_TERMS, LABEL_TERMS  # noqa: E402
 
 RESULTS = BENCH_DIR / "results"
 PANGLAO = DATA_DIR / "markers" / "PanglaoDB_markers_27_Mar_2020.tsv.gz"
 IMMUNE = ["Immune system", "Blood"]
 PANCREAS = ["Pancreas"]
-#: dataset -> (file or loader name, PanglaoDB tissues)
+#: PanglaoDB files the brain's endothelial cells and pericytes under "Vasculature"
+BRAIN = ["Brain", "Vasculature"]
+
+
+class Source(NamedTuple):
+    """Where a dataset's cells come from and which PanglaoDB markers name them."""
+
+    #: file under the shared data folder, "scanpy" (pbmc68k_reduced) or a loader name of
+    #: ``datasets.py`` (MOp: its RNA modality with the global labels)
+    data: str
+    #: PanglaoDB organs
+    tissues: list[str]
+    #: PanglaoDB species ("human" or "mouse"): the markers of that species, in its symbol style
+    species: str = "human"
+
+
 DATASETS = {
-    "kang2018_pbmc_8k": ("kang2018_pbmc_8k.h5ad", IMMUNE),
-    "pbmc68k_reduced": ("scanpy", IMMUNE),
-    "spectra_tils_1k": ("spectra_tils_1k_lognorm.h5ad", IMMUNE),
-    "pbmc_ding_celseq2": ("transfer/pbmc_ding_celseq2_scmoo.h5ad", IMMUNE),
-    "pbmc_kang_ctrl": ("transfer/pbmc_kang_ctrl_muscat.h5ad", IMMUNE),
-    "pbmc_kang_stim": ("transfer/pbmc_kang_stim_muscat.h5ad", IMMUNE),
-    "pancreas_baron": ("transfer/pancreas_baron_cepo.h5ad", PANCREAS),
-    "pancreas_lawlor": ("transfer/pancreas_lawlor_cepo.h5ad", PANCREAS),
-    "pancreas_segerstolpe": ("transfer/pancreas_segerstolpe_cepo.h5ad", PANCREAS),
-    "pancreas_wang": ("transfer/pancreas_wang_scclassify.h5ad", PANCREAS),
-    "pancreas_xin": ("transfer/pancreas_xin_scclassify.h5ad", PANCREAS),
+    "kang2018_pbmc_8k": Source("kang2018_pbmc_8k.h5ad", IMMUNE),
+    "pbmc68k_reduced": Source("scanpy", IMMUNE),
+    "spectra_tils_1k": Source("spectra_tils_1k_lognorm.h5ad", IMMUNE),
+    "pbmc_ding_celseq2": Source("transfer/pbmc_ding_celseq2_scmoo.h5ad", IMMUNE),
+    "pbmc_kang_ctrl": Source("transfer/pbmc_kang_ctrl_muscat.h5ad", IMMUNE),
+    "pbmc_kang_stim": Source("transfer/pbmc_kang_stim_muscat.h5ad", IMMUNE),
+    "pancreas_baron": Source("transfer/pancreas_baron_cepo.h5ad", PANCREAS),
+    "pancreas_lawlor": Source("transfer/pancreas_lawlor_cepo.h5ad", PANCREAS),
+    "pancreas_segerstolpe": Source("transfer/pancreas_segerstolpe_cepo.h5ad", PANCREAS),
+    "pancreas_wang": Source("transfer/pancreas_wang_scclassify.h5ad", PANCREAS),
+    "pancreas_xin": Source("transfer/pancreas_xin_scclassify.h5ad", PANCREAS),
+    "mop_snareseq2": Source("mop", BRAIN, species="mouse"),
 }
 #: the margin rule is chosen on these datasets and reported on the others
 SELECTION = ("pbmc_ding_celseq2", "pbmc_kang_stim", "pancreas_xin")
@@ -70,7 +90,7 @@ QUERY_VARIANTS = {
     "enrichment": {"method": "enrichment"},
 }
 OVERLAPS = (1, 2, 3)
-MAX_CELLS = 3000  # Kang is subsampled to keep training small
+MAX_CELLS = 3000  # Kang and MOp are subsampled to keep training small
 EPOCHS = {"quick": 10, "full": 30}
 METHODS = (
     "nact",
@@ -94,13 +114,16 @@ def load(name: str, seed: int):
     import anndata as ad
     import scanpy as sc
 
-    source, _ = DATASETS[name]
+    source = DATASETS[name].data
     if source == "scanpy":
         reduced = sc.datasets.pbmc68k_reduced()  # X is scaled; raw holds log-normalised values
         adata = ad.AnnData(
             X=reduced.raw.X.copy(), obs=reduced.obs[["bulk_labels"]].copy(), var=reduced.raw.var
         )
         adata.obs["cell_type"] = adata.obs.pop("bulk_labels").astype(str)
+    elif source in LOADERS:
+        adata = LOADERS[source].load()
+        adata.obs["cell_type"] = adata.obs["cell_type"].astype(str)
     else:
         adata = ad.read_h5ad(DATA_DIR / source)
         adata.obs["cell_type"] = adata.obs["cell_type"].astype(str)
@@ -128,11 +151,11 @@ def lognormalised(adata):
     return work
 
 
-def database(tissues: list[str]) -> pd.DataFrame:
+def database(source: Source) -> pd.DataFrame:
+    """PanglaoDB markers of the dataset's species and organs."""
     import scsalient as ss
 
-    table = ss.datasets.marker_database(PANGLAO, species="human", tissue=tissues)
-    return table
+    return ss.datasets.marker_database(PANGLAO, species=source.species, tissue=source.tissues)
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,7 +345,7 @@ def run_dataset(name: str, judge: OntologyJudge, epochs: int, seed: int) -> dict
         str(c): labels.value_counts().index[0]
         for c, labels in adata.obs.groupby("leiden", observed=True)["cell_type"]
     }
-    db = database(DATASETS[name][1])
+    db = database(DATASETS[name])
 
     nact_variants, nact_info = nact_query(adata, db, epochs, seed)
     nact_results = nact_variants["likelihood"]
@@ -349,7 +372,8 @@ def run_dataset(name: str, judge: OntologyJudge, epochs: int, seed: int) -> dict
         "n_cells": int(adata.n_obs),
         "n_clusters": len(majority),
         "majority_labels": majority,
-        "database": f"PanglaoDB ({', '.join(DATASETS[name][1])}), {db['cell_type'].nunique()} types",
+        "database": f"PanglaoDB ({', '.join(DATASETS[name].tissues)}), {db['cell_type'].nunique()} types",
+        "species": DATASETS[name].species,
         "nact": nact_info,
         "names": names,
         "nact_results": nact_results,
@@ -405,13 +429,98 @@ def choose_rule(
     }
 
 
+# --------------------------------------------------------------------------------------------
+# keeping the datasets of an earlier invocation
+
+#: settings that must match for an earlier invocation's rows to stand beside this one's
+MERGE_SETTINGS = ("budget", "seed", "epochs", "max_cells", "default_rule")
+
+
+def _rule_key(rule: dict | None) -> tuple | None:
+    return None if rule is None else (rule["query"], rule["min_margin"], rule["min_overlap"])
+
+
+def check_mergeable(previous: dict, settings: dict, path: Path) -> None:
+    """Refuse to merge with an earlier ``naming.json`` run under other settings."""
+    differ = [key for key in MERGE_SETTINGS if previous.get(key) != settings[key]]
+    if differ:
+        found = ", ".join(f"{key}={previous.get(key)!r} there, {settings[key]!r} here" for key in differ)
+        raise SystemExit(
+            f"--merge: {path} was written with other settings ({found}); its rows cannot stand "
+            "beside this run's. Run with those settings, pass --overwrite instead of --merge to replace "
+            "them, or use another --out."
+        )
+
+
+def kept_datasets(previous: dict | None, rerun: list[str]) -> dict[str, dict]:
+    """The earlier invocation's per-dataset records (with their rule grids) not re-run now."""
+    if previous is None:
+        return {}
+    return {name: entry for name, entry in previous["datasets"].items() if name not in rerun}
+
+
+def merge_record(record: dict, previous: dict, path: Path) -> dict:
+    """Add to ``record`` the rows, clusters and records of the datasets it did not re-run.
+
+    The kept datasets' ``nact_chosen`` names were made with the earlier chosen rule, so the
+    rule of the merged record (chosen on the grids of both) must be the same one.
+    """
+    check_mergeable(previous, record, path)
+    kept = kept_datasets(previous, list(record["datasets"]))
+    if not kept:
+        return record
+    if _rule_key(previous.get("chosen_rule")) != _rule_key(record["chosen_rule"]):
+        raise SystemExit(
+            f"--merge: the margin rule chosen now ({_rule_key(record['chosen_rule'])}) differs from "
+            f"the one {path} named its datasets with ({_rule_key(previous.get('chosen_rule'))}); "
+            f"re-run every dataset so that all use one rule."
+        )
+    order = [name for name in DATASETS if name in kept or name in record["datasets"]]
+    order += [name for name in {**kept, **record["datasets"]} if name not in order]
+    clusters = {**previous["clusters"], **record["clusters"]}
+    datasets = {**kept, **record["datasets"]}
+    merged = dict(record)
+    merged["table"] = [row for row in previous["table"] if row["dataset"] in kept] + record["table"]
+    merged["clusters"] = {name: clusters[name] for name in order}
+    merged["datasets"] = {name: datasets[name] for name in order}
+    merged["kept_from_earlier_run"] = sorted(kept)
+    print(f"[naming] kept {len(kept)} dataset(s) of {path}: {', '.join(sorted(kept))}", flush=True)
+    return merged
+
+
+def check_nothing_lost(path: Path, datasets: list[str]) -> None:
+    """Refuse to replace a ``naming.json`` holding datasets this invocation does not run."""
+    if not path.exists():
+        return
+    lost = sorted(set(json.loads(path.read_text()).get("datasets", {})) - set(datasets))
+    if lost:
+        raise SystemExit(
+            f"{path} holds {len(lost)} dataset(s) this invocation does not run ({', '.join(lost)}): "
+            "pass --merge to keep them, --overwrite to replace the results, or --out another folder."
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", choices=["quick", "full"], default="quick")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
+    replace = parser.add_mutually_exclusive_group()
+    replace.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the datasets of an earlier naming.json in --out that this invocation does not run",
+    )
+    replace.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier naming.json in --out that holds datasets this invocation does not run",
+    )
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.datasets) - set(DATASETS))
+    if unknown:
+        parser.error(f"unknown dataset(s) {unknown}; choose from {list(DATASETS)}")
 
     import scanpy as sc
     import torch
@@ -419,10 +528,26 @@ def main(argv: list[str] | None = None) -> None:
     import scsalient as ss
     from scsalient.tl._query import DEFAULT_MIN_MARGIN, DEFAULT_MIN_OVERLAP
 
+    epochs = EPOCHS[args.budget]
+    default = {"min_margin": DEFAULT_MIN_MARGIN["likelihood"], "min_overlap": DEFAULT_MIN_OVERLAP}
+    settings = {
+        "budget": args.budget,
+        "seed": args.seed,
+        "epochs": epochs,
+        "max_cells": MAX_CELLS,
+        "default_rule": default,
+    }
+    result_path = args.out / "naming.json"
+    previous = None
+    if args.merge and result_path.exists():
+        previous = json.loads(result_path.read_text())
+        check_mergeable(previous, settings, result_path)  # before any training
+    elif not args.overwrite:
+        check_nothing_lost(result_path, args.datasets)
+
     torch.manual_seed(args.seed)
     sc.settings.verbosity = 0
     judge = OntologyJudge()
-    epochs = EPOCHS[args.budget]
     runs = {}
     for name in args.datasets:
         print(f"[naming] {name} ...", flush=True)
@@ -430,10 +555,11 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"[naming] {name}: {runs[name]['n_clusters']} clusters, {runs[name]['seconds']:.0f} s", flush=True
         )
-    missing = [name for name in SELECTION if name not in runs]
-    rule = choose_rule(runs) if not missing else None
-    rule_default_query = choose_rule(runs, variants=("likelihood",)) if not missing else None
-    default = {"min_margin": DEFAULT_MIN_MARGIN["likelihood"], "min_overlap": DEFAULT_MIN_OVERLAP}
+    # the rule is chosen on the selection datasets' grids, re-run or kept from the earlier run
+    grids = {**kept_datasets(previous, list(runs)), **runs}
+    missing = [name for name in SELECTION if name not in grids]
+    rule = choose_rule(grids) if not missing else None
+    rule_default_query = choose_rule(grids, variants=("likelihood",)) if not missing else None
 
     table, clusters = [], {}
     for name, run in runs.items():
@@ -465,24 +591,24 @@ def main(argv: list[str] | None = None) -> None:
             clusters[name][method] = rows
     record = {
         "benchmark": "naming",
-        "budget": args.budget,
-        "seed": args.seed,
-        "epochs": epochs,
-        "max_cells": MAX_CELLS,
-        "default_rule": default,
+        **settings,
         "chosen_rule": rule,
         "chosen_rule_default_query": rule_default_query,
         "selection_datasets": list(SELECTION),
         "table": table,
         "clusters": clusters,
         "datasets": {
-            name: {k: run[k] for k in ("n_cells", "n_clusters", "database", "nact", "seconds", "grid")}
+            name: {
+                k: run[k] for k in ("n_cells", "n_clusters", "database", "species", "nact", "seconds", "grid")
+            }
             for name, run in runs.items()
         },
         "package_version": ss.__version__,
     }
+    if previous is not None:
+        record = merge_record(record, previous, result_path)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "naming.json").write_text(json.dumps(record, indent=1, default=str))
+    result_path.write_text(json.dumps(record, indent=1, default=str))
     write_markdown(record, args.out / "naming.md")
     print((args.out / "naming.md").read_text())
 
@@ -495,15 +621,18 @@ def write_markdown(record: dict, path: Path) -> None:
         "",
         "Written by `benchmarks/naming.py`. Each dataset is clustered once (Leiden, scanpy defaults via "
         "`scsalient.pp.cluster_labels(resolution=1.0)`), and every method names the same clusters with the "
-        "same PanglaoDB markers (human; immune and blood types for blood and tumour immune cells, pancreas "
-        "types for pancreas). A name is **correct** when its Cell Ontology term is the term of the cluster's "
-        "majority label, that term's parent (one `is_a` step) or a descendant; otherwise **wrong**; "
-        '**unassigned** counts clusters written as "Unassigned" or left without a name. Coverage = named / '
-        "clusters; accuracy = correct / named. Term mappings: `benchmarks/naming_terms.py`.",
+        "same PanglaoDB markers (human markers with immune and blood types for blood and tumour immune "
+        "cells, pancreas types for pancreas; mouse markers with brain and vasculature types for the mouse "
+        "motor cortex, `mop_snareseq2`). A name is **correct** when its Cell Ontology term is the term of "
+        "the cluster's majority label, that term's parent (one `is_a` step) or a descendant; otherwise "
+        '**wrong**; **unassigned** counts clusters written as "Unassigned" or left without a name. '
+        "Coverage = named / clusters; accuracy = correct / named. Term mappings: "
+        "`benchmarks/naming_terms.py`.",
         "",
         f"N-ACT: one network (`n_ensemble=1`), {record['epochs']} epochs (batch 256) on the Leiden clusters "
         f"({record['budget']} budget); datasets above {record['max_cells']} cells are subsampled to "
-        f"{record['max_cells']} cells (Kang 2018: 8,684 -> 3,000). Seed {record['seed']}.",
+        f"{record['max_cells']} cells (Kang 2018: 8,684 -> 3,000; MOp: 10,309 -> 3,000). "
+        f"Seed {record['seed']}.",
         "",
         "Methods: `nact` = salient genes -> `query_cell_types` -> `annotate_clusters` with the margin rule "
         f"(`min_margin={default['min_margin']}`, `min_overlap={default['min_overlap']}`); "
