@@ -156,6 +156,11 @@ class ClassifierMixin(ExpressionModelMixin):
         self._calibrate()
         self._fit_familiarity()
 
+    def _validation_indices(self) -> np.ndarray:
+        """Indices of the validation cells of the last training run (empty without any)."""
+        validation = getattr(self, "validation_indices", None)
+        return np.asarray([] if validation is None else validation, dtype=np.int64)
+
     def _calibrate(self) -> None:
         """Temperature scaling of the predicted probabilities on the validation cells :cite:p:`Guo2017`.
 
@@ -164,8 +169,7 @@ class ClassifierMixin(ExpressionModelMixin):
         validation cells (``train_size=1``) the probabilities are left as they are.
         """
         self.module.set_temperature(1.0)
-        validation = getattr(self, "validation_indices", None)
-        validation = np.asarray([] if validation is None else validation, dtype=np.int64)
+        validation = self._validation_indices()
         settings_ = getattr(self, "training_settings_", None)
         if len(validation) == 0:
             logger.info("No validation cells: the predicted probabilities are not calibrated.")
@@ -194,8 +198,7 @@ class ClassifierMixin(ExpressionModelMixin):
         """
         familiarity = self.module.familiarity
         familiarity.__init__()  # a model trained again starts from an empty score
-        validation = getattr(self, "validation_indices", None)
-        validation = np.asarray([] if validation is None else validation, dtype=np.int64)
+        validation = self._validation_indices()
         settings_ = getattr(self, "training_settings_", None)
         if len(validation) == 0:
             logger.info("No validation cells: no familiarity score.")
