@@ -383,16 +383,12 @@ class SCTABModule(BaseModuleClass, TemperatureScaled):
         tensors: dict[str, torch.Tensor],
         inference_outputs: dict[str, torch.Tensor],
         generative_outputs: dict,
-        label_smoothing: float = 0.0,
     ) -> LossOutput:
         """Sum over members of the class-weighted cross-entropy minus ``lambda_sparse`` x mask entropy."""
         member_logits = inference_outputs["member_logits"]
         labels = tensors[REGISTRY_KEYS.LABELS_KEY].view(-1).long()
         ce = torch.stack(
-            [
-                F.cross_entropy(logits, labels, weight=self.class_weights, label_smoothing=label_smoothing)
-                for logits in member_logits
-            ]
+            [F.cross_entropy(logits, labels, weight=self.class_weights) for logits in member_logits]
         )
         loss = (ce - self.lambda_sparse * inference_outputs["mask_entropy"]).sum()
         return LossOutput(
