@@ -112,17 +112,18 @@ class SCTAB(SaveLoadMixin, ClassifierMixin, BaseModelClass):
     Notes
     -----
     **Network.** As in scTab: counts are normalised inside the model to log1p(CP10k)
-    (log-normalised input is used as given), batch-normalised, and passed to a TabNet
-    encoder with one decision step, ``n_d=128``, ``n_a=64``, one shared and one independent
-    GLU layer per feature transformer (scTab: 3 and 5), ghost batch norm (virtual batch 256), an attentive transformer with prior scaling
-    and 1.5-entmax masks, and a mask-entropy penalty ``lambda_sparse=1e-5``; a linear head maps
-    the decision features to the classes. The network is written here rather than taken from
-    ``pytorch-tabnet`` because every layer carries an ensemble-member dimension (all members
-    train in one batched pass, with separate weights, batch-norm statistics and per-member
-    gradient clipping), which ``pytorch-tabnet``'s modules do not support, and because its
-    training loop (its own ``fit``) does not fit into scvi-tools/Lightning. The 1.5-entmax
-    mapping comes from the ``entmax`` package (its authors' exact, sort-based implementation
-    with a closed-form backward pass), which we preferred to a re-implementation.
+    (log-normalised input is used as given) and passed, without scTab's input batch norm, to
+    a TabNet encoder with one decision step, ``n_d=128``, ``n_a=64``, one shared and one
+    independent GLU layer per feature transformer (scTab: 3 and 5), ghost batch norm (virtual
+    batch 256), an attentive transformer with prior scaling and 1.5-entmax masks, and a
+    mask-entropy penalty ``lambda_sparse=1e-5``; a linear head maps the decision features to
+    the classes. The network is written here rather than taken from ``pytorch-tabnet``
+    because every layer carries an ensemble-member dimension (all members train in one
+    batched pass, with separate weights, batch-norm statistics and per-member gradient
+    clipping), which ``pytorch-tabnet``'s modules do not support, and because its training
+    loop (its own ``fit``) does not fit into scvi-tools/Lightning. The 1.5-entmax mapping
+    comes from the ``entmax`` package (its authors' exact, sort-based implementation with a
+    closed-form backward pass), which we preferred to a re-implementation.
 
     **Depth.** scTab's feature transformers stack 3 shared and 5 independent GLU layers. On
     references of a few hundred cells that network varied from seed to seed and often fitted

@@ -218,7 +218,7 @@ class SCTABModule(BaseModuleClass, TemperatureScaled):
     virtual_batch_size
         Cells per ghost batch.
     momentum
-        Momentum of the ghost batch norms (the input batch norm uses 0.01, as TabNet).
+        Momentum of the ghost batch norms.
     lambda_sparse
         Weight of the mask-entropy (sparsity) penalty.
     mask_init_scale
