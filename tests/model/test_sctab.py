@@ -376,6 +376,8 @@ def test_bad_inputs_raise(sim):
         model.train(max_epochs=1, preset="fast")
     with pytest.raises(TypeError, match="average_epochs"):
         model.train(max_epochs=1, average_epochs=1)
+    with pytest.raises(TypeError, match="label_smoothing.*removed"):
+        model.train(max_epochs=1, plan_kwargs={"label_smoothing": 0.1})
     dense = sim[:50].copy()
     dense.X = dense.X.toarray()
     dense.X[0, 0] = -1

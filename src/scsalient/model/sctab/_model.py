@@ -404,6 +404,12 @@ class SCTAB(SaveLoadMixin, ClassifierMixin, BaseModelClass):
         **trainer_kwargs
             Passed to :class:`~scvi.train.Trainer` (e.g. ``enable_progress_bar=False``,
             ``strategy="ddp"``).
+
+        Raises
+        ------
+        TypeError
+            If given ``average_epochs`` (N-ACT's weight averaging) or
+            ``plan_kwargs={"label_smoothing": ...}`` (removed: no default used it).
         """
         if preset not in ("auto", "paper"):
             raise ValueError(f"preset must be 'auto' or 'paper', got {preset!r}.")
@@ -411,6 +417,11 @@ class SCTAB(SaveLoadMixin, ClassifierMixin, BaseModelClass):
             # measured on MOp: a 3-epoch average of SCTAB's weights scored at chance while the
             # network itself learnt (not investigated further)
             raise TypeError("SCTAB.train() has no weight averaging (average_epochs): it is NACT's.")
+        if "label_smoothing" in (plan_kwargs or {}):
+            raise TypeError(
+                "SCTAB.train() got plan_kwargs={'label_smoothing': ...}: the option was removed, as no "
+                "default used it. Leave it out."
+            )
         n_train = int(round(self.adata.n_obs * train_size))
         settings_ = dict(PAPER) if preset == "paper" else auto_training(n_train)
         for name, value in (("lr", lr), ("weight_decay", weight_decay), ("batch_size", batch_size),
