@@ -67,6 +67,8 @@ SCANVI_BATCH = 128
 DATASETS_USED = ("kang", "kang_stim", "mop")
 #: at most this many training cells per dataset (a stratified subsample above it)
 MAX_TRAIN = {"quick": 1500, "full": 5000}
+#: every network the benchmark trains
+NETWORK_NAMES = ("NACT", "SCTAB", "scANVI", "LR")
 #: evaluation cells per dataset (a random subsample of the test cells)
 N_EVAL = {"quick": 300, "full": 2000}
 #: scVI / scANVI epochs (peers.md protocol: 100 / 20)
@@ -550,9 +552,18 @@ def cost_record(folder: Path, n_cells: int) -> dict:
 
 
 def run_dataset(
-    name: str, budget: str, seed: int, cost_cells: int, lock: Path | None, models_dir: Path | None = None
+    name: str,
+    budget: str,
+    seed: int,
+    cost_cells: int,
+    lock: Path | None,
+    models_dir: Path | None = None,
+    only: tuple[str, ...] = NETWORK_NAMES,
 ) -> dict:
-    """Train the networks on one dataset, score every explanation and (``cost_cells`` > 0) time them."""
+    """Train the networks on one dataset, score every explanation and (``cost_cells`` > 0) time them.
+
+    ``only`` names the networks to train (all by default): the others are left out of the record.
+    """
     import torch
     from datasets import LABEL_KEY, load_split
 
@@ -566,10 +577,11 @@ def run_dataset(
         rng = np.random.default_rng(seed)
         keep = np.sort(rng.choice(test.n_obs, min(N_EVAL[budget], test.n_obs), replace=False))
         adata_eval = test[keep].copy()
-        networks = [OurNetwork.train(m, train, LABEL_KEY, seed) for m in ("NACT", "SCTAB")]
-        if dataset.input == "counts":
+        networks = [OurNetwork.train(m, train, LABEL_KEY, seed) for m in ("NACT", "SCTAB") if m in only]
+        if dataset.input == "counts" and "scANVI" in only:
             networks.append(ScanviNetwork.train(train, LABEL_KEY, seed))
-        networks.append(LogRegNetwork.train(train, LABEL_KEY, seed))
+        if "LR" in only:
+            networks.append(LogRegNetwork.train(train, LABEL_KEY, seed))
         record = {
             "title": dataset.title,
             "input": dataset.input,
@@ -741,6 +753,12 @@ def write_markdown(record: dict, path: Path) -> None:
         "",
         f"Budget **{record['budget']}**, seed {record['seed']}, started {record['started']}, package at "
         f"commit `{record['git'].get('commit', '?')[:10]}`; {record['threads']} thread(s), 2 CPU cores.",
+        *[
+            f"{', '.join(update['networks'])} retrained and rescored on {', '.join(update['datasets'])} "
+            f"(same cells) in the run started {update['started']}, package at commit "
+            f"`{update['git'].get('commit', '?')[:10]}`."
+            for update in record.get("updates", [])
+        ],
         "",
         "For each evaluation cell, the top-k genes of its explanation are zeroed (**deletion**: from the "
         "intact cell; lower area = more faithful) or put back into the all-zero cell (**insertion**: higher "
@@ -890,6 +908,14 @@ def main(argv: list[str] | None = None) -> None:
         help="score and time, on the networks saved here, the explanations the JSON lacks",
     )
     parser.add_argument("--combine", type=Path, nargs="+", default=None, help="merge these folders' JSON")
+    parser.add_argument(
+        "--networks",
+        nargs="+",
+        choices=NETWORK_NAMES,
+        default=None,
+        help="train and score only these networks, replacing their entries in the JSON of --out "
+        "(the other networks' entries are kept; e.g. after a model's defaults changed)",
+    )
     parser.add_argument("--cost-one", nargs=3, metavar=("FOLDER", "NETWORK", "KEY"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -935,6 +961,9 @@ def main(argv: list[str] | None = None) -> None:
                     )
         write_all(record, args.out)
         return
+    if args.networks:
+        update_networks(args)
+        return
     started = dt.datetime.now().astimezone()
     clock = time.perf_counter()
     record = {
@@ -956,6 +985,34 @@ def main(argv: list[str] | None = None) -> None:
         )
         record["total_seconds"] = time.perf_counter() - clock
         (args.out / "faithfulness.json").write_text(json.dumps(record, indent=1))
+    write_all(record, args.out)
+
+
+def update_networks(args: argparse.Namespace) -> None:
+    """Retrain ``args.networks`` on every dataset of the stored record and replace their entries.
+
+    The same budget and seed as the stored record, so the training and evaluation cells are the
+    same; each update is listed under ``"updates"`` (when, which commit, which networks).
+    """
+    from run import git_state
+
+    path = args.out / "faithfulness.json"
+    record = json.loads(path.read_text())
+    if (args.budget, args.seed) != (record["budget"], record["seed"]):
+        raise SystemExit(
+            f"--budget/--seed must match the stored record ({record['budget']}, seed {record['seed']})"
+        )
+    started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    for name in args.datasets:
+        fresh = run_dataset(
+            name, args.budget, args.seed, args.cost_cells, args.lock, args.models_dir, tuple(args.networks)
+        )
+        stored = record["datasets"].setdefault(name, {**fresh, "models": {}})
+        stored["models"].update(fresh["models"])
+        path.write_text(json.dumps(record, indent=1))
+    record.setdefault("updates", []).append(
+        {"started": started, "git": git_state(), "networks": args.networks, "datasets": args.datasets}
+    )
     write_all(record, args.out)
 
 
