@@ -77,3 +77,45 @@ def test_optimizer_is_fused(optimizer):
     opt = plan.configure_optimizers()["optimizer"]
     assert type(opt).__name__ == optimizer and opt.defaults["fused"] is True
     assert opt.defaults["lr"] == 1e-3 and opt.defaults["weight_decay"] == 1e-6
+
+
+def test_read_outs_from_sparse_accessibility_are_the_dense_maths():
+    """translate, the latent and the attention read sparse accessibility from its entries, unchanged."""
+    import anndata as ad
+    import mudata as md
+    import numpy as np
+    from scipy import sparse
+
+    import scsalient as ss
+
+    rng = np.random.default_rng(0)
+    n_cells = 120
+    rna = ad.AnnData(sparse.csr_matrix(rng.poisson(2.0, (n_cells, N_GENES)).astype(np.float32)))
+    rna.var_names = [f"g{i}" for i in range(N_GENES)]
+    atac_x = (rng.random((n_cells, N_PEAKS)) < 0.02).astype(np.float32)
+    atac = ad.AnnData(sparse.csr_matrix(atac_x))
+    atac.var_names = [f"chr1:{1000 * i}-{1000 * i + 500}" for i in range(N_PEAKS)]
+    with md.set_options(pull_on_update=False):
+        mdata = md.MuData({"rna": rna, "atac": atac})
+    ss.model.Translator.setup_mudata(mdata)
+    model = ss.model.Translator(mdata, n_ensemble=2, atac_attention_rank=8)  # low rank, as with many regions
+    model.train(max_epochs=1, enable_progress_bar=False)
+    module = model.module
+    assert module.reads_entries("atac", module.prepare("atac", torch.as_tensor(atac_x)))
+    calls = []
+    encode_sparse = module.encode_sparse
+    module.encode_sparse = lambda *args: calls.append(1) or encode_sparse(*args)
+    outputs = {
+        "rna": model.translate(mdata["atac"], to="rna").X,
+        "latent": model.get_latent_representation(mdata["atac"], modality="atac"),
+        "attention": model.get_attention(mdata["atac"], "atac").to_numpy(),
+    }
+    assert len(calls) >= 3  # every read-out took the sparse path
+    module.reads_entries = lambda *args: False  # the dense maths
+    dense = {
+        "rna": model.translate(mdata["atac"], to="rna").X,
+        "latent": model.get_latent_representation(mdata["atac"], modality="atac"),
+        "attention": model.get_attention(mdata["atac"], "atac").to_numpy(),
+    }
+    for key, value in dense.items():
+        np.testing.assert_allclose(outputs[key], value, rtol=1e-4, atol=1e-5, err_msg=key)

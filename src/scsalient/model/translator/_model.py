@@ -652,7 +652,10 @@ class Translator(SaveLoadMixin, TrainingMixin, BaseModelClass):
     ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         """Yield ``(start, latents, attention, batch_index)`` per block of cells, without gradients.
 
-        ``latents`` is ``(n_members, cells, n_latent)``, ``attention`` the members' mean.
+        ``latents`` is ``(n_members, cells, n_latent)``, ``attention`` the members' mean (dense).
+        Sparse accessibility is encoded from its non-zero entries, as in training (the same maths,
+        up to rounding): with 0.4% of 25,734 regions accessible per nucleus this is most of the
+        cost of translating accessibility into expression.
         """
         self.module.eval()
         device = self.device
@@ -662,7 +665,11 @@ class Translator(SaveLoadMixin, TrainingMixin, BaseModelClass):
             dense = block.toarray() if hasattr(block, "toarray") else block
             h = self.module.prepare(modality, torch.as_tensor(dense, dtype=torch.float32, device=device))
             with torch.inference_mode():
-                z, attention = self.module.encode(modality, h)
+                if self.module.reads_entries(modality, h):
+                    z, attention = self.module.encode_sparse(modality, h)
+                    attention = attention.to_dense()
+                else:
+                    z, attention = self.module.encode(modality, h)
             codes = None
             if batch_codes is not None:
                 codes = torch.as_tensor(batch_codes[start : start + len(h)], device=device)[:, None]
