@@ -73,9 +73,9 @@ BUDGETS = {
     "small": {
         "scenarios": ["modules", "celltypes"],
         "data_seeds": [0, 1],
-        "stability_seeds": [0, 1],
+        "stability_seeds": [0, 1, 2],
         "kang_cells": 2000,
-        "kang_seeds": [0, 1],
+        "kang_seeds": [0, 1, 2],
         "transfer": [],
     },
     "quick": {
@@ -544,6 +544,7 @@ def write(results: dict, budget: str, out_dir: Path, started: str, seconds: floa
         f"{git_line(results['git'])} Made by `benchmarks/modules.py` (its docstring describes every "
         "system and metric).",
         "",
+        *[line for note in results.get("notes", []) for line in (note, "")],
     ]
     if any(r["part"] == "sim" for r in records):
         lines += [
