@@ -87,6 +87,7 @@ EXTRA_BENCHMARKS = [
     "translation.py",
     "translation.py --merge --systems translator --n-ensemble 1",
     "translation.py --merge --systems translator --n-ensemble 1 --dropout 0.7",
+    "translate_speed.py",
     "scale.py",
     "faithfulness.py",
 ]
