@@ -88,6 +88,7 @@ EXTRA_BENCHMARKS = [
     "translation.py --merge --systems translator --n-ensemble 1",
     "translation.py --merge --systems translator --n-ensemble 1 --dropout 0.7",
     "translate_speed.py",
+    "nact_flops.py",
     "scale.py",
     "faithfulness.py",
 ]
