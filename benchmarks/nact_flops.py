@@ -136,6 +136,7 @@ def main() -> None:
     parser.add_argument("--budget", choices=["quick", "full"], default="full", help="quick: Kang only")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    from report import write_results
     from run import git_state
     from systems import _quiet_lightning
 
@@ -153,10 +154,7 @@ def main() -> None:
     for name in datasets:
         record["runs"].append(measure(name, args.seed))
         print(json.dumps(record["runs"][-1]), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "nact_flops.json").write_text(json.dumps(record, indent=1))
-    (args.out / "nact_flops.md").write_text(render(record))
-    print(render(record))
+    write_results(args.out, "nact_flops", record, render(record))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from collections import Counter
 from pathlib import Path
@@ -10,6 +11,14 @@ import numpy as np
 from datasets import DATASETS, SELECTION_TASKS
 from paired import paired_difference
 from peers import CLASSIFICATION, NEVER_RUN, PEERS_SOURCE, SYSTEM_TO_PEER
+
+
+def write_results(out: Path, stem: str, record: dict, markdown: str) -> None:
+    """Write ``<stem>.json`` (the record) and ``<stem>.md`` (its report) into ``out``; print the report."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(record, indent=1))
+    (out / f"{stem}.md").write_text(markdown)
+    print(markdown)
 
 
 def fmt(stat: dict | None, digits: int = 3) -> str:

@@ -197,6 +197,7 @@ def main() -> None:
     quick = args.budget == "quick"
     args.repeats = args.repeats or (3 if quick else 5)
     args.error_cells = args.error_cells or (5 if quick else 10)
+    from report import write_results
     from run import git_state
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -226,10 +227,7 @@ def main() -> None:
     record["error_fit_seconds"] = seconds
     record["error"] = expectation_error(model, mdata, test, args.error_cells, args.seed)
     print(json.dumps(record["error"]), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "translate_speed.json").write_text(json.dumps(record, indent=1))
-    (args.out / "translate_speed.md").write_text(render(record))
-    print(render(record))
+    write_results(args.out, "translate_speed", record, render(record))
 
 
 if __name__ == "__main__":
