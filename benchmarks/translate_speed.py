@@ -101,20 +101,20 @@ def expectation_error(model, mdata, test: np.ndarray, n_cells: int, seed: int) -
     cells = np.sort(rng.choice(test, min(n_cells, len(test)), replace=False))
     adata, x = model._aligned(mdata["atac"][cells].copy(), "atac")
     errors, means, thetas, seconds_fast, seconds_exact = [], [], [], 0.0, 0.0
-    torch.set_grad_enabled(False)
-    for _, z, _, batch_index in model._iter_encoded(x, None, "atac", 256, "error"):
-        log_rho, log_library = model.module.decode_rna(z, batch_index, None)
-        theta = model.module.log_theta_for(None).exp()
-        for member in range(log_rho.shape[0]):
-            started = time.perf_counter()
-            fast = expected_log1p_cp10k(log_rho[member], log_library[member], theta[member]).double()
-            seconds_fast += time.perf_counter() - started
-            started = time.perf_counter()
-            exact = expected_log1p_cp10k_exact(log_rho[member], log_library[member], theta[member])
-            seconds_exact += time.perf_counter() - started
-            errors.append((fast - exact).abs().flatten().numpy())
-            means.append((log_rho[member].exp() * log_library[member].exp()[:, None]).flatten().numpy())
-            thetas.append(theta[member].expand_as(log_rho[member]).flatten().numpy())
+    with torch.inference_mode():
+        for _, z, _, batch_index in model._iter_encoded(x, None, "atac", 256, "error"):
+            log_rho, log_library = model.module.decode_rna(z, batch_index, None)
+            theta = model.module.log_theta_for(None).exp()
+            for member in range(log_rho.shape[0]):
+                started = time.perf_counter()
+                fast = expected_log1p_cp10k(log_rho[member], log_library[member], theta[member]).double()
+                seconds_fast += time.perf_counter() - started
+                started = time.perf_counter()
+                exact = expected_log1p_cp10k_exact(log_rho[member], log_library[member], theta[member])
+                seconds_exact += time.perf_counter() - started
+                errors.append((fast - exact).abs().flatten().numpy())
+                means.append((log_rho[member].exp() * log_library[member].exp()[:, None]).flatten().numpy())
+                thetas.append(theta[member].expand_as(log_rho[member]).flatten().numpy())
     error, mean = np.concatenate(errors), np.concatenate(means)
     return {
         "n_cells": int(len(cells)),

@@ -130,9 +130,9 @@ class SCTAB(SaveLoadMixin, ClassifierMixin, BaseModelClass):
     features of the reference that did not carry over to a query from another condition or
     study. One layer of each, over three seeds: Kang control -> stimulated macro-F1 0.896
     (deep 0.858, seeds 0.789-0.906), PBMC 10x -> CEL-Seq2 0.799 (0.776), tumour
-    micro-environment -> melanoma 0.542 (0.463); cell lines 10x -> Drop-seq 0.960 (0.971, within
-    the seed spread) and MOp's and Kang's held-out training cells unchanged, at 0.6-0.8 of the
-    training time (``benchmarks/results/defaults.md``). At atlas scale the deeper network may
+    micro-environment -> melanoma 0.542 (0.463); cell lines CEL-Seq2 -> Drop-seq 0.960 (0.971,
+    within the seed spread) and MOp's and Kang's held-out training cells unchanged, at 0.6-0.8
+    of the training time (``benchmarks/results/defaults.md``). At atlas scale the deeper network may
     pay off (untested here); ``n_shared=3, n_independent=5`` restores it.
 
     **Training** (:meth:`train`). Class-weighted cross-entropy

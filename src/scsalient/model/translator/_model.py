@@ -665,11 +665,9 @@ class Translator(SaveLoadMixin, TrainingMixin, BaseModelClass):
             dense = block.toarray() if hasattr(block, "toarray") else block
             h = self.module.prepare(modality, torch.as_tensor(dense, dtype=torch.float32, device=device))
             with torch.inference_mode():
-                if self.module.reads_entries(modality, h):
-                    z, attention = self.module.encode_sparse(modality, h)
+                z, attention = self.module.encode_fastest(modality, h)
+                if attention.is_sparse:
                     attention = attention.to_dense()
-                else:
-                    z, attention = self.module.encode(modality, h)
             codes = None
             if batch_codes is not None:
                 codes = torch.as_tensor(batch_codes[start : start + len(h)], device=device)[:, None]
