@@ -412,3 +412,73 @@ def test_training_from_a_zarr_store_reads_blocks(sim, tmp_path, monkeypatch):
     held_out = model.validation_indices
     truth = on_disk.obs["cell_type"].to_numpy()[held_out]
     assert f1_score(truth, model.predict(indices=held_out), average="macro") >= 0.8
+
+
+@pytest.mark.parametrize("n_steps", [1, 3])
+def test_masks_with_the_implicit_first_prior_are_tabnets(n_steps):
+    # TabNet's prior starts at ones and is updated after every step; the module skips the ones
+    # (and the update after the last step) to save memory: the masks, embeddings and gradients
+    # must be those of the written-out recursion
+    from entmax import entmax15
+
+    from scsalient.model.base._components import MASKED_LOGIT
+
+    torch.manual_seed(0)
+    module = ss.model.sctab._module.SCTABModule(
+        300, 4, n_members=2, n_d=8, n_a=8, n_steps=n_steps, virtual_batch_size=16
+    ).train()
+    x = torch.poisson(torch.rand(16, 300) * 2)
+    views = ss.model.sctab._module.per_member(module.prepare_input(x), 2)
+
+    def reference():
+        expressed = views != 0
+        a = module.initial_transformer(views)[..., module.n_d :]
+        prior, embedding, importance = torch.ones_like(views), 0, 0
+        for attentive, transformer in zip(module.attentive, module.step_transformers):
+            logits = (attentive.bn(attentive.fc(a)) * prior).masked_fill(~expressed, MASKED_LOGIT)
+            mask = entmax15(logits, dim=-1, k=attentive.k)
+            prior = (module.gamma - mask) * prior
+            out = transformer(mask * views)
+            d = torch.relu(out[..., : module.n_d])
+            embedding = embedding + d
+            importance = importance + mask * d.sum(-1, keepdim=True)
+            a = out[..., module.n_d :]
+        return embedding, (importance / importance.sum(-1, keepdim=True) if n_steps > 1 else mask)
+
+    def written():
+        out = module.inference_from_views(views)
+        return out["embedding"], out["mask"]
+
+    results = []
+    for run in (reference, written):
+        module.zero_grad()
+        embedding, mask = run()
+        (embedding.sum() + (mask * torch.arange(300)).sum()).backward()
+        grads = [p.grad.clone() for p in module.parameters() if p.grad is not None]
+        results.append((embedding.detach(), mask.detach(), grads))
+    (e1, m1, g1), (e2, m2, g2) = results
+    torch.testing.assert_close(e2, e1)
+    torch.testing.assert_close(m2, m1)
+    assert len(g1) == len(g2)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(b, a)
+
+
+def test_mask_entropy_is_the_written_out_sum_with_its_gradient():
+    from scsalient.model.sctab._module import mask_entropy
+
+    g = torch.Generator().manual_seed(0)
+    raw = torch.rand(2, 5, 7, generator=g, dtype=torch.float64)
+    raw[raw < 0.4] = 0  # exact zeros, as entmax gives
+    mask = (raw / raw.sum(-1, keepdim=True)).requires_grad_()
+    weights = torch.tensor([0.3, -1.7], dtype=torch.float64)
+    (mask_entropy(mask) * weights).sum().backward()
+    ours = mask.grad.clone()
+    mask.grad = None
+    written = (mask * torch.log(mask + 1e-15)).sum(-1).mean(-1)
+    (written * weights).sum().backward()
+    torch.testing.assert_close(mask_entropy(mask.detach()), written.detach())
+    torch.testing.assert_close(ours, mask.grad)
+    assert torch.autograd.gradcheck(
+        lambda m: mask_entropy(m, 1e-3), (mask.detach().clamp_min(0.01).requires_grad_(),)
+    )

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from scvi import REGISTRY_KEYS
 
-from scsalient.model.translator._model import TranslatorTrainingPlan
 from scsalient.model.translator._module import TranslatorModule
 
 N_GENES, N_PEAKS, N_CELLS = 30, 500, 16
@@ -69,14 +67,6 @@ def test_dense_inputs_and_full_attention_keep_the_dense_maths():
     assert not module.reads_entries("atac", h)  # half the regions accessible: dense is cheaper
     full = TranslatorModule(N_GENES, N_PEAKS, atac_attention_rank=None)
     assert not full.reads_entries("atac", (h[:, :N_PEAKS] > 2).float())
-
-
-@pytest.mark.parametrize("optimizer", ["AdamW", "Adam"])
-def test_optimizer_is_fused(optimizer):
-    plan = TranslatorTrainingPlan(_module(), lr=1e-3, optimizer=optimizer)
-    opt = plan.configure_optimizers()["optimizer"]
-    assert type(opt).__name__ == optimizer and opt.defaults["fused"] is True
-    assert opt.defaults["lr"] == 1e-3 and opt.defaults["weight_decay"] == 1e-6
 
 
 def test_read_outs_from_sparse_accessibility_are_the_dense_maths():

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from scvi.module.base import BaseModuleClass, LossOutput
 
 MODES = ("train", "validation")
+#: devices on which the optimiser runs fused (PyTorch's single-kernel Adam/AdamW)
+FUSED_OPTIMIZER_DEVICES = ("cpu", "cuda")
 #: metric used for early stopping and best-epoch selection (unless a distillation selects on the KL)
 MONITOR = "f1_macro_validation"
 
@@ -44,6 +46,27 @@ class EpochTrainingPlan(TrainingPlan):
     def on_train_start(self) -> None:
         """Put the module in training mode (Lightning >= 2.6 no longer does)."""
         self.module.train()
+
+    def get_optimizer_creator(self):
+        """The optimiser, as scvi-tools builds it, but with PyTorch's fused (single-kernel) update.
+
+        The same Adam or AdamW maths in one pass over the parameters. PyTorch's default
+        (``foreach``) update makes temporary copies of every parameter tensor (the square root of
+        the second moment, and for Adam the L2-decayed gradient): with a wide first layer (a
+        five-member SCTAB over 25,000 genes holds ~48M weights in it) those copies raise the peak
+        memory of training by hundreds of MB, and the per-tensor loop costs N-ACT about a tenth of
+        its training time on one CPU thread. Devices without a fused kernel get the default.
+        """
+        if self.optimizer_name not in ("Adam", "AdamW"):
+            return super().get_optimizer_creator()
+        cls = torch.optim.AdamW if self.optimizer_name == "AdamW" else torch.optim.Adam
+
+        def create(params):
+            params = list(params)
+            fused = all(p.device.type in FUSED_OPTIMIZER_DEVICES and p.is_floating_point() for p in params)
+            return cls(params, lr=self.lr, eps=self.eps, weight_decay=self.weight_decay, fused=fused or None)
+
+        return create
 
     def log_epoch(self, name: str, value, n_obs: int) -> None:
         """Log ``value`` as the epoch mean of ``name``, weighted by the cells of each minibatch.

@@ -25,6 +25,33 @@ _ENTMAX_FULL_SORT_MAX = 1024
 _ENTMAX_TOPK = 256
 
 
+class _MaskEntropy(torch.autograd.Function):
+    r""":math:`\sum_g M_g \log(M_g + \epsilon)` per cell, averaged over cells: ``(E, B, G) -> (E,)``.
+
+    The same value and gradient as writing it out with tensor operations, which keeps two more
+    cells x genes tensors per member (``M + eps`` and its log) alive until the backward pass; this
+    keeps only ``M`` (already kept by the entmax) and recomputes the log in the backward pass.
+    """
+
+    @staticmethod
+    def forward(ctx, mask: torch.Tensor, eps: float) -> torch.Tensor:
+        ctx.save_for_backward(mask)
+        ctx.eps = eps
+        return (mask * torch.log(mask + eps)).sum(-1).mean(-1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (mask,) = ctx.saved_tensors
+        shifted = mask + ctx.eps
+        local = torch.log(shifted).add_(mask / shifted)
+        return local.mul_((grad / mask.shape[-2])[..., None, None]), None
+
+
+def mask_entropy(mask: torch.Tensor, eps: float = 1e-15) -> torch.Tensor:
+    """Negative entropy of the masks, per member: see :class:`_MaskEntropy`."""
+    return _MaskEntropy.apply(mask, eps)
+
+
 class MemberLinear(nn.Module):
     """``n_members`` independent linear maps (no bias), applied in one batched product.
 
@@ -172,10 +199,16 @@ class AttentiveTransformer(nn.Module):
         nn.init.constant_(self.bn.bn.weight, init_scale)
         self.k = None if n_genes <= _ENTMAX_FULL_SORT_MAX else _ENTMAX_TOPK
 
-    def forward(self, prior: torch.Tensor, a: torch.Tensor, expressed: torch.Tensor) -> torch.Tensor:
-        """Sparse mask over the genes each cell expresses (``expressed``), rows summing to 1."""
-        logits = (self.bn(self.fc(a)) * prior).masked_fill(~expressed, MASKED_LOGIT)
-        return entmax15(logits, dim=-1, k=self.k)
+    def forward(self, prior: torch.Tensor | None, a: torch.Tensor, expressed: torch.Tensor) -> torch.Tensor:
+        """Sparse mask over the genes each cell expresses (``expressed``), rows summing to 1.
+
+        ``prior`` ``None`` stands for a prior of ones (the first step), saving two cells x genes
+        tensors per member.
+        """
+        logits = self.bn(self.fc(a))
+        if prior is not None:
+            logits = logits * prior
+        return entmax15(logits.masked_fill(~expressed, MASKED_LOGIT), dim=-1, k=self.k)
 
 
 class SCTABModule(BaseModuleClass, TemperatureScaled):
@@ -319,15 +352,16 @@ class SCTABModule(BaseModuleClass, TemperatureScaled):
         x = views
         expressed = x != 0
         a = self.initial_transformer(x)[..., self.n_d :]
-        prior = torch.ones_like(x)
+        prior = None  # ones at the first step; kept only while a later step needs it
         embedding = torch.zeros(*x.shape[:2], self.n_d, device=x.device, dtype=x.dtype)
         importance = torch.zeros_like(x) if self.n_steps > 1 else None
         entropy = x.new_zeros(self.n_members)
         mask = None
-        for attentive, transformer in zip(self.attentive, self.step_transformers):
+        for step, (attentive, transformer) in enumerate(zip(self.attentive, self.step_transformers)):
             mask = attentive(prior, a, expressed)
-            entropy = entropy + (mask * torch.log(mask + 1e-15)).sum(-1).mean(-1)
-            prior = (self.gamma - mask) * prior
+            entropy = entropy + mask_entropy(mask)
+            if step + 1 < self.n_steps:
+                prior = self.gamma - mask if prior is None else (self.gamma - mask) * prior
             out = transformer(mask * x)
             d = F.relu(out[..., : self.n_d])
             embedding = embedding + d
