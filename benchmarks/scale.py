@@ -112,13 +112,15 @@ def train_from_disk(
     rss_after_training = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     n_train = int(round(adata.n_obs * 0.9))
     used_batch = int(getattr(model, "training_settings_", {}).get("batch_size", batch_size))
-    trained = n_train if max_batches is None else min(n_train, max_batches * used_batch)
+    per_pass = int(getattr(model, "training_settings_", {}).get("cells_per_forward_pass", used_batch))
+    trained = n_train if max_batches is None else min(n_train, max_batches * per_pass)
     row = {
         "model": model_name,
         "n_members": int(model.module.n_members),
         "n_cells": adata.n_obs,
         "n_genes": adata.n_vars,
         "batch_size": used_batch,
+        "cells_per_forward_pass": per_pass,
         "cells_trained": trained,
         "setup_seconds": round(setup_seconds, 1),
         "train_seconds": round(train_seconds, 1),
@@ -155,7 +157,9 @@ def main() -> None:
     parser.add_argument("--genes", type=int, default=N_GENES, help="genes of the synthetic data (2,000)")
     parser.add_argument("--model", choices=["sctab", "nact"], default="sctab")
     parser.add_argument("--annotate", action="store_true", help="also annotate every cell after training")
-    parser.add_argument("--max-batches", type=int, help="end the epoch after this many minibatches")
+    parser.add_argument(
+        "--max-batches", type=int, help="end the epoch after this many forward passes (minibatches or parts)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
     parser.add_argument("--batch-size", type=int, help="default: the model's (SCTAB, 2,000 genes: 2,048)")
     parser.add_argument("--workdir", type=Path, default=BENCH_DIR / "results" / "scale_data")

@@ -482,3 +482,54 @@ def test_mask_entropy_is_the_written_out_sum_with_its_gradient():
     assert torch.autograd.gradcheck(
         lambda m: mask_entropy(m, 1e-3), (mask.detach().clamp_min(0.01).requires_grad_(),)
     )
+
+
+def test_wide_minibatches_run_in_parts_of_whole_ghost_batches():
+    from scsalient.model.sctab._model import MAX_STEP_VALUES, micro_batch_size
+
+    # the benchmark's largest reference (7,844 training cells: batches of 256) is never split
+    assert micro_batch_size(256, 5, 40_000, 256) == 256
+    # 100,000 cells x 25,000 genes, five members: batches of 2,048 in eight parts of 256
+    assert micro_batch_size(2048, 5, 25_000, 256) == 256
+    assert micro_batch_size(2048, 1, 25_000, 256) == 1024  # 1,024 x 25,000 fits under the cap
+    assert 1024 * 25_000 <= MAX_STEP_VALUES < 2048 * 25_000
+    assert micro_batch_size(2048, 5, 2_000, 256) == 2048  # narrow enough as it is
+    assert micro_batch_size(1000, 5, 25_000, 256) == 1000  # 256 does not divide 1,000: not split
+    assert micro_batch_size(2048, 5, 25_000, None) == 2048  # no ghost batches: not split
+
+
+def test_parts_of_a_minibatch_give_its_gradient_and_statistics():
+    # ghost batch norm normalises each 256 cells alone, so two parts of 256 (gradients averaged,
+    # as Lightning's accumulation does) are the step of the 512-cell minibatch
+    from scvi import REGISTRY_KEYS
+
+    torch.manual_seed(0)
+    whole = ss.model.sctab._module.SCTABModule(200, 3, n_members=2, n_d=8, n_a=8, virtual_batch_size=256)
+    parts = ss.model.sctab._module.SCTABModule(200, 3, n_members=2, n_d=8, n_a=8, virtual_batch_size=256)
+    parts.load_state_dict(whole.state_dict())
+    x = torch.poisson(torch.rand(512, 200) * 2)
+    y = torch.randint(0, 3, (512, 1))
+    whole.train()({REGISTRY_KEYS.X_KEY: x, REGISTRY_KEYS.LABELS_KEY: y})[2].loss.backward()
+    parts.train()
+    for rows in (slice(0, 256), slice(256, 512)):
+        tensors = {REGISTRY_KEYS.X_KEY: x[rows], REGISTRY_KEYS.LABELS_KEY: y[rows]}
+        (parts(tensors)[2].loss / 2).backward()
+    for (name, a), b in zip(whole.named_parameters(), parts.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+    for (name, a), b in zip(whole.named_buffers(), parts.buffers()):
+        torch.testing.assert_close(b, a, msg=name)
+
+
+def test_training_splits_wide_minibatches(sim, monkeypatch):
+    from scsalient.model.sctab import _model
+
+    monkeypatch.setattr(_model, "MAX_STEP_VALUES", 256 * 400)  # one member, 256 cells x 400 genes
+    adata = sim.copy()
+    ss.model.SCTAB.setup_anndata(adata, labels_key="cell_type")
+    model = ss.model.SCTAB(adata, n_ensemble=1)
+    model.train(max_epochs=4, batch_size=512, enable_progress_bar=False)
+    assert model.training_settings_["batch_size"] == 512
+    assert model.training_settings_["cells_per_forward_pass"] == 256
+    assert model.trainer.accumulate_grad_batches == 2
+    truth = adata.obs["cell_type"].astype(str).to_numpy()
+    assert f1_score(truth, model.predict(), average="macro") > 0.8

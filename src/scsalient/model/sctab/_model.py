@@ -55,6 +55,31 @@ def auto_momentum(n_train: int, batch_size: int, virtual_batch_size: int) -> flo
     return float(np.clip(2.0 / ghost_updates, PAPER_MOMENTUM, 0.5))
 
 
+#: values (members x cells x genes) of one forward pass in training above which a minibatch is
+#: split into parts whose gradients are accumulated (each cells x genes tensor of the forward pass
+#: is then at most 128 MiB)
+MAX_STEP_VALUES = 2**25
+
+
+def micro_batch_size(batch_size: int, n_members: int, n_genes: int, virtual_batch_size: int | None) -> int:
+    """Cells per forward pass in training: ``batch_size``, or a part of it when that is too wide.
+
+    A minibatch whose ``n_members x batch_size x n_genes`` values exceed
+    :data:`MAX_STEP_VALUES` is run in equal parts, the largest power of two that fits but not
+    below ``virtual_batch_size``, and their gradients are summed before the optimiser steps.
+    As the ghost batch normalisation already normalises each ``virtual_batch_size`` cells on
+    their own, the parts see the same statistics; the class-weighted cross-entropy is then
+    averaged within each part and the parts averaged. A batch size that the part does not
+    divide is not split, nor is any minibatch without ghost batch normalisation
+    (``virtual_batch_size`` ``None``), whose statistics are those of the whole minibatch.
+    """
+    if not virtual_batch_size or n_members * batch_size * n_genes <= MAX_STEP_VALUES:
+        return batch_size
+    fits = MAX_STEP_VALUES // max(n_members * n_genes, 1)
+    part = max(int(virtual_batch_size), 2 ** int(np.floor(np.log2(max(fits, 1)))))
+    return part if part < batch_size and batch_size % part == 0 else batch_size
+
+
 def auto_training(n_train: int) -> dict:
     """Training settings that suit ``n_train`` cells (see :class:`SCTAB`, Notes).
 
@@ -457,9 +482,17 @@ class SCTAB(SaveLoadMixin, ClassifierMixin, BaseModelClass):
         }
         module = self.module
         per_cell = module.n_members * (12 * module.n_input + 40 * (module.n_d + module.n_a))
+        batch = int(settings_["batch_size"])
+        virtual = self.init_params_["non_kwargs"]["virtual_batch_size"]
+        part = micro_batch_size(batch, module.n_members, module.n_input, virtual)
+        if part < batch:
+            # a wide minibatch in parts with their gradients summed: the same step in less memory
+            trainer_kwargs.setdefault("accumulate_grad_batches", batch // part)
+            self.training_settings_["cells_per_forward_pass"] = part
+            logger.info("SCTAB: minibatches of %d cells run in %d parts of %d.", batch, batch // part, part)
         self._train_classifier(
             max_epochs=max_epochs,
-            batch_size=int(settings_["batch_size"]),
+            batch_size=part,
             train_size=train_size,
             validation_size=validation_size,
             early_stopping=early_stopping,
