@@ -28,3 +28,26 @@ def log1p_cp10k_block(block) -> np.ndarray | sparse.csr_matrix:
         out.data = np.log1p(out.data)
         return out
     return np.log1p(np.asarray(block, dtype=np.float32) * scale[:, None])
+
+
+def group_sums(codes: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
+    """Sum the rows of ``values`` by group: ``n_groups`` x columns, float64.
+
+    Row ``i`` is added to the row ``codes[i]`` of the result, as ``np.add.at(out, codes, values)``
+    does, but as one sparse-by-dense product: ``np.add.at`` runs element by element and took
+    two thirds of an annotation over 25,000 genes.
+
+    Parameters
+    ----------
+    codes
+        Group of each row, integers in ``[0, n_groups)``.
+    values
+        Rows x columns array.
+    n_groups
+        Number of groups (rows of the result).
+    """
+    codes = np.asarray(codes)
+    indicator = sparse.csr_matrix(
+        (np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(n_groups, len(codes))
+    )
+    return np.asarray(indicator @ np.asarray(values, dtype=np.float64))

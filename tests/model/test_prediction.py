@@ -156,6 +156,32 @@ def test_default_blocks_are_sized_to_the_number_of_genes(trained, sim, monkeypat
     assert recorder.sizes == [500, sim.n_obs - 500]
 
 
+def test_backed_prediction_cuts_its_blocks_from_large_reads(trained, sim, tmp_path, monkeypatch):
+    # each read of a backed file has a fixed cost: blocks of 349 cells are cut from reads of two
+    # blocks (at most 1,024 cells), and the predictions are those of the data in memory
+    from scsalient.model.base import _blocks
+
+    model = trained
+    path = tmp_path / "query.h5ad"
+    sim.write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    reads = []
+    original = _blocks._read_slice
+    monkeypatch.setattr(_blocks, "_read_slice", lambda x, rows: reads.append(len(rows)) or original(x, rows))
+    try:
+        probs = model.predict(backed, soft=True)
+    finally:
+        backed.file.close()
+    block = prediction_block_size(N_GENES)
+    assert reads == [2 * block, sim.n_obs - 2 * block]
+    np.testing.assert_allclose(
+        probs.to_numpy(), model.predict(sim, soft=True).to_numpy(), rtol=1e-5, atol=1e-6
+    )
+    reads.clear()
+    model.predict(sim, soft=True)  # in memory: one slice per block, nothing read twice
+    assert reads == [block, block, sim.n_obs - 2 * block]
+
+
 def test_prediction_block_size_bounds():
     assert prediction_block_size(2_511) == 208  # Kang PBMCs
     assert prediction_block_size(15_073) == 64  # at least 64 cells

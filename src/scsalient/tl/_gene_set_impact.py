@@ -14,6 +14,7 @@ from anndata import AnnData
 
 from scsalient._constants import ModuleAEKeys
 from scsalient._gene_symbols import resolve_gene_symbols
+from scsalient._utils import group_sums
 from scsalient.datasets import read_gmt
 from scsalient.metrics._modules import MAX_IMPACT_CORRELATION, MAX_TOP_SET_FRACTION, unit_separation
 
@@ -307,10 +308,8 @@ def _bin_means(saliency: pd.DataFrame, bins: np.ndarray) -> np.ndarray:
     present = ~np.isnan(values)
     values = np.where(present, values, 0.0)
     n_bins = int(bins.max()) + 1
-    sums = np.zeros((n_bins, values.shape[1]))
-    counts = np.zeros((n_bins, values.shape[1]))
-    np.add.at(sums, bins, values)
-    np.add.at(counts, bins, present)
+    sums = group_sums(bins, values, n_bins)
+    counts = group_sums(bins, present, n_bins)
     return np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
 
 

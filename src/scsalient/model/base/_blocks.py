@@ -30,9 +30,7 @@ def is_backed(adata) -> bool:
     """
     if getattr(adata, "isbacked", False):
         return True
-    from anndata.abc import CSCDataset, CSRDataset
-
-    return isinstance(getattr(adata, "X", None), CSRDataset | CSCDataset)
+    return _sparse_on_disk(getattr(adata, "X", None))
 
 
 #: rows between two wanted rows up to which one slice is read rather than two
@@ -55,6 +53,33 @@ def prediction_block_size(n_genes: int) -> int:
     """
     low, high = PREDICTION_BLOCK_CELLS
     return int(np.clip(PREDICTION_BLOCK_VALUES // max(int(n_genes), 1), low, high))
+
+
+#: cells read from an on-disk matrix at once when minibatches are read in order (prediction):
+#: each read of a backed file has a fixed cost (~10 ms in anndata 0.12, which re-validates the
+#: indices), so the small blocks of a wide prediction are cut from larger reads
+ROWS_PER_READ = 1024
+#: most values (cells x genes) of one such read from a dense on-disk matrix
+DENSE_VALUES_PER_READ = 2**24
+
+
+def _sparse_on_disk(x) -> bool:
+    from anndata.abc import CSCDataset, CSRDataset
+
+    return isinstance(x, CSRDataset | CSCDataset)
+
+
+def is_on_disk(x) -> bool:
+    """Whether the matrix ``x`` is read from disk (anndata's on-disk sparse dataset, HDF5 or zarr)."""
+    return _sparse_on_disk(x) or type(x).__module__.split(".")[0] in ("h5py", "zarr")
+
+
+def rows_per_read(x, batch_size: int, n_genes: int) -> int:
+    """Cells per read of an in-order pass: a multiple of ``batch_size``, larger only on disk."""
+    if not is_on_disk(x):
+        return batch_size
+    cap = ROWS_PER_READ if _sparse_on_disk(x) else DENSE_VALUES_PER_READ // max(n_genes, 1)
+    return batch_size * max(1, cap // batch_size)
 
 
 def read_rows(x, rows: np.ndarray) -> sparse.csr_matrix | np.ndarray:
@@ -185,9 +210,15 @@ class BlockDataset(IterableDataset):
 
     def __iter__(self):
         if not self.shuffle:
-            for start in range(0, len(self.indices), self.batch_size):
-                rows = self.indices[start : start + self.batch_size]
-                yield self._batch(read_rows(self.x, rows), rows)
+            step = self.batch_size
+            read = rows_per_read(self.x, step, self.x.shape[1])
+            for lo in range(0, len(self.indices), read):
+                chunk_rows = self.indices[lo : lo + read]
+                chunk = read_rows(self.x, chunk_rows) if read > step else None
+                for start in range(0, len(chunk_rows), step):
+                    rows = chunk_rows[start : start + step]
+                    block = read_rows(self.x, rows) if chunk is None else chunk[start : start + step]
+                    yield self._batch(block, rows)
             return
         if self.seed is None:
             self.seed = shared_seed()

@@ -15,6 +15,8 @@ from scipy import sparse
 from scvi import REGISTRY_KEYS, settings
 from tqdm.auto import tqdm
 
+from scsalient._utils import group_sums
+
 from ._annotate import (
     UNASSIGNED,
     fit_temperature,
@@ -684,7 +686,7 @@ class ClassifierMixin(ExpressionModelMixin):
             probs[rows] = batch["probabilities"]
             if explanation:
                 shares = self._row_shares(batch[self._explanation_output])
-                np.add.at(sums, batch["probabilities"].argmax(axis=1), shares)
+                sums += group_sums(batch["probabilities"].argmax(axis=1), shares, n_classes)
             for name, values in self._annotate_extras(batch).items():
                 extras.setdefault(name, np.full(target.n_obs, np.nan, dtype=np.float32))[rows] = values
             if read_latent:
