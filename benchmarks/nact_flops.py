@@ -35,8 +35,8 @@ import scsalient as ss
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def step_flops(model, adata) -> tuple[int, int]:
-    """FLOPs of one training step on a full minibatch, and the minibatch size."""
+def step_flops(model, adata) -> int:
+    """FLOPs of one training step on a full minibatch."""
     from torch.utils.flop_counter import FlopCounterMode
 
     batch_size = int(model.training_settings_["batch_size"])
@@ -49,7 +49,7 @@ def step_flops(model, adata) -> tuple[int, int]:
         loss.loss.backward()
     module.zero_grad(set_to_none=True)
     module.eval()
-    return int(counter.get_total_flops()), batch_size
+    return int(counter.get_total_flops())
 
 
 def sgemm_rate(batch_size: int, n_genes: int, rank: int, repeats: int = 30) -> float:
@@ -82,7 +82,7 @@ def measure(name: str, seed: int) -> dict:
     n_train = len(model.train_indices)
     batch_size = int(settings["batch_size"])
     steps = int(settings["max_epochs"]) * int(np.ceil(n_train / batch_size))
-    flops, _ = step_flops(model, adata)
+    flops = step_flops(model, adata)
     rank = int(model.init_params_["non_kwargs"]["attention_rank"])
     rate = sgemm_rate(batch_size, adata.n_vars, rank)
     bound = flops * steps / rate

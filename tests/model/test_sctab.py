@@ -533,3 +533,7 @@ def test_training_splits_wide_minibatches(sim, monkeypatch):
     assert model.trainer.accumulate_grad_batches == 2
     truth = adata.obs["cell_type"].astype(str).to_numpy()
     assert f1_score(truth, model.predict(), average="macro") > 0.8
+    # a user's own accumulation is kept, with whole minibatches
+    model.train(max_epochs=1, batch_size=512, accumulate_grad_batches=3, enable_progress_bar=False)
+    assert model.trainer.accumulate_grad_batches == 3
+    assert "cells_per_forward_pass" not in model.training_settings_

@@ -214,11 +214,10 @@ class BlockDataset(IterableDataset):
             read = rows_per_read(self.x, step, self.x.shape[1])
             for lo in range(0, len(self.indices), read):
                 chunk_rows = self.indices[lo : lo + read]
-                chunk = read_rows(self.x, chunk_rows) if read > step else None
+                chunk = read_rows(self.x, chunk_rows)
                 for start in range(0, len(chunk_rows), step):
-                    rows = chunk_rows[start : start + step]
-                    block = read_rows(self.x, rows) if chunk is None else chunk[start : start + step]
-                    yield self._batch(block, rows)
+                    block = chunk if len(chunk_rows) <= step else chunk[start : start + step]
+                    yield self._batch(block, chunk_rows[start : start + step])
             return
         if self.seed is None:
             self.seed = shared_seed()

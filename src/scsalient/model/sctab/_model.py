@@ -388,7 +388,9 @@ class SCTAB(SaveLoadMixin, ClassifierMixin, BaseModelClass):
         weight_decay
             AdamW (decoupled) weight decay.
         batch_size
-            Cells per minibatch.
+            Cells per minibatch (per optimiser step). A minibatch too wide for memory (members
+            x cells x genes above 2^25 values) runs in parts of whole ghost batches with their
+            gradients summed, unless ``accumulate_grad_batches`` is given among ``trainer_kwargs``.
         lr_decay
             Factor applied to the learning rate after every epoch (``None``: the preset's).
         augment
@@ -485,11 +487,13 @@ class SCTAB(SaveLoadMixin, ClassifierMixin, BaseModelClass):
         batch = int(settings_["batch_size"])
         virtual = self.init_params_["non_kwargs"]["virtual_batch_size"]
         part = micro_batch_size(batch, module.n_members, module.n_input, virtual)
-        if part < batch:
+        if part < batch and "accumulate_grad_batches" not in trainer_kwargs:  # a user's own is kept
             # a wide minibatch in parts with their gradients summed: the same step in less memory
-            trainer_kwargs.setdefault("accumulate_grad_batches", batch // part)
+            trainer_kwargs["accumulate_grad_batches"] = batch // part
             self.training_settings_["cells_per_forward_pass"] = part
             logger.info("SCTAB: minibatches of %d cells run in %d parts of %d.", batch, batch // part, part)
+        else:
+            part = batch
         self._train_classifier(
             max_epochs=max_epochs,
             batch_size=part,
