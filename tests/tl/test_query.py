@@ -4,6 +4,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import scanpy as sc
 import scipy.stats
 
 import scsalient as ss
@@ -210,7 +211,7 @@ def test_groups_are_never_named_from_zero_overlap():
     z = results[results["group"] == "z"]
     assert z["n_overlap"].eq(0).all() and z["n_query"].eq(0).all()
     with pytest.warns(UserWarning, match=r"Groups \['z'\] get no cell-type name"):
-        annotate_clusters(adata, "cluster", min_margin=0)
+        annotate_clusters(adata, "cluster", min_margin=0, min_overlap=2)
     labels = adata.obs[NACTKeys.CELL_TYPE]
     assert labels[adata.obs["cluster"] == "z"].isna().all()
     named = adata.obs.loc[adata.obs["cluster"] != "z"]
@@ -267,7 +268,7 @@ def test_query_errors(planted):
 def test_annotate_clusters_writes_rank_one_types():
     adata = record_adata({"x": ["CD3E", "CD3D"], "y": ["LYZ", "CD14"], "z": ["CD3E", "CD2"]})
     query_cell_types(adata, {"T": ["CD3E", "CD3D", "CD2"], "Mono": ["LYZ", "CD14"]})
-    annotate_clusters(adata, "cluster", min_margin=0)
+    annotate_clusters(adata, "cluster", min_margin=0, min_overlap=2)
     labels = adata.obs[NACTKeys.CELL_TYPE]
     assert isinstance(labels.dtype, pd.CategoricalDtype)
     expected = adata.obs["cluster"].map({"x": "T", "y": "Mono", "z": "T"}).astype(str)
@@ -278,7 +279,7 @@ def test_annotate_clusters_writes_rank_one_types():
     query_cell_types(
         adata, {"T": ["CD3E", "CD3D", "CD2"], "Mono": ["LYZ", "CD14"]}, groups=["x"], key_added="q"
     )
-    annotate_clusters(adata, "cluster", key="q", key_added="partial", min_margin=0)
+    annotate_clusters(adata, "cluster", key="q", key_added="partial", min_margin=0, min_overlap=2)
     assert adata.obs["partial"].isna().sum() == 6
     with pytest.raises(KeyError, match="nothing"):
         annotate_clusters(adata, "cluster", key="nothing")
@@ -421,7 +422,7 @@ def test_unsupervised_workflow_on_the_simulator_says_unassigned_for_twin_types()
         lambda s: s.value_counts().index[0]
     )
     groups = adata.uns[NACTKeys.CELL_TYPE]["groups"].set_index("group")
-    annotate_clusters(adata, "leiden", min_margin=0, key_added="top1")
+    annotate_clusters(adata, "leiden", min_margin=0, min_overlap=1, key_added="top1")
     top1 = adata.uns["top1"]["groups"].set_index("group")
     n_right = 0
     for cluster, truth in majority.items():
@@ -475,3 +476,167 @@ def test_real_pbmcs_with_ensembl_ids_are_named_or_unassigned(shared_data):
     assert candidates.groupby("group", observed=True).size().eq(3).all()
     by_cluster = adata.obs.groupby("leiden", observed=True)[NACTKeys.CELL_TYPE].first().astype(str)
     assert (by_cluster == groups["name"].reindex(by_cluster.index.astype(str)).astype(str).to_numpy()).all()
+
+    # the recipe: checked against the Wilcoxon ranks of every gene (Ensembl IDs found again)
+    counts = ad.AnnData(adata.X.copy(), obs=adata.obs[[]], var=adata.var[[]])
+    sc.pp.normalize_total(counts, target_sum=1e4)
+    sc.pp.log1p(counts)
+    adata.layers["log1p"] = counts.X
+    sc.tl.rank_genes_groups(
+        adata, "leiden", layer="log1p", method="wilcoxon", n_genes=None, key_added="wilcoxon"
+    )
+    with pytest.warns(UserWarning, match="Ensembl gene IDs"):
+        ss.tl.query_cell_types(adata, database, key="wilcoxon", method="auc", key_added="expression_query")
+    annotate_clusters(
+        adata, "leiden", key=[SalientKeys.CELL_TYPE_QUERY, "expression_query"], key_added="agreed"
+    )
+    agreed = adata.uns["agreed"]["groups"].set_index("group")
+    named = agreed["status"] == "named"
+    assert (agreed.loc[named, "name"] == agreed.loc[named, "best_expression_query"]).all()
+    assert (agreed.loc[named, "n_overlap"] >= 3).all()
+    disagree = agreed["best"] != agreed["best_expression_query"]
+    assert not named[disagree].any()
+    assert (agreed.loc[disagree, "name"].fillna("Unassigned") == "Unassigned").all()
+    # monocyte and B-cell clusters are never named after another lineage
+    majority = adata.obs.groupby("leiden", observed=True)["cell_type"].agg(
+        lambda x: x.value_counts().index[0]
+    )
+    allowed = {"CD14+ Monocytes": {"Monocytes"}, "B cells": {"B cells", "B cells naive", "B cells memory"}}
+    for cluster, label in majority.items():
+        name = agreed.loc[str(cluster), "name"]
+        if label in allowed and name != "Unassigned":
+            assert name in allowed[label], (cluster, label, name)
+
+
+def test_agreement_names_the_simulated_clusters():
+    """Simulator: N-ACT's salient genes and the Wilcoxon ranks agree on the planted types."""
+    adata = ss.datasets.simulate(n_cells=1200, n_cell_types=4, n_genes=400, n_markers=25, marker_fold=8.0)
+    markers = {name: list(genes) for name, genes in adata.uns["simulation"]["markers"].items()}
+    ss.pp.cluster_labels(adata, n_clusters=4)
+    ss.model.NACT.setup_anndata(adata, labels_key="leiden")
+    model = ss.model.NACT(adata)
+    model.train(max_epochs=5, batch_size=128, enable_progress_bar=False)
+    model.annotate()
+    ss.tl.salient_genes(adata, groupby="leiden")
+    ss.tl.query_cell_types(adata, markers)
+    logged = sc.pp.log1p(sc.pp.normalize_total(adata, target_sum=1e4, inplace=False)["X"])
+    adata.layers["log1p"] = logged
+    sc.tl.rank_genes_groups(
+        adata, "leiden", layer="log1p", method="wilcoxon", n_genes=None, key_added="wilcoxon"
+    )
+    ss.tl.query_cell_types(adata, markers, key="wilcoxon", method="auc", key_added="expression_query")
+    annotate_clusters(adata, "leiden", key=[SalientKeys.CELL_TYPE_QUERY, "expression_query"])
+    majority = adata.obs.groupby("leiden", observed=True)["cell_type"].agg(
+        lambda x: x.value_counts().index[0]
+    )
+    groups = adata.uns[NACTKeys.CELL_TYPE]["groups"].set_index("group")
+    names = groups["name"].reindex(majority.index.astype(str)).to_numpy()
+    assert (names == majority.astype(str).to_numpy()).all(), groups
+
+
+def scored_record_adata(scores: dict[str, dict[str, float]], var_names: list[str]) -> ad.AnnData:
+    """AnnData with a rank_genes_groups-style record (names and scores, best first) per group."""
+    adata = record_adata({group: list(s) for group, s in scores.items()}, var_names)
+    names, values = {}, {}
+    n = max(len(by_gene) for by_gene in scores.values())
+    for group, by_gene in scores.items():
+        ordered = sorted(by_gene.items(), key=lambda item: -item[1])
+        pad = n - len(ordered)  # shorter records end in empty names, as scanpy's do
+        names[group] = [gene for gene, _ in ordered] + [None] * pad
+        values[group] = [value for _, value in ordered] + [np.nan] * pad
+    adata.uns["ranks"] = {
+        "names": pd.DataFrame(names).to_records(index=False, column_dtypes="O"),
+        "scores": pd.DataFrame(values).to_records(index=False, column_dtypes="float32"),
+        "params": {"groupby": "cluster"},
+    }
+    return adata
+
+
+def test_auc_query_matches_the_mann_whitney_statistic():
+    rng = np.random.default_rng(3)
+    genes = [f"G{i}" for i in range(60)]
+    markers = {"Alpha": genes[:5], "Beta": genes[5:12], "Gamma": ["G3", "G40", "G41", "NOT_MEASURED"]}
+    # group A: Alpha's markers score high; group B lists only 40 genes (the rest tie at the bottom)
+    score_a = {g: float(rng.normal(3.0 if g in markers["Alpha"] else 0.0)) for g in genes}
+    score_b = {g: float(rng.normal(2.0 if g in markers["Beta"] else 0.0)) for g in genes[:40]}
+    adata = scored_record_adata({"A": score_a, "B": score_b}, genes)
+    results = query_cell_types(adata, markers, key="ranks", method="auc", n_genes=5)
+    assert results.loc[results["rank"] == 1].set_index("group")["cell_type"].to_dict() == {
+        "A": "Alpha",
+        "B": "Beta",
+    }
+    for group, by_gene in (("A", score_a), ("B", score_b)):
+        floor = min(by_gene.values()) - 1.0
+        full = np.array([by_gene.get(g, floor) for g in genes], dtype=np.float32).astype(np.float64)
+        for cell_type, listed in markers.items():
+            measured = [g for g in listed if g in genes]
+            inside = np.isin(genes, measured)
+            u = scipy.stats.mannwhitneyu(full[inside], full[~inside]).statistic
+            n, rest = inside.sum(), (~inside).sum()
+            auc = u / (n * rest)
+            z = (auc - 0.5) / np.sqrt((len(genes) + 1) / (12 * n * rest))
+            row = results[(results["group"] == group) & (results["cell_type"] == cell_type)].iloc[0]
+            assert row["auc"] == pytest.approx(auc, abs=1e-9)
+            assert row["score"] == pytest.approx(z, abs=1e-9)
+            assert row["n_markers"] == len(measured)
+    # the overlap reports the markers among the top n_genes of the ranking
+    alpha = results[(results["group"] == "A") & (results["cell_type"] == "Alpha")].iloc[0]
+    top = sorted(score_a, key=lambda g: -score_a[g])[:5]
+    assert set(alpha["overlap"].split(";")) == set(top) & set(markers["Alpha"])
+    assert adata.uns["cell_type_query"]["params"]["method"] == "auc"
+    with pytest.raises(ValueError, match="takes no `universe`"):
+        query_cell_types(adata, markers, key="ranks", method="auc", universe="database")
+    with pytest.raises(ValueError, match="needs the record's 'scores'"):
+        query_cell_types(adata, markers, method="auc")  # the salient-gene stand-in has no scores
+
+
+def test_agreeing_queries_name_a_group_and_disagreeing_ones_leave_it_unassigned():
+    genes = [f"G{i}" for i in range(30)] + ["CD3E", "CD3D", "CD2", "LYZ", "CD14", "FCN1", "CST3"]
+    database = {
+        "T cells": ["CD3E", "CD3D", "CD2"],
+        "Monocytes": ["LYZ", "CD14", "FCN1"],
+        "DC": ["CST3", "LYZ"],
+    }
+    base = dict.fromkeys(genes, 0.0)
+    scores = {
+        "t": {**base, "CD3E": 5.0, "CD3D": 4.0, "CD2": 3.0},
+        "mono": {**base, "LYZ": 5.0, "CD14": 4.0, "FCN1": 3.0},
+        "odd": {**base, "CD3E": 5.0, "CD3D": 4.0, "CD2": 3.0},  # expression says T cells
+    }
+    adata = scored_record_adata(scores, genes)
+    # the first query (salient-gene stand-in) says monocytes for the odd group
+    adata.uns[SalientKeys.SALIENT_GENES]["names"] = pd.DataFrame(
+        {"t": ["CD3E", "CD3D", "CD2"], "mono": ["LYZ", "CD14", "FCN1"], "odd": ["LYZ", "CD14", "FCN1"]}
+    ).to_records(index=False, column_dtypes="O")
+    query_cell_types(adata, database)
+    query_cell_types(adata, database, key="ranks", method="auc", key_added="expression_query")
+    annotate_clusters(adata, "cluster", key=["cell_type_query", "expression_query"])
+    labels = dict(
+        zip(adata.obs["cluster"].astype(str), adata.obs[NACTKeys.CELL_TYPE].astype(str), strict=True)
+    )
+    assert labels == {"t": "T cells", "mono": "Monocytes", "odd": "Unassigned"}
+    record = adata.uns[NACTKeys.CELL_TYPE]
+    groups = record["groups"].set_index("group")
+    assert groups.loc["odd", "status"] == "queries disagree"
+    assert groups.loc["odd", "best"] == "Monocytes"
+    assert groups.loc["odd", "best_expression_query"] == "T cells"
+    assert record["params"]["key"] == ["cell_type_query", "expression_query"]
+    assert record["params"]["min_margin"] == [0.0, 0.0]
+    # a single query names the odd group after its own rank-1 type
+    annotate_clusters(adata, "cluster", min_margin=0, key_added="alone")
+    assert set(adata.obs.loc[adata.obs["cluster"] == "odd", "alone"].astype(str)) == {"Monocytes"}
+    # a further query's own margin and overlap apply to it
+    annotate_clusters(
+        adata,
+        "cluster",
+        key=["cell_type_query", "expression_query"],
+        min_margin=[0.0, 1e9],
+        key_added="strict",
+    )
+    assert set(adata.obs["strict"].astype(str)) == {"Unassigned"}
+    with pytest.raises(ValueError, match="2 queries"):
+        annotate_clusters(adata, "cluster", key=["cell_type_query", "expression_query"], min_margin=[0.0])
+    with pytest.raises(ValueError, match="twice"):
+        annotate_clusters(adata, "cluster", key=["cell_type_query", "cell_type_query"])
+    with pytest.raises(KeyError, match="nothing"):
+        annotate_clusters(adata, "cluster", key=["cell_type_query", "nothing"])
