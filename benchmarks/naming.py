@@ -4,10 +4,14 @@ For every labelled dataset with a marker database that covers its types, cells a
 (Leiden with scanpy's defaults, :func:`scsalient.pp.cluster_labels`) and every cluster is named by
 
 * ``nact``: the unsupervised N-ACT workflow (N-ACT trained on the clusters, salient genes per
-  cluster, :func:`scsalient.tl.query_cell_types`, :func:`scsalient.tl.annotate_clusters` with its
-  margin rule);
-* ``nact_top1``: the same query's rank-1 candidate with no margin rule (what it wrote before);
-* ``wilcoxon``: scanpy's Wilcoxon ranks into the same query, rank-1 candidate (a user's baseline);
+  cluster into :func:`scsalient.tl.query_cell_types`, checked against scanpy's Wilcoxon ranks of
+  every gene into the same database with ``method="auc"``; :func:`scsalient.tl.annotate_clusters`
+  names a cluster when both queries rank the same type first);
+* ``nact_chosen``: the same with the agreement rule's settings chosen on the SELECTION datasets;
+* ``nact_alone``: the salient-gene query alone with its margin rule (the default before);
+* ``nact_top1``: the salient-gene query's rank-1 candidate with no rule;
+* ``wilcoxon``: scanpy's Wilcoxon ranks into the same likelihood query, rank-1 candidate (a user's
+  baseline); ``wilcoxon_auc``: the Wilcoxon ranks of every gene into the ``"auc"`` query, rank-1;
 * ``wilcoxon_margin``: the same with the margin rule (to separate the rule from the ranking);
 * ``decoupler_ora`` / ``decoupler_ulm``: decoupler's ORA and ULM per cell, then its
   ``rankby_group`` per cluster (the decoupler tutorial's annotation recipe);
@@ -22,8 +26,12 @@ label's term, its parent (one ``is_a`` step up) or a descendant; wrong otherwise
 (and no name at all) counted apart. The margin rule's two settings (``min_margin``,
 ``min_overlap``) are chosen on the SELECTION datasets only and reported on the others.
 
-Run: ``python benchmarks/naming.py [--budget quick|full] [--out DIR]`` (one thread each);
-``--datasets NAME ... --merge`` re-runs some datasets and keeps the others' rows.
+Run: ``python benchmarks/naming.py [--budget quick|full] [--seed N] [--out DIR]`` (one thread
+each); ``--datasets NAME ... --merge`` re-runs some datasets and keeps the others' rows;
+a seed other than 0 writes ``naming_seed<N>.{json,md}``; ``--summarise [RUN.json ...]`` writes
+``naming_seeds.{json,md}`` in ``--out``: the counts of every method averaged over the runs with
+different seeds (each seed draws its own clusters, subsample and N-ACT network; without paths,
+``naming.json`` and ``naming_seed*.json`` in ``--out``).
 """
 
 from __future__ import annotations
@@ -92,17 +100,21 @@ QUERY_VARIANTS = {
 OVERLAPS = (1, 2, 3)
 MAX_CELLS = 3000  # Kang and MOp are subsampled to keep training small
 EPOCHS = {"quick": 10, "full": 30}
+#: margins of the agreement rule (the likelihood's and the auc query's) tried on the SELECTION datasets
+AGREEMENT_MARGINS = (0.0, 0.5, 1.0, 2.0, 3.0)
 METHODS = (
     "nact",
     "nact_chosen",
+    "nact_alone",
     "nact_top1",
     "wilcoxon",
+    "wilcoxon_auc",
     "wilcoxon_margin",
     "decoupler_ora",
     "decoupler_ulm",
     "marker_gene_overlap",
 )
-BASELINES = ("wilcoxon", "decoupler_ora", "decoupler_ulm", "marker_gene_overlap")
+BASELINES = ("wilcoxon", "wilcoxon_auc", "decoupler_ora", "decoupler_ulm", "marker_gene_overlap")
 UNASSIGNED = "Unassigned"
 
 
@@ -197,6 +209,44 @@ def wilcoxon_query(lognorm, db: pd.DataFrame) -> pd.DataFrame:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return ss.tl.query_cell_types(lognorm, db, key="rank_genes_groups", key_added="wilcoxon_query")
+
+
+def wilcoxon_auc_query(lognorm, db: pd.DataFrame) -> pd.DataFrame:
+    """Wilcoxon ranks of every gene (``n_genes=None``) into the ``"auc"`` query."""
+    import scanpy as sc
+
+    import scsalient as ss
+
+    sc.tl.rank_genes_groups(lognorm, "leiden", method="wilcoxon", n_genes=None, key_added="wilcoxon_all")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return ss.tl.query_cell_types(lognorm, db, key="wilcoxon_all", method="auc", key_added="auc_query")
+
+
+def agreeing(
+    first: pd.DataFrame, second: pd.DataFrame, margins: tuple[float, float], min_overlap: int
+) -> dict[str, str | None]:
+    """Names of :func:`scsalient.tl.annotate_clusters` with two queries that must agree."""
+    import anndata as ad
+
+    import scsalient as ss
+
+    groups = sorted(set(first["group"].astype(str)))
+    work = ad.AnnData(obs=pd.DataFrame({"leiden": pd.Categorical(groups)}, index=[f"g{g}" for g in groups]))
+    work.uns["first"] = {"results": first, "params": {"method": "likelihood"}}
+    work.uns["second"] = {"results": second, "params": {"method": "auc"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        ss.tl.annotate_clusters(
+            work,
+            "leiden",
+            key=["first", "second"],
+            min_margin=list(margins),
+            min_overlap=min_overlap,
+            key_added="names",
+        )
+    names = work.uns["names"]["groups"].set_index("group")["name"]
+    return {str(g): (None if n is None else str(n)) for g, n in names.items()}
 
 
 def top1(results: pd.DataFrame) -> dict[str, str | None]:
@@ -350,15 +400,27 @@ def run_dataset(name: str, judge: OntologyJudge, epochs: int, seed: int) -> dict
     nact_variants, nact_info = nact_query(adata, db, epochs, seed)
     nact_results = nact_variants["likelihood"]
     wilcoxon_results = wilcoxon_query(lognorm, db)
+    auc_results = wilcoxon_auc_query(lognorm, db)
     names = {
         "nact_top1": top1(nact_results),
         "wilcoxon": top1(wilcoxon_results),
+        "wilcoxon_auc": top1(auc_results),
         **decoupler_names(lognorm, db),
         "marker_gene_overlap": overlap_names(lognorm, db),
     }
     grid = {}
     sources = [(f"nact:{variant}", results) for variant, results in nact_variants.items()]
     sources.append(("wilcoxon", wilcoxon_results))
+    sources.append(("wilcoxon_auc", auc_results))
+    for first in AGREEMENT_MARGINS:
+        for second in AGREEMENT_MARGINS:
+            for overlap in OVERLAPS:
+                agreed = agreeing(nact_results, auc_results, (first, second), overlap)
+                for scoring, steps in SCORINGS.items():
+                    counts, _ = score_names(agreed, majority, judge, steps)
+                    grid[f"{scoring}|agree|{first}|{second}|{overlap}"] = {
+                        k: counts[k] for k in ("correct", "wrong", "unassigned")
+                    }
     for margin in MARGINS:
         for overlap in OVERLAPS:
             for source, results in sources:
@@ -377,6 +439,7 @@ def run_dataset(name: str, judge: OntologyJudge, epochs: int, seed: int) -> dict
         "nact": nact_info,
         "names": names,
         "nact_results": nact_results,
+        "auc_results": auc_results,
         "nact_variants": nact_variants,
         "wilcoxon_results": wilcoxon_results,
         "grid": grid,
@@ -429,6 +492,42 @@ def choose_rule(
     }
 
 
+def choose_agreement(runs: dict[str, dict], scoring: str = "lineage") -> dict:
+    """The agreement rule's (likelihood margin, auc margin, min_overlap) with the most correct minus
+    twice the wrong names on the SELECTION datasets (ties: smaller margins, then the larger overlap)."""
+    best = None
+    for first in AGREEMENT_MARGINS:
+        for second in AGREEMENT_MARGINS:
+            for overlap in OVERLAPS:
+                total = {"correct": 0, "wrong": 0, "unassigned": 0}
+                for name in SELECTION:
+                    for key, value in runs[name]["grid"][
+                        f"{scoring}|agree|{first}|{second}|{overlap}"
+                    ].items():
+                        total[key] += value
+                objective = total["correct"] - 2 * total["wrong"]
+                if (
+                    best is None
+                    or objective > best["objective"]
+                    or (
+                        objective == best["objective"]
+                        and (first, second) == (best["margins"][0], best["margins"][1])
+                    )
+                ):
+                    best = {
+                        "margins": [first, second],
+                        "min_overlap": overlap,
+                        "objective": objective,
+                        **total,
+                    }
+    return {
+        **best,
+        "chosen_on": list(SELECTION),
+        "scoring": scoring,
+        "objective_rule": "correct - 2 x wrong, summed",
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # keeping the datasets of an earlier invocation
 
@@ -469,11 +568,13 @@ def merge_record(record: dict, previous: dict, path: Path) -> dict:
     kept = kept_datasets(previous, list(record["datasets"]))
     if not kept:
         return record
-    if _rule_key(previous.get("chosen_rule")) != _rule_key(record["chosen_rule"]):
+    now, before = record.get("chosen_agreement"), previous.get("chosen_agreement")
+    if (now and (now["margins"], now["min_overlap"])) != (
+        before and (before["margins"], before["min_overlap"])
+    ):
         raise SystemExit(
-            f"--merge: the margin rule chosen now ({_rule_key(record['chosen_rule'])}) differs from "
-            f"the one {path} named its datasets with ({_rule_key(previous.get('chosen_rule'))}); "
-            f"re-run every dataset so that all use one rule."
+            f"--merge: the agreement rule chosen now ({now}) differs from the one {path} named its "
+            f"datasets with ({before}); re-run every dataset so that all use one rule."
         )
     order = [name for name in DATASETS if name in kept or name in record["datasets"]]
     order += [name for name in {**kept, **record["datasets"]} if name not in order]
@@ -517,7 +618,19 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="replace an earlier naming.json in --out that holds datasets this invocation does not run",
     )
+    parser.add_argument(
+        "--summarise",
+        nargs="*",
+        type=Path,
+        metavar="RUN_JSON",
+        help="average the naming.json of runs with different seeds into naming_seeds.{json,md} in --out "
+        "(no paths: naming.json and naming_seed*.json in --out)",
+    )
     args = parser.parse_args(argv)
+    if args.summarise is not None:
+        paths = args.summarise or [args.out / "naming.json", *sorted(args.out.glob("naming_seed[0-9]*.json"))]
+        summarise(paths, args.out)
+        return
     unknown = sorted(set(args.datasets) - set(DATASETS))
     if unknown:
         parser.error(f"unknown dataset(s) {unknown}; choose from {list(DATASETS)}")
@@ -526,10 +639,14 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     import scsalient as ss
-    from scsalient.tl._query import DEFAULT_MIN_MARGIN, DEFAULT_MIN_OVERLAP
+    from scsalient.tl._query import AGREEMENT_MIN_MARGIN, DEFAULT_MIN_MARGIN, DEFAULT_MIN_OVERLAP
 
     epochs = EPOCHS[args.budget]
-    default = {"min_margin": DEFAULT_MIN_MARGIN["likelihood"], "min_overlap": DEFAULT_MIN_OVERLAP}
+    default = {
+        "min_margin": DEFAULT_MIN_MARGIN["likelihood"],
+        "min_overlap": DEFAULT_MIN_OVERLAP,
+        "agreement_margin": AGREEMENT_MIN_MARGIN,
+    }
     settings = {
         "budget": args.budget,
         "seed": args.seed,
@@ -537,7 +654,8 @@ def main(argv: list[str] | None = None) -> None:
         "max_cells": MAX_CELLS,
         "default_rule": default,
     }
-    result_path = args.out / "naming.json"
+    stem = "naming" if args.seed == 0 else f"naming_seed{args.seed}"  # seed 0 is the main record
+    result_path = args.out / f"{stem}.json"
     previous = None
     if args.merge and result_path.exists():
         previous = json.loads(result_path.read_text())
@@ -560,15 +678,20 @@ def main(argv: list[str] | None = None) -> None:
     missing = [name for name in SELECTION if name not in grids]
     rule = choose_rule(grids) if not missing else None
     rule_default_query = choose_rule(grids, variants=("likelihood",)) if not missing else None
+    agreement = choose_agreement(grids) if not missing else None
 
     table, clusters = [], {}
     for name, run in runs.items():
         majority = run["majority_labels"]
         names = dict(run["names"])
-        names["nact"] = with_margin(run["nact_results"], default["min_margin"], default["min_overlap"])
-        if rule is not None:
-            names["nact_chosen"] = with_margin(
-                run["nact_variants"][rule["query"]], rule["min_margin"], rule["min_overlap"]
+        margin = default["agreement_margin"]
+        names["nact"] = agreeing(
+            run["nact_results"], run["auc_results"], (margin, margin), default["min_overlap"]
+        )
+        names["nact_alone"] = with_margin(run["nact_results"], default["min_margin"], default["min_overlap"])
+        if agreement is not None:
+            names["nact_chosen"] = agreeing(
+                run["nact_results"], run["auc_results"], tuple(agreement["margins"]), agreement["min_overlap"]
             )
         else:
             names["nact_chosen"] = {}
@@ -594,6 +717,7 @@ def main(argv: list[str] | None = None) -> None:
         **settings,
         "chosen_rule": rule,
         "chosen_rule_default_query": rule_default_query,
+        "chosen_agreement": agreement,
         "selection_datasets": list(SELECTION),
         "table": table,
         "clusters": clusters,
@@ -609,8 +733,92 @@ def main(argv: list[str] | None = None) -> None:
         record = merge_record(record, previous, result_path)
     args.out.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(record, indent=1, default=str))
-    write_markdown(record, args.out / "naming.md")
-    print((args.out / "naming.md").read_text())
+    write_markdown(record, args.out / f"{stem}.md")
+    print((args.out / f"{stem}.md").read_text())
+
+
+def targets_met(
+    table: pd.DataFrame, baselines: tuple[str, ...] = BASELINES, method: str = "nact"
+) -> pd.Series:
+    """Per dataset: ``method``'s correct >= the best baseline's and its wrong <= half of that baseline's."""
+    met = {}
+    for dataset, frame in table.groupby("dataset"):
+        frame = frame.set_index("method")
+        base = frame.loc[list(baselines)].sort_values(["correct", "wrong"], ascending=[False, True])
+        best, ours = base.iloc[0], frame.loc[method]
+        met[dataset] = bool(ours["correct"] >= best["correct"] and ours["wrong"] <= best["wrong"] / 2)
+    return pd.Series(met)
+
+
+def summarise(paths: list[Path], out: Path) -> None:
+    """Mean counts per method over runs with different seeds, and the targets met in each run."""
+    runs = [json.loads(Path(path).read_text()) for path in paths]
+    seeds = [run["seed"] for run in runs]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--summarise: the runs must have different seeds, got {seeds}")
+    if len({(run["budget"], json.dumps(run["default_rule"], sort_keys=True)) for run in runs}) != 1:
+        raise SystemExit("--summarise: the runs differ in budget or default rule")
+    rows, met_rows = [], []
+    for run in runs:
+        table = pd.DataFrame(run["table"])
+        for scoring in SCORINGS:
+            sub = table[table["scoring"] == scoring]
+            totals = sub.groupby("method")[["correct", "wrong", "unassigned"]].sum()
+            for method, counts in totals.iterrows():
+                rows.append({"seed": run["seed"], "scoring": scoring, "method": method, **counts.to_dict()})
+            four = tuple(b for b in BASELINES if b != "wilcoxon_auc")
+            met_rows.append(
+                {
+                    "seed": run["seed"],
+                    "scoring": scoring,
+                    "met (five baselines)": int(targets_met(sub).sum()),
+                    "met (without wilcoxon_auc)": int(targets_met(sub, four).sum()),
+                    "nact_alone met (five / four)": f"{int(targets_met(sub, method='nact_alone').sum())} / "
+                    f"{int(targets_met(sub, four, method='nact_alone').sum())}",
+                    "datasets": int(sub["dataset"].nunique()),
+                    "chosen agreement": run.get("chosen_agreement")
+                    and {k: run["chosen_agreement"][k] for k in ("margins", "min_overlap")},
+                }
+            )
+    frame = pd.DataFrame(rows)
+    met = pd.DataFrame(met_rows)
+    record = {"benchmark": "naming_seeds", "runs": [str(p) for p in paths], "seeds": seeds}
+    record["totals"] = frame.to_dict(orient="records")
+    record["targets"] = met.to_dict(orient="records")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "naming_seeds.json").write_text(json.dumps(record, indent=1, default=str))
+    lines = [
+        "# Cluster naming over seeds",
+        "",
+        f"Written by `benchmarks/naming.py --summarise` from {len(runs)} runs (seeds {seeds}; "
+        f"{runs[0]['budget']} budget). Each seed draws its own Leiden clusters, subsample and N-ACT network; "
+        "the methods are those of `naming.md`. Counts are clusters summed over the datasets of a run, "
+        "then averaged over the runs (min-max over runs in brackets).",
+        "",
+    ]
+    for scoring in SCORINGS:
+        sub = frame[frame["scoring"] == scoring]
+        cells = {}
+        for method, group in sub.groupby("method"):
+            cells[method] = {
+                key: f"{group[key].mean():.1f} ({group[key].min()}-{group[key].max()})"
+                for key in ("correct", "wrong", "unassigned")
+            }
+        wide = pd.DataFrame(cells).T.reindex([m for m in METHODS if m in cells])
+        lines += [f"## Correct / wrong / unassigned clusters, {scoring} scoring", "", wide.to_markdown(), ""]
+    lines += [
+        "## Targets met per run",
+        "",
+        "Datasets where N-ACT's `nact` names at least as many clusters right as the best baseline and at "
+        "most half as many wrong; with the five baselines of `naming.md`, and without `wilcoxon_auc` "
+        "(the Wilcoxon ranks into the package's auc query: the issue's four baselines); the same for "
+        "`nact_alone` (the salient-gene query with its margin rule) in the last column but one.",
+        "",
+        met.to_markdown(index=False),
+        "",
+    ]
+    (out / "naming_seeds.md").write_text("\n".join(lines))
+    print((out / "naming_seeds.md").read_text())
 
 
 def write_markdown(record: dict, path: Path) -> None:
@@ -634,12 +842,20 @@ def write_markdown(record: dict, path: Path) -> None:
         f"{record['max_cells']} cells (Kang 2018: 8,684 -> 3,000; MOp: 10,309 -> 3,000). "
         f"Seed {record['seed']}.",
         "",
-        "Methods: `nact` = salient genes -> `query_cell_types` -> `annotate_clusters` with the margin rule "
-        f"(`min_margin={default['min_margin']}`, `min_overlap={default['min_overlap']}`); "
-        "`nact_chosen` = the query setting and margin rule chosen on the selection datasets (below); "
-        "`nact_top1` = the same "
-        "query's rank-1 candidate without the rule; `wilcoxon` = scanpy Wilcoxon ranks -> the same query, "
-        "rank-1; `wilcoxon_margin` = the same with the margin rule; `decoupler_ora` / `decoupler_ulm` = "
+        "Methods: `nact` = the package's recipe: salient genes -> `query_cell_types` (likelihood), "
+        "checked against scanpy Wilcoxon ranks of every gene -> `query_cell_types(method='auc')`; "
+        "`annotate_clusters` with both keys names a cluster when both rank the same type first "
+        f"(margins {default.get('agreement_margin', 0.0)}, `min_overlap={default['min_overlap']}` in each); "
+        "`nact_chosen` = the same with the agreement settings chosen on the selection datasets "
+        "(below); "
+        "`nact_alone` = the salient-gene query alone with its margin rule "
+        f"(`min_margin={default['min_margin']}`, `min_overlap={default['min_overlap']}`; "
+        "the default before); "
+        "`nact_top1` = the salient-gene query's rank-1 candidate without a rule; "
+        "`wilcoxon` = scanpy Wilcoxon ranks -> the likelihood query, rank-1; `wilcoxon_auc` = the Wilcoxon "
+        "ranks of every gene -> the auc query, rank-1; "
+        "`wilcoxon_margin` = Wilcoxon into the likelihood query with its margin rule; "
+        "`decoupler_ora` / `decoupler_ulm` = "
         "decoupler's per-cell ORA / ULM, then `rankby_group` per cluster (top positive); "
         "`marker_gene_overlap` = `sc.tl.marker_gene_overlap` of the Wilcoxon ranks, largest overlap.",
         "",
@@ -654,8 +870,22 @@ def write_markdown(record: dict, path: Path) -> None:
             f"`min_overlap={rule['min_overlap']}` ({rule['correct']} correct, {rule['wrong']} wrong, "
             f"{rule['unassigned']} unassigned there). For the package's default query (weighted likelihood) "
             f"alone the same search chose `min_margin={record['chosen_rule_default_query']['min_margin']}`, "
-            f"`min_overlap={record['chosen_rule_default_query']['min_overlap']}`. The package defaults used "
-            f"by `nact` below: `min_margin={default['min_margin']}`, `min_overlap={default['min_overlap']}`.",
+            f"`min_overlap={record['chosen_rule_default_query']['min_overlap']}` (the package default of a "
+            f"single query, `nact_alone` below: `min_margin={default['min_margin']}`, "
+            f"`min_overlap={default['min_overlap']}`).",
+            "",
+        ]
+    agreement = record.get("chosen_agreement")
+    if agreement is not None:
+        lines += [
+            "The agreement rule (`nact`) was chosen the same way: over the likelihood query's and the "
+            f"auc query's margins {list(AGREEMENT_MARGINS)} and `min_overlap` {list(OVERLAPS)}, on "
+            f"{', '.join(agreement['chosen_on'])} ({agreement['scoring']} scoring, "
+            f"{agreement['objective_rule']}): margins {agreement['margins']}, "
+            f"`min_overlap={agreement['min_overlap']}` ({agreement['correct']} correct, "
+            f"{agreement['wrong']} wrong, {agreement['unassigned']} unassigned there); `nact_chosen` "
+            "below. The package defaults used by `nact`: margins "
+            f"{default.get('agreement_margin', 0.0)}, `min_overlap={default['min_overlap']}`.",
             "",
         ]
     all_table = table
