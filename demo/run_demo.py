@@ -117,12 +117,22 @@ def unsupervised(adata: sc.AnnData, out: Path) -> None:
     if MARKERS.exists():
         database = ss.datasets.marker_database(MARKERS, species="human", tissue=["Immune system", "Blood"])
         ss.tl.query_cell_types(work, database, key="salient_genes_leiden", key_added="cell_type_query")
-        ss.tl.annotate_clusters(work, "leiden", key="cell_type_query", key_added="nact_cell_type")
+        # checked against the expression ranks of every gene: a cluster is named when both agree
+        sc.tl.rank_genes_groups(work, "leiden", method="wilcoxon", n_genes=None, key_added="wilcoxon_leiden")
+        ss.tl.query_cell_types(
+            work, database, key="wilcoxon_leiden", method="auc", key_added="expression_query"
+        )
+        ss.tl.annotate_clusters(
+            work, "leiden", key=["cell_type_query", "expression_query"], key_added="nact_cell_type"
+        )
+        groups = work.uns["nact_cell_type"]["groups"].set_index("group")
         table = work.obs.groupby("leiden", observed=True).agg(
             named=("nact_cell_type", "first"),
             majority_author_label=("bulk_labels", lambda s: s.value_counts().index[0]),
         )
-        print("  clusters named by a PanglaoDB query of their salient genes:")
+        table["salient_genes_say"] = groups["best"].reindex(table.index.astype(str)).to_numpy()
+        table["expression_says"] = groups["best_expression_query"].reindex(table.index.astype(str)).to_numpy()
+        print("  clusters named where the query of their salient genes and of their expression ranks agree:")
         print(table.to_string())
         ss.pl.cell_type_query(work, n_types=3, show=False, save=out / "cluster_queries.png")
         adata.obs["nact_cell_type"] = work.obs["nact_cell_type"]
