@@ -447,85 +447,68 @@ def run_dataset(name: str, judge: OntologyJudge, epochs: int, seed: int) -> dict
     }
 
 
+def _best_on_selection(runs: dict[str, dict], candidates: list[tuple[dict, tuple, str]]) -> dict:
+    """The candidate with the most correct minus twice the wrong names on the SELECTION datasets.
+
+    ``candidates`` are ``(settings, tie_group, grid_key)`` in order of preference; on a tie the
+    first wins, except within one tie group (the same settings but for ``min_overlap``, listed
+    from small to large), where the later, more cautious overlap wins.
+    """
+    best = None
+    for settings, tie_group, grid_key in candidates:
+        total = {"correct": 0, "wrong": 0, "unassigned": 0}
+        for name in SELECTION:
+            for key, value in runs[name]["grid"][grid_key].items():
+                total[key] += value
+        objective = total["correct"] - 2 * total["wrong"]
+        tied_in_group = best is not None and objective == best["objective"] and tie_group == best["tie_group"]
+        if best is None or objective > best["objective"] or tied_in_group:
+            best = {**settings, "objective": objective, **total, "tie_group": tie_group}
+    best.pop("tie_group")
+    return {
+        **best,
+        "chosen_on": list(SELECTION),
+        "objective_rule": "correct - 2 x wrong, summed",
+    }
+
+
 def choose_rule(
     runs: dict[str, dict], scoring: str = "lineage", variants: tuple[str, ...] | None = None
 ) -> dict:
-    """The (min_margin, min_overlap) with the most correct minus twice the wrong names of N-ACT
-    on the SELECTION datasets (ties: the first query setting, the smaller margin, then the
-    larger, more cautious overlap).
+    """The (query setting, min_margin, min_overlap) of the salient-gene query alone with the most
+    correct minus twice the wrong names of N-ACT on the SELECTION datasets (ties: the first query
+    setting, the smaller margin, then the larger, more cautious overlap).
 
     Chosen under the lineage scoring: under the strict one no PanglaoDB name is right for a
     CD4- or CD8-positive alpha-beta T cell cluster, so it would reward never naming T cells.
     """
-    best = None
-    for variant in variants or tuple(QUERY_VARIANTS):
-        for margin in MARGINS:
-            for overlap in OVERLAPS:
-                total = {"correct": 0, "wrong": 0, "unassigned": 0}
-                for name in SELECTION:
-                    grid = runs[name]["grid"][f"{scoring}|nact:{variant}|{margin}|{overlap}"]
-                    for key, value in grid.items():
-                        total[key] += value
-                objective = total["correct"] - 2 * total["wrong"]
-                better = (
-                    best is not None
-                    and objective == best["objective"]
-                    and (variant, margin)
-                    == (
-                        best["query"],
-                        best["min_margin"],
-                    )
-                )
-                if best is None or objective > best["objective"] or better:  # ties: the larger overlap
-                    best = {
-                        "query": variant,
-                        "min_margin": margin,
-                        "min_overlap": overlap,
-                        "objective": objective,
-                        **total,
-                    }
-    return {
-        **best,
-        "chosen_on": list(SELECTION),
-        "scoring": scoring,
-        "objective_rule": "correct - 2 x wrong, summed",
-    }
+    candidates = [
+        (
+            {"query": variant, "min_margin": margin, "min_overlap": overlap},
+            (variant, margin),
+            f"{scoring}|nact:{variant}|{margin}|{overlap}",
+        )
+        for variant in variants or tuple(QUERY_VARIANTS)
+        for margin in MARGINS
+        for overlap in OVERLAPS
+    ]
+    return {**_best_on_selection(runs, candidates), "scoring": scoring}
 
 
 def choose_agreement(runs: dict[str, dict], scoring: str = "lineage") -> dict:
     """The agreement rule's (likelihood margin, auc margin, min_overlap) with the most correct minus
     twice the wrong names on the SELECTION datasets (ties: smaller margins, then the larger overlap)."""
-    best = None
-    for first in AGREEMENT_MARGINS:
-        for second in AGREEMENT_MARGINS:
-            for overlap in OVERLAPS:
-                total = {"correct": 0, "wrong": 0, "unassigned": 0}
-                for name in SELECTION:
-                    for key, value in runs[name]["grid"][
-                        f"{scoring}|agree|{first}|{second}|{overlap}"
-                    ].items():
-                        total[key] += value
-                objective = total["correct"] - 2 * total["wrong"]
-                if (
-                    best is None
-                    or objective > best["objective"]
-                    or (
-                        objective == best["objective"]
-                        and (first, second) == (best["margins"][0], best["margins"][1])
-                    )
-                ):
-                    best = {
-                        "margins": [first, second],
-                        "min_overlap": overlap,
-                        "objective": objective,
-                        **total,
-                    }
-    return {
-        **best,
-        "chosen_on": list(SELECTION),
-        "scoring": scoring,
-        "objective_rule": "correct - 2 x wrong, summed",
-    }
+    candidates = [
+        (
+            {"margins": [first, second], "min_overlap": overlap},
+            (first, second),
+            f"{scoring}|agree|{first}|{second}|{overlap}",
+        )
+        for first in AGREEMENT_MARGINS
+        for second in AGREEMENT_MARGINS
+        for overlap in OVERLAPS
+    ]
+    return {**_best_on_selection(runs, candidates), "scoring": scoring}
 
 
 # --------------------------------------------------------------------------------------------

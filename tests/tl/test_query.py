@@ -404,18 +404,24 @@ def test_margin_arguments_are_checked():
         annotate_clusters(adata, "cluster", n_candidates=0)
 
 
-def test_unsupervised_workflow_on_the_simulator_says_unassigned_for_twin_types():
-    """Clusters -> N-ACT (tiny epochs) -> salient genes -> query -> names; a database type that
-    duplicates another's markers leaves that cluster without a clear winner."""
-    adata = ss.datasets.simulate(n_cells=600, n_cell_types=4, n_markers=20)
+def simulated_salient_genes(epochs: int, **simulation) -> tuple[ad.AnnData, dict[str, list[str]]]:
+    """Simulated cells in 4 Leiden clusters, N-ACT trained on them, salient genes per cluster."""
+    adata = ss.datasets.simulate(**simulation)
     markers = {name: list(genes) for name, genes in adata.uns["simulation"]["markers"].items()}
-    database = {**markers, "twin_of_type_0": list(markers["type_0"])}
     ss.pp.cluster_labels(adata, n_clusters=4)
     ss.model.NACT.setup_anndata(adata, labels_key="leiden")
     model = ss.model.NACT(adata)
-    model.train(max_epochs=3, batch_size=128, enable_progress_bar=False)
+    model.train(max_epochs=epochs, batch_size=128, enable_progress_bar=False)
     model.annotate()
     ss.tl.salient_genes(adata, groupby="leiden")
+    return adata, markers
+
+
+def test_unsupervised_workflow_on_the_simulator_says_unassigned_for_twin_types():
+    """Clusters -> N-ACT (tiny epochs) -> salient genes -> query -> names; a database type that
+    duplicates another's markers leaves that cluster without a clear winner."""
+    adata, markers = simulated_salient_genes(epochs=3, n_cells=600, n_cell_types=4, n_markers=20)
+    database = {**markers, "twin_of_type_0": list(markers["type_0"])}
     ss.tl.query_cell_types(adata, database)
     annotate_clusters(adata, "leiden")
     majority = adata.obs.groupby("leiden", observed=True)["cell_type"].agg(
@@ -510,14 +516,9 @@ def test_real_pbmcs_with_ensembl_ids_are_named_or_unassigned(shared_data):
 
 def test_agreement_names_the_simulated_clusters():
     """Simulator: N-ACT's salient genes and the Wilcoxon ranks agree on the planted types."""
-    adata = ss.datasets.simulate(n_cells=1200, n_cell_types=4, n_genes=400, n_markers=25, marker_fold=8.0)
-    markers = {name: list(genes) for name, genes in adata.uns["simulation"]["markers"].items()}
-    ss.pp.cluster_labels(adata, n_clusters=4)
-    ss.model.NACT.setup_anndata(adata, labels_key="leiden")
-    model = ss.model.NACT(adata)
-    model.train(max_epochs=5, batch_size=128, enable_progress_bar=False)
-    model.annotate()
-    ss.tl.salient_genes(adata, groupby="leiden")
+    adata, markers = simulated_salient_genes(
+        epochs=5, n_cells=1200, n_cell_types=4, n_genes=400, n_markers=25, marker_fold=8.0
+    )
     ss.tl.query_cell_types(adata, markers)
     logged = sc.pp.log1p(sc.pp.normalize_total(adata, target_sum=1e4, inplace=False)["X"])
     adata.layers["log1p"] = logged
