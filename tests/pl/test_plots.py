@@ -193,6 +193,9 @@ def test_cell_type_query_plot(adata, tmp_path):
     assert [ax.get_title() for ax in single.axes] == ["C"]
     assert len(single.axes[0].patches) == 3  # only three types in the database
     assert single.axes[0].get_xlabel() == "log-likelihood"
+    entry = adata.uns[SalientKeys.CELL_TYPE_QUERY]
+    adata.uns["auc_query"] = {"results": entry["results"], "params": {**entry["params"], "method": "auc"}}
+    assert pl.cell_type_query(adata, key="auc_query", show=False).axes[0].get_xlabel() == "rank test z-score"
     with pytest.raises(KeyError, match="Z"):
         pl.cell_type_query(adata, groups=["Z"], show=False)
 

@@ -14,7 +14,7 @@ from scsalient._utils import select_groups
 
 from ._utils import finish_plot, panel_grid
 
-_SCORE_LABELS = {"likelihood": "log-likelihood", "enrichment": "-log10 p-value"}
+_SCORE_LABELS = {"likelihood": "log-likelihood", "enrichment": "-log10 p-value", "auc": "rank test z-score"}
 
 
 def cell_type_query(
