@@ -561,7 +561,8 @@ def test_auc_query_matches_the_mann_whitney_statistic():
     score_a = {g: float(rng.normal(3.0 if g in markers["Alpha"] else 0.0)) for g in genes}
     score_b = {g: float(rng.normal(2.0 if g in markers["Beta"] else 0.0)) for g in genes[:40]}
     adata = scored_record_adata({"A": score_a, "B": score_b}, genes)
-    results = query_cell_types(adata, markers, key="ranks", method="auc", n_genes=5)
+    with pytest.warns(UserWarning, match="ranks as few as 40 of the 60 genes"):
+        results = query_cell_types(adata, markers, key="ranks", method="auc", n_genes=5)
     assert results.loc[results["rank"] == 1].set_index("group")["cell_type"].to_dict() == {
         "A": "Alpha",
         "B": "Beta",

@@ -74,7 +74,7 @@ def query_cell_types(
     where :math:`\mathrm{AUC}_C` is the chance that a marker of *C* ranks above another gene. A
     type's markers that rank low count against it, so it suits full rankings such as
     :func:`scanpy.tl.rank_genes_groups` with ``n_genes=None`` (scanpy keeps 100 genes per group by
-    default; the rest then tie at the bottom). On the naming benchmark it named more clusters
+    default; the rest then tie at the bottom, with a warning). On the naming benchmark it named more clusters
     right from Wilcoxon ranks than the likelihood did (``benchmarks/naming.py``); N-ACT's salient
     genes, which give most genes a score of 0, suit the likelihood better.
 
@@ -340,6 +340,15 @@ def _auc_query(
     n_markers = np.asarray(membership.sum(axis=1)).ravel().astype(np.int64)
     n_universe = len(universe)
     usable = (n_markers > 0) & (n_markers < n_universe)
+    listed = min(len(genes) for genes, _ in rankings.values()) if rankings else n_universe
+    if listed < n_universe:
+        warnings.warn(
+            f"adata.uns[{key!r}] ranks as few as {listed} of the {n_universe} genes of a group; "
+            "method='auc' ties the others at the bottom, which loses what their ranks say. Rank "
+            "every gene, e.g. scanpy.tl.rank_genes_groups(..., n_genes=None).",
+            UserWarning,
+            stacklevel=3,
+        )
     frames = []
     for group, query in queries.items():
         genes, scores = rankings[group]
