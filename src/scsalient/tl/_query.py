@@ -358,7 +358,8 @@ def _auc_query(
         _, first = np.unique(position, return_index=True)  # a gene listed twice: its first entry
         position, scores = position[first], scores[first]
         # genes missing from the record tie below every listed gene
-        floor = (np.nanmin(scores) - 1.0) if len(scores) else 0.0
+        finite = scores[np.isfinite(scores)]
+        floor = float(finite.min()) - 1.0 if finite.size else 0.0
         full = np.full(n_universe, floor, dtype=np.float64)
         full[position] = np.where(np.isfinite(scores), scores, floor)
         ranks = stats.rankdata(full)  # 1 = lowest score; ties share their mean rank
