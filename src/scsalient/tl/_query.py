@@ -186,25 +186,12 @@ def query_cell_types(
                 + "; if adata.var_names are not gene symbols, pass `gene_symbols`."
             )
 
-    if method == "auc":
-        return _auc_query(
-            adata,
-            table,
-            queries,
-            rankings,
-            measured_genes,
-            normalize=normalize,
-            key=key,
-            record=record,
-            source=source,
-            n_genes=int(n_genes),
-            case_sensitive=case_sensitive,
-            gene_symbols=gene_symbols,
-            key_added=key_added,
-        )
-
     cell_types = pd.Index(pd.unique(table["cell_type"]))
-    genes = pd.Index(pd.unique(table["key"]))
+    if method == "auc":  # every measured gene is ranked; the markers are the database genes among them
+        genes = pd.Index(pd.unique(np.asarray([normalize(gene) for gene in measured_genes], dtype=object)))
+        _warn_truncated(rankings, len(genes), key)
+    else:
+        genes = pd.Index(pd.unique(table["key"]))
     rows = cell_types.get_indexer(table["cell_type"])
     cols = genes.get_indexer(table["key"])
     weights = table["weight"].to_numpy(dtype=np.float64)
@@ -257,6 +244,11 @@ def query_cell_types(
             order = np.lexsort(
                 (np.arange(len(frame)), -frame["n_overlap"].to_numpy(), -frame["score"].to_numpy())
             )
+        elif method == "auc":
+            frame["score"], frame["auc"] = _auc_scores(
+                rankings[group], genes, membership, n_markers, normalize=normalize
+            )
+            order = np.lexsort((np.arange(len(frame)), -frame["score"].to_numpy()))
         else:
             n_universe = len(genes)
             pvalue = np.ones(len(frame))
@@ -274,6 +266,8 @@ def query_cell_types(
     columns = ["group", "cell_type", "rank", "score", "n_overlap", "n_query", "n_markers", "overlap"]
     if method == "enrichment":
         columns += ["pvalue", "fdr"]
+    elif method == "auc":
+        columns += ["auc"]
     results = pd.concat(frames, ignore_index=True)[columns]
     results["group"] = pd.Categorical(results["group"], categories=list(queries))
     best = results.loc[results["rank"] == 1]
@@ -293,6 +287,8 @@ def query_cell_types(
         "database": source,
         "gene_symbols": gene_symbols,
     }
+    if method == "auc":  # neither weights nor a pseudo-count enter the rank test
+        del params["alpha"], params["use_weights"]
     adata.uns[key_added] = {"results": results, "params": params}
     logger.info(
         "Queried %d cell types for %d groups (%s); added to adata.uns[%r]. Best: %s",
@@ -305,42 +301,9 @@ def query_cell_types(
     return results
 
 
-def _auc_query(
-    adata: AnnData,
-    table: pd.DataFrame,
-    queries: dict[str, list[str]],
-    rankings: dict[str, tuple[np.ndarray, np.ndarray]],
-    measured_genes: list[str],
-    *,
-    normalize: Callable[[str], str],
-    key: str,
-    record: Mapping[str, Any],
-    source: str,
-    n_genes: int,
-    case_sensitive: bool,
-    gene_symbols: str | None,
-    key_added: str,
-) -> pd.DataFrame:
-    """``method="auc"`` of :func:`query_cell_types`: a Mann-Whitney z-score per group and type."""
-    universe = pd.Index(pd.unique(np.asarray([normalize(gene) for gene in measured_genes], dtype=object)))
-    table = table.loc[table["key"].isin(universe)]
-    if table.empty:
-        raise ValueError(
-            "No database gene is in "
-            + ("adata.var_names" if gene_symbols is None else f"adata.var[{gene_symbols!r}]")
-            + "; if adata.var_names are not gene symbols, pass `gene_symbols`."
-        )
-    cell_types = pd.Index(pd.unique(table["cell_type"]))
-    rows = cell_types.get_indexer(table["cell_type"])
-    cols = universe.get_indexer(table["key"])
-    membership = sparse.csr_matrix(
-        (np.ones(len(table)), (rows, cols)), shape=(len(cell_types), len(universe))
-    )
-    membership.data[:] = 1.0  # duplicated (type, gene) pairs count once
-    n_markers = np.asarray(membership.sum(axis=1)).ravel().astype(np.int64)
-    n_universe = len(universe)
-    usable = (n_markers > 0) & (n_markers < n_universe)
-    listed = min(len(genes) for genes, _ in rankings.values()) if rankings else n_universe
+def _warn_truncated(rankings: dict[str, tuple[np.ndarray, np.ndarray]], n_universe: int, key: str) -> None:
+    """Warn when a record ranks fewer genes than the data hold (``method="auc"``)."""
+    listed = min((len(genes) for genes, _ in rankings.values()), default=n_universe)
     if listed < n_universe:
         warnings.warn(
             f"adata.uns[{key!r}] ranks as few as {listed} of the {n_universe} genes of a group; "
@@ -349,79 +312,38 @@ def _auc_query(
             UserWarning,
             stacklevel=3,
         )
-    frames = []
-    for group, query in queries.items():
-        genes, scores = rankings[group]
-        position = universe.get_indexer([normalize(str(gene)) for gene in genes])
-        keep = position >= 0
-        position, scores = position[keep], scores[keep]
-        _, first = np.unique(position, return_index=True)  # a gene listed twice: its first entry
-        position, scores = position[first], scores[first]
-        # genes missing from the record tie below every listed gene
-        finite = scores[np.isfinite(scores)]
-        floor = float(finite.min()) - 1.0 if finite.size else 0.0
-        full = np.full(n_universe, floor, dtype=np.float64)
-        full[position] = np.where(np.isfinite(scores), scores, floor)
-        ranks = stats.rankdata(full)  # 1 = lowest score; ties share their mean rank
-        rank_sums = membership @ ranks
-        n = n_markers.astype(np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            auc = (rank_sums - n * (n + 1) / 2) / (n * (n_universe - n))
-            z = (auc - 0.5) / np.sqrt((n_universe + 1) / (12 * n * (n_universe - n)))
-        auc = np.where(usable, auc, np.nan)
-        z = np.where(usable, z, -np.inf)
-        keys = [normalize(gene) for gene in query]
-        seen: dict[str, str] = {}
-        for gene, gene_key in zip(query, keys, strict=True):
-            if gene_key in universe and gene_key not in seen:
-                seen[gene_key] = gene
-        idx = universe.get_indexer(list(seen))
-        hits = membership[:, idx]
-        n_overlap = np.asarray(hits.sum(axis=1)).ravel().astype(np.int64)
-        frame = pd.DataFrame(
-            {
-                "group": group,
-                "cell_type": np.asarray(cell_types, dtype=object),
-                "score": z,
-                "n_overlap": n_overlap,
-                "n_query": len(seen),
-                "n_markers": n_markers,
-                "overlap": _overlap_strings(hits.tocsr(), list(seen.values())),
-                "auc": auc,
-            }
-        )
-        order = np.lexsort((np.arange(len(frame)), -frame["score"].to_numpy()))
-        frame = frame.iloc[order].reset_index(drop=True)
-        frame["rank"] = np.arange(1, len(frame) + 1)
-        frames.append(frame)
-    columns = ["group", "cell_type", "rank", "score", "n_overlap", "n_query", "n_markers", "overlap", "auc"]
-    results = pd.concat(frames, ignore_index=True)[columns]
-    results["group"] = pd.Categorical(results["group"], categories=list(queries))
-    best = results.loc[results["rank"] == 1]
-    _warn_unnamed(best, where="the query", stacklevel=4)
-    adata.uns[key_added] = {
-        "results": results,
-        "params": {
-            "key": key,
-            "groupby": str(record.get("params", {}).get("groupby", "")),
-            "method": "auc",
-            "n_genes": n_genes,
-            "case_sensitive": bool(case_sensitive),
-            "universe": "var_names",
-            "n_universe": n_universe,
-            "n_cell_types": len(cell_types),
-            "database": source,
-            "gene_symbols": gene_symbols,
-        },
-    }
-    logger.info(
-        "Queried %d cell types for %d groups (auc); added to adata.uns[%r]. Best: %s",
-        len(cell_types),
-        len(queries),
-        key_added,
-        _names(best),
-    )
-    return results
+
+
+def _auc_scores(
+    ranking: tuple[np.ndarray, np.ndarray],
+    genes: pd.Index,
+    membership: sparse.csc_matrix,
+    n_markers: np.ndarray,
+    *,
+    normalize: Callable[[str], str],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mann-Whitney z-score and AUC of each type's markers in one group's ranking of ``genes``.
+
+    Types with no marker, or only markers, among ``genes`` get a z-score of -inf and no AUC.
+    """
+    listed, scores = ranking
+    position = genes.get_indexer([normalize(str(gene)) for gene in listed])
+    keep = position >= 0
+    position, scores = position[keep], scores[keep]
+    _, first = np.unique(position, return_index=True)  # a gene listed twice: its first entry
+    position, scores = position[first], scores[first]
+    # genes missing from the record tie below every listed gene
+    finite = scores[np.isfinite(scores)]
+    floor = float(finite.min()) - 1.0 if finite.size else 0.0
+    full = np.full(len(genes), floor, dtype=np.float64)
+    full[position] = np.where(np.isfinite(scores), scores, floor)
+    ranks = stats.rankdata(full)  # 1 = lowest score; ties share their mean rank
+    n, n_universe = n_markers.astype(np.float64), len(genes)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auc = (membership @ ranks - n * (n + 1) / 2) / (n * (n_universe - n))
+        z = (auc - 0.5) / np.sqrt((n_universe + 1) / (12 * n * (n_universe - n)))
+    usable = (n_markers > 0) & (n_markers < n_universe)
+    return np.where(usable, z, -np.inf), np.where(usable, auc, np.nan)
 
 
 #: defaults of :func:`annotate_clusters`, chosen on the naming benchmark (benchmarks/naming.py)
@@ -752,7 +674,7 @@ def _names(best: pd.DataFrame) -> dict[str, str | None]:
     }
 
 
-def _warn_unnamed(best: pd.DataFrame, *, where: str, stacklevel: int = 3) -> None:
+def _warn_unnamed(best: pd.DataFrame, *, where: str) -> None:
     """Warn about groups whose rank-1 type shares no gene with their query (they get no name)."""
     unnamed = best.loc[best["n_overlap"] <= 0]
     if unnamed.empty:
@@ -772,7 +694,7 @@ def _warn_unnamed(best: pd.DataFrame, *, where: str, stacklevel: int = 3) -> Non
         + "; ".join(details)
         + ". A group is never named from zero overlapping genes; their cells stay unlabelled.",
         UserWarning,
-        stacklevel=stacklevel,
+        stacklevel=3,
     )
 
 
