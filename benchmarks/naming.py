@@ -200,27 +200,25 @@ def nact_query(adata, db: pd.DataFrame, epochs: int, seed: int) -> tuple[dict[st
     }
 
 
-def wilcoxon_query(lognorm, db: pd.DataFrame) -> pd.DataFrame:
+#: genes per group scanpy's rank_genes_groups keeps by default: what a user's marker_gene_overlap reads
+SCANPY_N_GENES = 100
+
+
+def wilcoxon_queries(lognorm, db: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """scanpy's Wilcoxon ranks of every gene, once, into the likelihood query (its top 25 genes)
+    and into the ``"auc"`` query (the whole ranking)."""
     import scanpy as sc
 
     import scsalient as ss
 
-    sc.tl.rank_genes_groups(lognorm, "leiden", method="wilcoxon")
+    sc.tl.rank_genes_groups(lognorm, "leiden", method="wilcoxon", n_genes=None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return ss.tl.query_cell_types(lognorm, db, key="rank_genes_groups", key_added="wilcoxon_query")
-
-
-def wilcoxon_auc_query(lognorm, db: pd.DataFrame) -> pd.DataFrame:
-    """Wilcoxon ranks of every gene (``n_genes=None``) into the ``"auc"`` query."""
-    import scanpy as sc
-
-    import scsalient as ss
-
-    sc.tl.rank_genes_groups(lognorm, "leiden", method="wilcoxon", n_genes=None, key_added="wilcoxon_all")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return ss.tl.query_cell_types(lognorm, db, key="wilcoxon_all", method="auc", key_added="auc_query")
+        likelihood = ss.tl.query_cell_types(lognorm, db, key="rank_genes_groups", key_added="wilcoxon_query")
+        auc = ss.tl.query_cell_types(
+            lognorm, db, key="rank_genes_groups", method="auc", key_added="auc_query"
+        )
+    return likelihood, auc
 
 
 def agreeing(
@@ -290,7 +288,9 @@ def overlap_names(lognorm, db: pd.DataFrame) -> dict[str, str | None]:
     import scanpy as sc
 
     markers = {t: set(frame["gene"].astype(str)) for t, frame in db.groupby("cell_type")}
-    overlap = sc.tl.marker_gene_overlap(lognorm, markers, key="rank_genes_groups")
+    overlap = sc.tl.marker_gene_overlap(
+        lognorm, markers, key="rank_genes_groups", top_n_markers=SCANPY_N_GENES
+    )
     out = {}
     for cluster in overlap.columns:
         column = overlap[cluster]
@@ -399,8 +399,7 @@ def run_dataset(name: str, judge: OntologyJudge, epochs: int, seed: int) -> dict
 
     nact_variants, nact_info = nact_query(adata, db, epochs, seed)
     nact_results = nact_variants["likelihood"]
-    wilcoxon_results = wilcoxon_query(lognorm, db)
-    auc_results = wilcoxon_auc_query(lognorm, db)
+    wilcoxon_results, auc_results = wilcoxon_queries(lognorm, db)
     names = {
         "nact_top1": top1(nact_results),
         "wilcoxon": top1(wilcoxon_results),
