@@ -538,9 +538,9 @@ def _agree(groups: pd.DataFrame, other: pd.DataFrame, key: str, *, unassigned: s
         if groups.at[group, "name"] is None or groups.at[group, "name"] == unassigned:
             continue  # not named by the first query: its status stands
         status = other.at[group, "status"]
-        if pd.isna(status):
-            groups.at[group, "name"], groups.at[group, "status"] = unassigned, "queries disagree"
-        elif other.at[group, "best"] != groups.at[group, "best"]:
+        if (
+            pd.isna(status) or other.at[group, "best"] != groups.at[group, "best"]
+        ):  # unqueried or another type
             groups.at[group, "name"], groups.at[group, "status"] = unassigned, "queries disagree"
         elif status != "named":
             groups.at[group, "name"] = unassigned
