@@ -92,6 +92,7 @@ def train_from_disk(
     import torch
 
     import scsalient as ss
+    from scsalient._constants import NACTKeys, SCTABKeys
 
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
@@ -132,9 +133,14 @@ def train_from_disk(
         start = time.perf_counter()
         model.annotate(adata)
         seconds = time.perf_counter() - start
-        explanation = adata.obsm["nact_attention" if model_name == "nact" else "sctab_mask"]
+        keys = {
+            "nact": (NACTKeys.ATTENTION, NACTKeys.PREDICTION),
+            "sctab": (SCTABKeys.MASK, SCTABKeys.PREDICTION),
+        }
+        explanation_key, prediction_key = keys[model_name]
+        explanation = adata.obsm[explanation_key]
         truth = adata.obs["cell_type"].astype(str).to_numpy()
-        predicted = adata.obs[f"{model_name}_prediction"].astype(str).to_numpy()
+        predicted = adata.obs[prediction_key].astype(str).to_numpy()
         row.update(
             annotate_seconds=round(seconds, 1),
             annotate_cells_per_second=round(adata.n_obs / seconds, 1),
