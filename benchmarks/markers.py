@@ -438,7 +438,7 @@ def _sctab_lines(sctab: dict) -> list[str]:
         f"{sctab['batch_key'] or 'none'}, seed {sctab['seed']}) in {sctab['train_seconds']:.0f} s; its "
         f"predictions agree with the labels on {sctab['agreement_with_labels_all_cells']:.1%} of the "
         "cells. Salient genes grouped by the true labels as for NACT, from what `annotate()` stores "
-        "(`obsm['sctab_mask']`: the attributions to the predicted class, one-point integrated gradients, "
+        "(`obsm['sctab_mask']`: the attributions to the predicted class, gradient x input, "
         f"{sctab['annotate_seconds']:.1f} s for all cells) and from the feature masks "
         f"(`get_masks()`, {sctab['feature_mask_seconds']:.1f} s). The earlier comparison of SCTAB "
         "settings (weight decay 0.05, the paper preset) is not repeated: in the run of 22 Nov 2026 "

@@ -190,14 +190,13 @@ class SCTAB(SaveLoadMixin, ClassifierMixin, BaseModelClass):
     **Explanation.** What :meth:`annotate` stores as ``obsm["sctab_mask"]`` (the key keeps its
     name) and averages per predicted class into ``varm["sctab_mask_mean"]`` is the attribution
     of each cell's prediction to its genes (:meth:`get_attributions`): the positive part of
-    integrated gradients of the predicted class's log-probability with a one-point (midpoint)
-    rule, as shares of the cell's total.
+    gradient x input of the predicted class's log-probability, as shares of the cell's total.
     It names the genes whose expression argues for the predicted class against the others.
     The feature masks (:meth:`get_masks`) select the genes the decision step reads, whichever
     class they argue for; nearly dense, their mean over a type's cells follows detection
     rates. On simulated data with planted markers, the attributions of a type's cells put
-    50 to 2,000 times as much weight on its markers as on another type's, the masks 1.4 to
-    1.9 times. Against PanglaoDB markers, their salient genes (:func:`scsalient.tl.salient_genes`)
+    1,500 to 8,000 times as much weight on its markers as on another type's, the masks 1.3 to
+    2 times. Against PanglaoDB markers, their salient genes (:func:`scsalient.tl.salient_genes`)
     reach a precision@25 above scanpy's Wilcoxon test on Kang 2018 PBMCs and below it on
     ``pbmc68k_reduced`` and on Ding 2020 PBMCs (``benchmarks/results/markers*.md``). A stray
     read gets none of a cell's attribution when it argues against the predicted class (one
@@ -225,7 +224,7 @@ class SCTAB(SaveLoadMixin, ClassifierMixin, BaseModelClass):
     _module_cls = SCTABModule
     _keys = SCTABKeys
     #: what ``annotate`` stores as ``obsm["sctab_mask"]`` (the key name is kept from when it held
-    #: the feature masks): the class-specific attributions (see :meth:`get_attributions`)
+    #: the feature masks): the class-specific gradient x input (see :meth:`get_attributions`)
     _explanation_output = "attribution"
     _latent_output = "embedding"
     _default_min_confidence = None
@@ -548,10 +547,9 @@ class SCTAB(SaveLoadMixin, ClassifierMixin, BaseModelClass):
     ) -> sparse.csr_matrix | np.ndarray:
         """Per-cell attributions to the predicted class, as shares (what ``annotate`` stores).
 
-        Integrated gradients of the log-probability of the class the ensemble predicts, from
-        the all-zero cell, with respect to the expression the network sees (log1p(CP10k) of
-        counts) and with one point (the gradient at half the cell's expression, times the
-        expression), its positive part, divided by its total per cell (see
+        Gradient x input of the log-probability of the class the ensemble predicts, with
+        respect to the expression the network sees (log1p(CP10k) of counts), its positive part,
+        divided by its total per cell (see
         :meth:`~scsalient.model.sctab._module.SCTABModule.attribution`). Each row says which of
         the cell's expressed genes raise the predicted class against the others, and by how
         much; genes the cell does not express get 0. It takes one backward pass per block of

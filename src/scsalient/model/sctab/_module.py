@@ -384,38 +384,25 @@ class SCTABModule(BaseModuleClass, TemperatureScaled):
         r""":meth:`inference` outputs plus ``attribution``: how much each gene argues for the predicted class.
 
         For the expression :math:`\tilde x` the network sees (log1p(CP10k) of counts) and the
-        log-probability :math:`\log p_c` of the class :math:`c` the ensemble predicts for the
-        cell (the log of the members' mean probability), the attribution of gene :math:`g` is
+        log-probability :math:`\log p_c` of the class :math:`c` the ensemble predicts (the log of
+        the members' mean probability), the attribution of gene :math:`g` is the positive part
+        of gradient x input, :math:`\max(0,\ \tilde x_g\, \partial \log p_c / \partial
+        \tilde x_g)`: the genes whose expression raises the predicted class against the others,
+        in a first-order expansion around the cell (one backward pass; genes a cell does not
+        express get 0). Unlike the feature mask, which selects the genes passed to the decision
+        step whichever class they argue for, it is specific to the class.
 
-        .. math::
-
-            \max\Bigl(0,\ \tilde x_g\, \frac{\partial \log p_c}{\partial \tilde x_g}
-            \Bigr|_{\tilde x / 2}\Bigr),
-
-        the positive part of integrated gradients :cite:p:`Sundararajan2017` from the all-zero
-        cell with a one-point (midpoint) rule: the genes whose expression raises the predicted
-        class against the others along the way from no expression to the cell's (one backward
-        pass; genes a cell does not express get 0). With the gradient at the midpoint rather than
-        at the cell itself (gradient x input), the stored attributions are as faithful as
-        integrated gradients with 25 points on two of the three datasets of the faithfulness
-        benchmark and closer to them on the third (see the benchmarks page). Unlike the feature
-        mask, which selects the genes passed to the decision step whichever class they argue
-        for, it is specific to the class.
-
-        Returns the outputs of :meth:`inference` for the cells (detached) with ``attribution``
-        ``(B, G)``. Runs with gradients even when called in inference mode.
+        Returns the outputs of :meth:`inference` (detached) with ``attribution`` ``(B, G)``.
+        Runs with gradients even when called in inference mode.
         """
         device = next(self.parameters()).device
-        with torch.inference_mode(False):
+        with torch.inference_mode(False), torch.enable_grad():
             # a tensor made in inference mode cannot enter autograd: clone it outside that mode
-            views = self.prepare_input(x.to(device).clone())
-            with torch.no_grad():
-                out = self.inference_from_views(views)
-            predicted = out["logits"].argmax(dim=-1, keepdim=True)
-            with torch.enable_grad():
-                midpoint = (0.5 * views).requires_grad_(True)
-                log_p = torch.log_softmax(self.inference_from_views(midpoint)["logits"], dim=-1)
-                (grad,) = torch.autograd.grad(log_p.gather(1, predicted).sum(), midpoint)
+            views = self.prepare_input(x.to(device).clone()).detach().requires_grad_(True)
+            out = self.inference_from_views(views)
+            log_p = torch.log_softmax(out["logits"], dim=-1)
+            target = log_p.gather(1, log_p.argmax(dim=-1, keepdim=True)).sum()
+            (grad,) = torch.autograd.grad(target, views)
             attribution = (grad * views).clamp_min(0.0)
         outputs = {key: value.detach() for key, value in out.items()}
         outputs["attribution"] = attribution.detach()
