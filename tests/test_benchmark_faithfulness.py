@@ -8,7 +8,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from faithfulness import curve_area, perturbation_curves, top_k_order
+from faithfulness import (
+    K_MAX,
+    curve_area,
+    perturbation_curves,
+    short_explanations,
+    signed_gradient_x_input,
+    top_k_order,
+)
 
 
 def _softmax(z):
@@ -86,3 +93,49 @@ def test_perturbation_curves_refuse_unordered_ks(linear_model):
         perturbation_curves(predict_proba, x, order, target, (5, 2))
     with pytest.raises(ValueError, match="increasing"):
         perturbation_curves(predict_proba, x, order, target, (1, 11))
+
+
+def test_signed_gradient_x_input_is_the_stored_attribution_before_its_positive_part():
+    """The benchmark's signed row is what SCTAB's stored attributions are cut from, not a variant."""
+    import scvi
+
+    import scsalient as ss
+
+    scvi.settings.seed = 0
+    adata = ss.datasets.simulate(n_cells=300, n_genes=150, n_cell_types=3, marker_fold=4.0, seed=3)
+    ss.model.SCTAB.setup_anndata(adata, labels_key="cell_type")
+    model = ss.model.SCTAB(adata, n_ensemble=2)
+    model.train(max_epochs=3, enable_progress_bar=False)
+    signed = signed_gradient_x_input(model, adata)
+    assert (signed < 0).any() and (signed > 0).any()  # genes argue both ways
+    positive = np.clip(signed, 0.0, None)
+    shares = positive / positive.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(shares, model.get_attributions(dense=True), atol=1e-5)
+
+
+def test_short_explanations_lists_only_explanations_that_score_few_genes():
+    def curves(scored):
+        return {"median_scored_genes": scored, "median_expressed_genes": 103.0}
+
+    record = {
+        "datasets": {
+            "mop": {
+                "models": {
+                    "SCTAB": {
+                        "explanations": {
+                            "sctab_attribution": curves(53.0),
+                            "sctab_gxi_signed": curves(float(K_MAX)),
+                            "random": curves(12.0),
+                            "sctab_mask": {"deletion_auc": 0.2},  # recorded before the count existed
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (paragraph, blank) = short_explanations(record)
+    assert blank == ""
+    listed = paragraph.split("where recorded: ")[1]
+    assert listed == "mop SCTAB attributions (default, annotate; get_attributions): 53 (of 103 expressed)."
+    record["datasets"]["mop"]["models"]["SCTAB"]["explanations"]["sctab_attribution"] = curves(100.0)
+    assert short_explanations(record) == []
